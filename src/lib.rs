@@ -1,0 +1,27 @@
+//! snapshot-scheduler: takes VPS snapshots on a schedule, keeps each server under the
+//! provider's cap of 5, and never deletes a snapshot it did not create.
+//!
+//! Architecture map (a pure core inside an imperative shell):
+//! - [`model`]: the provider's data (snapshots, servers, states).
+//! - [`provider`]: the one boundary to the provider (a trait) and its errors.
+//! - [`client`]: that boundary over HTTP: budget, retries, idempotent create, readable errors.
+//! - [`simulator`]: the same boundary in memory, and served over HTTP, for tests and `--simulate`.
+//! - [`config`]: the TOML file, validated into domain types with file:line:column errors.
+//! - [`policy`]: a validated policy and the naming rule for its own snapshots.
+//! - [`schedule`]: when a policy fires, in its timezone.
+//! - [`plan`]: the pure planner: what to create and delete on one server, each with a reason.
+//! - [`clock`]: wall time as a parameter, so tests can move it.
+//! - [`cli`]: the command line and what each command does.
+//! - [`logging`]: tracing set-up (text, JSON, journald).
+
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod logging;
+pub mod model;
+pub mod plan;
+pub mod policy;
+pub mod provider;
+pub mod schedule;
+pub mod simulator;

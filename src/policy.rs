@@ -1,0 +1,108 @@
+//! A validated policy: which servers, when, how many to keep, and how to take the snapshot.
+//! Also the naming rule that tells the policy's own snapshots from everything else.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+use crate::model::ServerId;
+use crate::schedule::Schedule;
+
+/// The per-server snapshot cap of the provider (in-progress and foreign ones count).
+pub const SERVER_CAP: usize = 5;
+
+/// Longest policy name: the name plus `-YYYYMMDDTHHMMSSZ` must stay a short snapshot name.
+pub const MAX_POLICY_NAME: usize = 40;
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub schedule: Schedule,
+    pub servers: Vec<ServerId>,
+    pub retention: Retention,
+    pub stop_server: bool,
+    pub description: String,
+    pub catch_up: bool,
+    pub prune_unmanaged: bool,
+    /// A random delay per server, so a fleet does not hit the API in the same second.
+    pub jitter: Option<Duration>,
+}
+
+/// Retention rules with union semantics: a snapshot is kept if any rule keeps it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest N completed snapshots.
+    pub keep: u32,
+    /// The newest completed snapshot in each of the last N hours / days / ISO weeks / months,
+    /// counted in the policy's timezone.
+    pub hourly: u32,
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+}
+
+impl Retention {
+    /// The most snapshots these rules can keep at once (what counts toward the cap).
+    pub fn total(&self) -> u32 {
+        self.keep + self.hourly + self.daily + self.weekly + self.monthly
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+}
+
+const SLOT_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+impl Policy {
+    /// The snapshot name for a scheduled slot: `<policy>-<YYYYMMDDTHHMMSSZ>` in UTC. Deriving
+    /// the name from the slot is what makes a retried or repeated create idempotent.
+    pub fn snapshot_name(&self, slot: DateTime<Utc>) -> String {
+        snapshot_name(&self.name, slot)
+    }
+
+    /// The slot a snapshot name belongs to, if this policy owns the name.
+    pub fn owns(&self, snapshot_name: &str) -> Option<DateTime<Utc>> {
+        parse_snapshot_name(&self.name, snapshot_name)
+    }
+}
+
+pub fn snapshot_name(policy: &str, slot: DateTime<Utc>) -> String {
+    format!("{policy}-{}", slot.format(SLOT_FORMAT))
+}
+
+/// `Some(slot)` exactly when `name` is `<policy>-<YYYYMMDDTHHMMSSZ>`; nothing else is managed.
+pub fn parse_snapshot_name(policy: &str, name: &str) -> Option<DateTime<Utc>> {
+    let stamp = name.strip_prefix(policy)?.strip_prefix('-')?;
+    if stamp.len() != 16 {
+        return None;
+    }
+    NaiveDateTime::parse_from_str(stamp, SLOT_FORMAT)
+        .ok()
+        .map(|n| n.and_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_only_exact_names_are_owned() {
+        let slot: DateTime<Utc> = "2025-01-15T02:30:00Z".parse().unwrap();
+        assert_eq!(snapshot_name("nightly", slot), "nightly-20250115T023000Z");
+        let cases = [
+            ("nightly-20250115T023000Z", Some(slot)),
+            ("nightly-20250115T023000", None),
+            ("nightly-20250115T023000Zx", None),
+            ("nightly-extra-20250115T023000Z", None),
+            ("nightly_20250115T023000Z", None),
+            ("pre-migration-snapshot", None),
+            ("nightly-20251315T023000Z", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(parse_snapshot_name("nightly", name), want, "{name}");
+        }
+        // A policy whose name is a prefix of another's does not own the other's snapshots.
+        assert_eq!(parse_snapshot_name("night", "nightly-20250115T023000Z"), None);
+    }
+}
