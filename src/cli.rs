@@ -1,4 +1,503 @@
-//! The command line.
+//! The command line: arguments, one place that prints the error chain and picks the exit code
+//! (0 ok, 1 an operation failed, 2 config or usage error), and the read-only commands.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
+
+use crate::client::HttpClient;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError, LoadOptions, LogFormat, TokenSource, DEFAULT_PATH};
+use crate::model::{PowerState, ServerId, Snapshot};
+use crate::provider::Provider;
+use crate::simulator::{self, SimConfig, Simulator};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "snapshot-scheduler",
+    version,
+    about = "Takes VPS snapshots on a schedule and keeps each server under the provider's cap",
+    long_about = None
+)]
+pub struct Cli {
+    /// The config file.
+    #[arg(short, long, global = true, env = "SNAPSHOT_SCHEDULER_CONFIG", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Talk to a fresh built-in simulated provider whose servers are the config's (no account
+    /// or token needed).
+    #[arg(long, global = true)]
+    pub simulate: bool,
+    /// Override the config's log_format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (-q warnings, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Auto,
+    Text,
+    Json,
+    Journald,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(a: LogFormatArg) -> Self {
+        match a {
+            LogFormatArg::Auto => Self::Auto,
+            LogFormatArg::Text => Self::Text,
+            LogFormatArg::Json => Self::Json,
+            LogFormatArg::Journald => Self::Journald,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config and show each policy's servers, retention and next fires.
+    Check,
+    /// List snapshots with the policy that manages each (`-` for hand-made ones).
+    List {
+        /// Only this server.
+        #[arg(long)]
+        server: Option<ServerId>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a server from a snapshot (overwrites all its data).
+    Restore {
+        snapshot_id: u64,
+        /// Do not ask; needed without a terminal.
+        #[arg(long)]
+        yes: bool,
+        /// Wait until the server runs again.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Serve a simulated provider over HTTP for trying other tools against it.
+    SimulateProvider {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Server ids to simulate (default: the config's, or 12345 and 12346).
+        #[arg(long = "server")]
+        servers: Vec<ServerId>,
+        /// The bearer token clients must send (default: printed random one).
+        #[arg(long, env = "SIMULATOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+/// An error in how the program was called (exit 2), as opposed to an operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit_code(&e)
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.chain()
+        .any(|c| c.is::<ConfigError>() || c.is::<UsageError>())
+    {
+        2
+    } else {
+        1
+    }
+}
+
+fn verbosity(cli: &Cli) -> i8 {
+    cli.verbose.min(3) as i8 - cli.quiet.min(3) as i8
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Command::SimulateProvider {
+        listen,
+        servers,
+        token,
+    } = &cli.command
+    {
+        crate::logging::init(cli.log_format.map_or(LogFormat::Auto, Into::into), verbosity(&cli));
+        return simulate_provider(&cli, *listen, servers, token.clone()).await;
+    }
+    let config = Config::load(
+        &cli.config,
+        LoadOptions {
+            simulate: cli.simulate,
+        },
+    )?;
+    crate::logging::init(
+        cli.log_format.map_or(config.daemon.log_format, Into::into),
+        verbosity(&cli),
+    );
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    match &cli.command {
+        Command::Check => {
+            print!("{}", check_report(&config, Utc::now()));
+            Ok(0)
+        }
+        Command::List { server, json } => {
+            let ctx = Context::connect(config, cli.simulate).await?;
+            list(&ctx, *server, *json).await
+        }
+        Command::Restore {
+            snapshot_id,
+            yes,
+            wait,
+        } => {
+            let ctx = Context::connect(config, cli.simulate).await?;
+            restore(&ctx, *snapshot_id, *yes, *wait).await
+        }
+        Command::SimulateProvider { .. } => unreachable!("handled above"),
+    }
+}
+
+/// What every command that talks to the provider needs.
+pub struct Context {
+    pub config: Config,
+    pub client: HttpClient,
+    pub clock: Arc<dyn Clock>,
+    /// Present with `--simulate`: the provider the client talks to.
+    pub simulator: Option<Simulator>,
+}
+
+impl Context {
+    pub async fn connect(mut config: Config, simulate: bool) -> anyhow::Result<Self> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        if !simulate {
+            let token = config
+                .api
+                .token
+                .clone()
+                .context("no API token was loaded")?;
+            let client = HttpClient::new(&config.api, token)?;
+            return Ok(Self {
+                config,
+                client,
+                clock,
+                simulator: None,
+            });
+        }
+        let token = random_token();
+        let servers: Vec<(ServerId, String)> = config
+            .servers()
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| (id, format!("web-server-{:02}", i + 1)))
+            .collect();
+        let sim = Simulator::new(
+            SimConfig {
+                token: token.clone(),
+                ..SimConfig::default()
+            },
+            &servers,
+            clock.clone(),
+        );
+        let (addr, _task) = simulator::serve(sim.clone(), "127.0.0.1:0".parse()?)
+            .await
+            .context("cannot start the simulated provider")?;
+        config.api.base_url = simulator::base_url(addr);
+        config.api.token_source = TokenSource::Simulated;
+        // A fresh provider deserves a fresh state directory, and a demo should not wait 15 s.
+        config.daemon.state_dir = std::env::temp_dir().join(format!(
+            "snapshot-scheduler-sim-{}",
+            std::process::id()
+        ));
+        config.daemon.poll_interval = config.daemon.poll_interval.min(Duration::from_secs(1));
+        tracing::info!(base_url = %config.api.base_url, "using the simulated provider");
+        let client = HttpClient::new(&config.api, SecretString::from(token))?;
+        Ok(Self {
+            config,
+            client,
+            clock,
+            simulator: Some(sim),
+        })
+    }
+
+    /// The policy that owns a snapshot name, if any.
+    pub fn manager_of(&self, name: &str) -> Option<&str> {
+        self.config
+            .policies
+            .iter()
+            .find(|p| p.owns(name).is_some())
+            .map(|p| p.name.as_str())
+    }
+}
+
+fn random_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
+}
+
+/// `check`: what the daemon would do with this config, without contacting the provider.
+pub fn check_report(config: &Config, now: DateTime<Utc>) -> String {
+    let mut out = format!(
+        "{}: ok ({} {})\n",
+        config.path.display(),
+        config.policies.len(),
+        if config.policies.len() == 1 { "policy" } else { "policies" }
+    );
+    for p in &config.policies {
+        let r = &p.retention;
+        let mut rules = Vec::new();
+        for (n, label) in [
+            (r.keep, "keep"),
+            (r.hourly, "keep_hourly"),
+            (r.daily, "keep_daily"),
+            (r.weekly, "keep_weekly"),
+            (r.monthly, "keep_monthly"),
+        ] {
+            if n > 0 {
+                rules.push(format!("{label} {n}"));
+            }
+        }
+        let servers: Vec<String> = p.servers.iter().map(ToString::to_string).collect();
+        out += &format!(
+            "\npolicy {}\n  schedule  {} ({})\n  servers   {}\n  retention {}\n  stop      {}\n",
+            p.name,
+            p.schedule.expr(),
+            p.schedule.timezone(),
+            servers.join(", "),
+            rules.join(", "),
+            if p.stop_server { "yes, stopped for the snapshot and started again" } else { "no" },
+        );
+        for (i, fire) in p.schedule.upcoming(now, 3).iter().enumerate() {
+            let label = if i == 0 { "next" } else { "" };
+            out += &format!("  {label:<9} {}\n", fire.format("%Y-%m-%d %H:%M:%S %Z"));
+        }
+    }
+    out
+}
+
+pub fn format_size(size_mb: Option<u64>) -> String {
+    match size_mb {
+        None => "-".into(),
+        Some(mb) if mb >= 1024 => format!("{:.1} GiB", mb as f64 / 1024.0),
+        Some(mb) => format!("{mb} MiB"),
+    }
+}
+
+pub fn format_age(age: chrono::Duration) -> String {
+    let secs = age.num_seconds().max(0);
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{secs}s"),
+        (0, 0, m) => format!("{m}m"),
+        (0, h, m) => format!("{h}h{m:02}m"),
+        (d, h, _) => format!("{d}d{h:02}h"),
+    }
+}
+
+async fn list(ctx: &Context, server: Option<ServerId>, json: bool) -> anyhow::Result<i32> {
+    let mut snapshots = ctx.client.list_snapshots(server).await?;
+    snapshots.sort_by_key(|s| (s.server.id, s.created_at));
+    let now = ctx.clock.now();
+    if json {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            #[serde(flatten)]
+            snapshot: &'a Snapshot,
+            policy: Option<&'a str>,
+        }
+        let rows: Vec<Row<'_>> = snapshots
+            .iter()
+            .map(|s| Row {
+                snapshot: s,
+                policy: ctx.manager_of(&s.name),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    let mut table = vec![[
+        "ID".to_owned(),
+        "SERVER".into(),
+        "NAME".into(),
+        "STATUS".into(),
+        "SIZE".into(),
+        "CREATED".into(),
+        "POLICY".into(),
+    ]];
+    for s in &snapshots {
+        table.push([
+            s.id.to_string(),
+            format!("{} ({})", s.server.id, s.server.name),
+            s.name.clone(),
+            s.status.to_string(),
+            format_size(s.size_mb),
+            format!(
+                "{} ({} ago)",
+                s.created_at.format("%Y-%m-%d %H:%M"),
+                format_age(now - s.created_at)
+            ),
+            ctx.manager_of(&s.name).unwrap_or("-").to_owned(),
+        ]);
+    }
+    print!("{}", render_table(&table));
+    if snapshots.is_empty() {
+        println!("(no snapshots)");
+    }
+    Ok(0)
+}
+
+pub fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out += line.join("  ").trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+async fn restore(ctx: &Context, snapshot_id: u64, yes: bool, wait: bool) -> anyhow::Result<i32> {
+    let snapshot = ctx
+        .client
+        .list_snapshots(None)
+        .await?
+        .into_iter()
+        .find(|s| s.id == snapshot_id)
+        .ok_or_else(|| UsageError(format!("snapshot {snapshot_id} does not exist (see `list`)")))?;
+    let server = ctx.client.get_server(snapshot.server.id).await?;
+    println!(
+        "Restore server {} ({}, {}) from snapshot {} \"{}\" taken {}.\n\
+         All current data on the server is overwritten; this cannot be undone.",
+        server.id,
+        server.name,
+        server.status,
+        snapshot.id,
+        snapshot.name,
+        snapshot.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+    );
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(UsageError(
+                "refusing to restore without a terminal to confirm on; pass --yes".into(),
+            )
+            .into());
+        }
+        print!("Type the server's name ({}) to continue: ", server.name);
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != server.name {
+            println!("Not confirmed; nothing was changed.");
+            return Ok(1);
+        }
+    }
+    let started = ctx.client.restore_snapshot(snapshot.id).await?;
+    println!("{}", started.message);
+    if !wait {
+        return Ok(0);
+    }
+    let deadline = tokio::time::Instant::now() + ctx.config.daemon.snapshot_timeout;
+    let mut delay = ctx.config.daemon.poll_interval;
+    loop {
+        tokio::time::sleep(delay).await;
+        let s = ctx.client.get_server(server.id).await?;
+        if s.status == PowerState::Running {
+            println!("Server {} is running again.", s.id);
+            return Ok(0);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "server {} is still {} after {}; the restore may still be going",
+                s.id,
+                s.status,
+                humantime::format_duration(ctx.config.daemon.snapshot_timeout)
+            );
+        }
+        delay = (delay * 3 / 2).min(Duration::from_secs(60));
+    }
+}
+
+async fn simulate_provider(
+    cli: &Cli,
+    listen: SocketAddr,
+    servers: &[ServerId],
+    token: Option<String>,
+) -> anyhow::Result<i32> {
+    let mut ids = servers.to_vec();
+    if ids.is_empty() {
+        ids = Config::load(&cli.config, LoadOptions { simulate: true })
+            .map(|c| c.servers())
+            .unwrap_or_else(|_| vec![12345, 12346]);
+    }
+    let named: Vec<(ServerId, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, format!("web-server-{:02}", i + 1)))
+        .collect();
+    let token = token.unwrap_or_else(random_token);
+    let sim = Simulator::new(
+        SimConfig {
+            token: token.clone(),
+            ..SimConfig::default()
+        },
+        &named,
+        Arc::new(SystemClock),
+    );
+    let (addr, task) = simulator::serve(sim, listen).await?;
+    println!("simulated provider at {}", simulator::base_url(addr));
+    println!("token: {token}");
+    println!("servers: {ids:?}");
+    tokio::select! {
+        _ = task => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(0)
 }

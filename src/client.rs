@@ -1,1 +1,475 @@
-//! (being written)
+//! The provider over HTTP: one shared request budget, `Retry-After` honoured, GET and DELETE
+//! retried with jittered exponential backoff, creates never blindly retried (a lost answer is
+//! settled by looking for the name), and answers mapped to errors a person can act on.
+//! The token lives in a `SecretString` and goes out only in a header marked sensitive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::config::ApiConfig;
+use crate::model::{
+    CreateSnapshot, Page, RestoreStarted, Server, ServerId, Snapshot, SnapshotId,
+};
+use crate::provider::{ApiError, Provider};
+
+pub const USER_AGENT: &str = concat!("snapshot-scheduler/", env!("CARGO_PKG_VERSION"));
+
+/// A list that pages longer than this is a provider bug, not a fleet.
+const MAX_PAGES: usize = 10_000;
+
+/// The client-side request budget shared by every caller: requests are spaced evenly at
+/// `requests_per_second`, and a 429's `Retry-After` pauses everyone, not just the caller that
+/// got it. Runs on tokio's clock so paused-time tests see it.
+#[derive(Debug)]
+pub struct Budget {
+    interval: Duration,
+    next_free: Mutex<Instant>,
+}
+
+impl Budget {
+    pub fn new(requests_per_second: f64) -> Self {
+        Self {
+            interval: Duration::from_secs_f64(1.0 / requests_per_second),
+            next_free: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for this caller's turn.
+    pub async fn acquire(&self) {
+        let turn = {
+            let mut next = self.next_free.lock().await;
+            let turn = (*next).max(Instant::now());
+            *next = turn + self.interval;
+            turn
+        };
+        tokio::time::sleep_until(turn).await;
+    }
+
+    /// Nobody sends before `now + wait`.
+    pub async fn pause(&self, wait: Duration) {
+        let mut next = self.next_free.lock().await;
+        *next = (*next).max(Instant::now() + wait);
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base_url: String,
+    origin: String,
+    token: SecretString,
+    token_source: String,
+    budget: Budget,
+    max_retries: u32,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("base_url", &self.inner.base_url)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+impl HttpClient {
+    pub fn new(api: &ApiConfig, token: SecretString) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(api.timeout)
+            .connect_timeout(api.timeout)
+            .build()?;
+        let parsed = reqwest::Url::parse(&api.base_url)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base_url: api.base_url.trim_end_matches('/').to_owned(),
+                origin: parsed.origin().ascii_serialization(),
+                token,
+                token_source: api.token_source.to_string(),
+                budget: Budget::new(api.requests_per_second),
+                max_retries: api.max_retries,
+                timeout: api.timeout,
+            }),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.inner.base_url)
+    }
+
+    /// One request, no retry; the body of a 2xx answer. `what` names the operation in errors ("list snapshots").
+    async fn attempt(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+        endpoint: &'static str,
+        what: &str,
+    ) -> Result<bytes::Bytes, ApiError> {
+        let inner = &self.inner;
+        inner.budget.acquire().await;
+        let mut request = inner
+            .http
+            .request(method.clone(), url)
+            .bearer_auth(inner.token.expose_secret())
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let started = Instant::now();
+        let result = request.send().await;
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::counter!("snapshot_scheduler_api_requests_total", "endpoint" => endpoint, "status" => "error").increment(1);
+                return Err(transport_error(e, what, inner.timeout));
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(e, what, inner.timeout))?;
+        metrics::counter!("snapshot_scheduler_api_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
+        tracing::debug!(%method, endpoint, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "api request");
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = provider_message(&body);
+        let what = what.to_owned();
+        Err(match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ApiError::Unauthorized {
+                token_source: inner.token_source.clone(),
+            },
+            StatusCode::BAD_REQUEST => ApiError::BadRequest { what, message },
+            StatusCode::NOT_FOUND => ApiError::NotFound { what, message },
+            StatusCode::TOO_MANY_REQUESTS => {
+                let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                inner.budget.pause(wait).await;
+                ApiError::RateLimited {
+                    what,
+                    retry_after,
+                }
+            }
+            s if s.is_server_error() => ApiError::Server {
+                what,
+                status: s.as_u16(),
+                message,
+            },
+            s => ApiError::Unexpected {
+                what,
+                status: s.as_u16(),
+                message,
+            },
+        })
+    }
+
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(60))
+            .with_max_times(self.inner.max_retries as usize)
+            .with_jitter()
+    }
+
+    /// An idempotent request, retried on 429, 5xx, timeouts and resets.
+    async fn idempotent(
+        &self,
+        method: Method,
+        url: &str,
+        endpoint: &'static str,
+        what: &str,
+    ) -> Result<bytes::Bytes, ApiError> {
+        (|| self.attempt(method.clone(), url, None, endpoint, what))
+            .retry(self.backoff())
+            .when(ApiError::is_retryable)
+            .adjust(|e, delay| match e {
+                ApiError::RateLimited {
+                    retry_after: Some(wait),
+                    ..
+                } => delay.map(|d| d.max(*wait)),
+                _ => delay,
+            })
+            .notify(|e, delay| {
+                tracing::warn!(error = %e, retry_in = ?delay, "api request failed; retrying");
+            })
+            .await
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        endpoint: &'static str,
+        what: &str,
+    ) -> Result<T, ApiError> {
+        let answer = self.idempotent(Method::GET, url, endpoint, what).await?;
+        decode(&answer, what)
+    }
+
+    /// A non-idempotent POST (stop, start, restore) sent once: the caller decides what a
+    /// failure means, because repeating it blindly could act twice.
+    async fn post_once<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        endpoint: &'static str,
+        what: &str,
+    ) -> Result<T, ApiError> {
+        let answer = self
+            .attempt(Method::POST, &self.url(path), body, endpoint, what)
+            .await?;
+        decode(&answer, what)
+    }
+
+    async fn find_by_name(
+        &self,
+        server: ServerId,
+        name: &str,
+    ) -> Result<Option<Snapshot>, ApiError> {
+        Ok(self
+            .list_snapshots(Some(server))
+            .await?
+            .into_iter()
+            .find(|s| s.name == name))
+    }
+}
+
+fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> ApiError {
+    if e.is_timeout() {
+        ApiError::Timeout {
+            what: what.to_owned(),
+            timeout,
+        }
+    } else {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message = format!("{message}: {s}");
+            source = s.source();
+        }
+        ApiError::Connection {
+            what: what.to_owned(),
+            message,
+        }
+    }
+}
+
+/// The provider's own words from an error body: DRF's `detail`, or `message`/`error`, or the
+/// text itself (shortened).
+fn provider_message(body: &[u8]) -> String {
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+        for key in ["detail", "message", "error", "non_field_errors"] {
+            match value.get(key) {
+                Some(serde_json::Value::String(s)) => return s.clone(),
+                Some(serde_json::Value::Array(items)) if !items.is_empty() => {
+                    return items
+                        .iter()
+                        .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }
+                _ => {}
+            }
+        }
+        if let Some(map) = value.as_object() {
+            // DRF field errors: {"name": ["This field is required."]}
+            let fields: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_string().trim_matches(['[', ']', '"'])))
+                .collect();
+            if !fields.is_empty() {
+                return fields.join("; ");
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        "no message".into()
+    } else {
+        text.chars().take(200).collect()
+    }
+}
+
+/// Decodes an answer, naming the field that did not fit (`results[0].created_at: ...`).
+fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::Decode {
+            what: what.to_owned(),
+            message: if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("field {path}: {}", e.inner())
+            },
+        }
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct PowerAnswer {
+    server: Server,
+}
+
+impl Provider for HttpClient {
+    async fn list_snapshots(&self, server: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
+        let what = match server {
+            Some(id) => format!("list snapshots of server {id}"),
+            None => "list snapshots".to_owned(),
+        };
+        let mut url = match server {
+            Some(id) => self.url(&format!("/snapshots/?server_id={id}")),
+            None => self.url("/snapshots/"),
+        };
+        let mut all = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let page: Page<Snapshot> = self.get(&url, "list", &what).await?;
+            all.extend(page.results);
+            match page.next {
+                None => return Ok(all),
+                Some(next) => {
+                    // Never follow a link off the configured host: the token would go along.
+                    let same_origin = reqwest::Url::parse(&next)
+                        .map(|u| u.origin().ascii_serialization() == self.inner.origin)
+                        .unwrap_or(false);
+                    if !same_origin {
+                        return Err(ApiError::Decode {
+                            what,
+                            message: format!(
+                                "field next: {next:?} is not on {}; refusing to follow it",
+                                self.inner.origin
+                            ),
+                        });
+                    }
+                    url = next;
+                }
+            }
+        }
+        Err(ApiError::Decode {
+            what,
+            message: format!("more than {MAX_PAGES} pages; the `next` links seem to loop"),
+        })
+    }
+
+    async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
+        let what = format!(
+            "create snapshot {} of server {}",
+            request.name, request.server_id
+        );
+        let body = serde_json::to_value(request).map_err(|e| ApiError::Decode {
+            what: what.clone(),
+            message: e.to_string(),
+        })?;
+        let mut backoff = self.backoff().build();
+        loop {
+            let result = self
+                .attempt(Method::POST, &self.url("/snapshots/"), Some(&body), "create", &what)
+                .await;
+            let error = match result {
+                Ok(answer) => return decode(&answer, &what),
+                Err(e) => e,
+            };
+            let wait = match (&error, backoff.next()) {
+                (_, None) => return Err(error),
+                (e, Some(d)) if e.outcome_unknown() => {
+                    // The create may have happened: look before trying again.
+                    tracing::warn!(error = %e, snapshot = %request.name, "create answer lost; looking for the snapshot by name");
+                    if let Some(found) = self.find_by_name(request.server_id, &request.name).await? {
+                        return Ok(found);
+                    }
+                    d
+                }
+                (ApiError::RateLimited { retry_after, .. }, Some(d)) => {
+                    retry_after.map_or(d, |r| r.max(d))
+                }
+                _ => return Err(error),
+            };
+            tracing::warn!(error = %error, retry_in = ?wait, "create failed; trying again");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ApiError> {
+        let what = format!("delete snapshot {id}");
+        let url = self.url(&format!("/snapshots/{id}/"));
+        let unsure = AtomicBool::new(false);
+        (|| async {
+            let r = self.attempt(Method::DELETE, &url, None, "delete", &what).await;
+            match r {
+                // A retry after a lost answer finds it gone: the first attempt deleted it.
+                Err(ApiError::NotFound { .. }) if unsure.load(Ordering::Relaxed) => Ok(()),
+                Err(e) => Err(e),
+                Ok(_) => Ok(()),
+            }
+        })
+        .retry(self.backoff())
+        .when(ApiError::is_retryable)
+        .notify(|e, delay| {
+            tracing::warn!(error = %e, retry_in = ?delay, "delete failed; retrying");
+            if e.outcome_unknown() {
+                unsure.store(true, Ordering::Relaxed);
+            }
+        })
+        .await
+    }
+
+    async fn restore_snapshot(&self, id: SnapshotId) -> Result<RestoreStarted, ApiError> {
+        self.post_once(
+            &format!("/snapshots/{id}/restore/"),
+            None,
+            "restore",
+            &format!("restore snapshot {id}"),
+        )
+        .await
+    }
+
+    async fn get_server(&self, id: ServerId) -> Result<Server, ApiError> {
+        self.get(
+            &self.url(&format!("/servers/{id}/")),
+            "get_server",
+            &format!("get server {id}"),
+        )
+        .await
+    }
+
+    async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
+        let a: PowerAnswer = self
+            .post_once(&format!("/servers/{id}/stop/"), None, "stop", &format!("stop server {id}"))
+            .await?;
+        Ok(a.server)
+    }
+
+    async fn start_server(&self, id: ServerId) -> Result<Server, ApiError> {
+        let a: PowerAnswer = self
+            .post_once(
+                &format!("/servers/{id}/start/"),
+                None,
+                "start",
+                &format!("start server {id}"),
+            )
+            .await?;
+        Ok(a.server)
+    }
+}

@@ -1,1 +1,744 @@
-//! (being written)
+//! The operator's TOML file, in two stages: a serde mirror that rejects unknown keys, then a
+//! validated [`Config`] in which every value is parsed (cron compiled, timezone resolved,
+//! durations typed, token read). Whatever holds a `Config` can trust it; `check` builds exactly
+//! what `run` builds. Every error names the file, line, column, key and what is allowed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::model::ServerId;
+use crate::policy::{Policy, Retention, MAX_POLICY_NAME, SERVER_CAP};
+use crate::schedule::Schedule;
+
+pub const DEFAULT_PATH: &str = "/etc/snapshot-scheduler/config.toml";
+/// The file systemd's `LoadCredential=api-token:...` puts in `$CREDENTIALS_DIRECTORY`.
+pub const CREDENTIAL_NAME: &str = "api-token";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub api: ApiConfig,
+    pub daemon: DaemonConfig,
+    pub policies: Vec<Policy>,
+    /// Things worth telling the operator that do not stop the program (group-readable token).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Without a trailing slash, e.g. `https://admin.vps.org/api/v1`.
+    pub base_url: String,
+    /// `None` only when loaded for `--simulate`, which brings its own token.
+    pub token: Option<SecretString>,
+    pub token_source: TokenSource,
+    pub timeout: Duration,
+    pub requests_per_second: f64,
+    pub max_retries: u32,
+}
+
+/// Where the token came from, for error messages ("check token_file /etc/...").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    File(PathBuf),
+    Env(String),
+    Credential(PathBuf),
+    Simulated,
+}
+
+impl fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "token_file {}", p.display()),
+            Self::Env(v) => write!(f, "token_env ${v}"),
+            Self::Credential(p) => write!(f, "the systemd credential {}", p.display()),
+            Self::Simulated => f.write_str("the simulated provider's token"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub state_dir: PathBuf,
+    pub max_concurrent: usize,
+    pub poll_interval: Duration,
+    pub snapshot_timeout: Duration,
+    pub power_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+    Journald,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            "journald" => Ok(Self::Journald),
+            other => Err(format!(
+                "\"{other}\" is not a log format; allowed: auto, text, json, journald"
+            )),
+        }
+    }
+}
+
+/// How a config is loaded: `--simulate` needs no token (the simulated provider has its own).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub simulate: bool,
+}
+
+/// One problem in the file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(path: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}:{}: {}: {}",
+                path.display(),
+                p.line,
+                p.column,
+                p.key,
+                p.message
+            )
+        })
+        .collect();
+    let noun = if lines.len() == 1 { "error" } else { "errors" };
+    format!(
+        "invalid config ({} {noun}):\n  {}",
+        lines.len(),
+        lines.join("\n  ")
+    )
+}
+
+// ---- stage 1: the serde mirror -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    api: Spanned<RawApi>,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    policy: Vec<Spanned<RawPolicy>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    base_url: Spanned<String>,
+    token_file: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    requests_per_second: Option<Spanned<f64>>,
+    max_retries: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    state_dir: Option<Spanned<String>>,
+    max_concurrent: Option<Spanned<i64>>,
+    poll_interval: Option<Spanned<String>>,
+    snapshot_timeout: Option<Spanned<String>>,
+    power_timeout: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+    log_format: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Spanned<String>,
+    schedule: Spanned<String>,
+    timezone: Option<Spanned<String>>,
+    servers: Spanned<Vec<Spanned<i64>>>,
+    keep: Option<Spanned<i64>>,
+    keep_hourly: Option<Spanned<i64>>,
+    keep_daily: Option<Spanned<i64>>,
+    keep_weekly: Option<Spanned<i64>>,
+    keep_monthly: Option<Spanned<i64>>,
+    stop_server: Option<bool>,
+    description: Option<String>,
+    catch_up: Option<bool>,
+    prune_unmanaged: Option<bool>,
+    jitter: Option<Spanned<String>>,
+}
+
+// ---- stage 2: validation ---------------------------------------------------------------------
+
+/// Collects problems with their positions while stage 2 walks the mirror.
+struct Checker<'a> {
+    source: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn at(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = line_column(self.source, span.start);
+        self.problems.push(Problem {
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(v) = value else { return default };
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.at(v.span(), key, "must be longer than zero");
+                default
+            }
+            Err(e) => {
+                self.at(
+                    v.span(),
+                    key,
+                    format!(
+                        "\"{}\" is not a duration ({e}); allowed: e.g. \"30s\", \"15m\", \"1h 30m\"",
+                        v.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, value: &Option<Spanned<i64>>, key: &str, allowed: Range<i64>) -> u32 {
+        let Some(v) = value else { return 0 };
+        let n = *v.get_ref();
+        if allowed.contains(&n) {
+            n as u32
+        } else {
+            self.at(
+                v.span(),
+                key,
+                format!("{n} is out of range; allowed: {}..={}", allowed.start, allowed.end - 1),
+            );
+            0
+        }
+    }
+}
+
+fn line_column(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Reads, parses and validates the file; reads the token too (unless simulating).
+    pub fn load(path: &Path, options: LoadOptions) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &source, options, &std::env::vars().collect())
+    }
+
+    /// Validates `source` as if read from `path`; `env` stands in for the process environment.
+    pub fn parse(
+        path: &Path,
+        source: &str,
+        options: LoadOptions,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        };
+        let raw: RawConfig = toml::from_str(source).map_err(|e| {
+            let (line, column) = line_column(source, e.span().map_or(0, |s| s.start));
+            invalid(vec![Problem {
+                line,
+                column,
+                key: key_of_toml_error(e.message()),
+                message: e.message().trim().to_owned(),
+            }])
+        })?;
+        let mut check = Checker {
+            source,
+            problems: Vec::new(),
+        };
+        let mut warnings = Vec::new();
+        let api = validate_api(&mut check, &raw.api, options, env, &mut warnings);
+        let daemon = validate_daemon(&mut check, &raw.daemon);
+        let policies = validate_policies(&mut check, &raw.policy, raw.api.span());
+        if !check.problems.is_empty() {
+            return Err(invalid(check.problems));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            api,
+            daemon,
+            policies,
+            warnings,
+        })
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// Every server any policy names, once, in order.
+    pub fn servers(&self) -> Vec<ServerId> {
+        let mut seen = HashSet::new();
+        self.policies
+            .iter()
+            .flat_map(|p| p.servers.iter().copied())
+            .filter(|s| seen.insert(*s))
+            .collect()
+    }
+}
+
+/// serde names the key in its message ("unknown field `kep`", "missing field `name`").
+fn key_of_toml_error(message: &str) -> String {
+    message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("field"))
+        .unwrap_or("toml")
+        .to_owned()
+}
+
+fn is_loopback_host(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn validate_api(
+    check: &mut Checker<'_>,
+    api: &Spanned<RawApi>,
+    options: LoadOptions,
+    env: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> ApiConfig {
+    let raw = api.get_ref();
+    let url_text = raw.base_url.get_ref().trim_end_matches('/');
+    match reqwest::Url::parse(url_text) {
+        Ok(url) if url.scheme() == "https" => {}
+        Ok(url) if url.scheme() == "http" && is_loopback_host(&url) => {}
+        Ok(url) if url.scheme() == "http" => check.at(
+            raw.base_url.span(),
+            "api.base_url",
+            format!(
+                "http:// to {} would send the token in clear text; allowed: https://, or \
+                 http:// to a loopback host (127.0.0.1, ::1, localhost)",
+                url.host_str().unwrap_or("?")
+            ),
+        ),
+        Ok(url) => check.at(
+            raw.base_url.span(),
+            "api.base_url",
+            format!("scheme \"{}\" is not allowed; allowed: https://", url.scheme()),
+        ),
+        Err(e) => check.at(
+            raw.base_url.span(),
+            "api.base_url",
+            format!("\"{url_text}\" is not a URL ({e}); allowed: e.g. \"https://admin.vps.org/api/v1\""),
+        ),
+    }
+
+    let (token, token_source) = if options.simulate {
+        (None, TokenSource::Simulated)
+    } else {
+        read_token(check, api, env, warnings)
+    };
+
+    let timeout = check.duration(&raw.timeout, "api.timeout", Duration::from_secs(30));
+    let requests_per_second = match &raw.requests_per_second {
+        None => 10.0,
+        Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 && *v.get_ref() <= 1000.0 => {
+            *v.get_ref()
+        }
+        Some(v) => {
+            check.at(
+                v.span(),
+                "api.requests_per_second",
+                format!("{} is out of range; allowed: more than 0, at most 1000", v.get_ref()),
+            );
+            10.0
+        }
+    };
+    let max_retries = match &raw.max_retries {
+        None => 5,
+        Some(_) => check.count(&raw.max_retries, "api.max_retries", 0..21),
+    };
+    ApiConfig {
+        base_url: url_text.to_owned(),
+        token,
+        token_source,
+        timeout,
+        requests_per_second,
+        max_retries,
+    }
+}
+
+fn read_token(
+    check: &mut Checker<'_>,
+    api: &Spanned<RawApi>,
+    env: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> (Option<SecretString>, TokenSource) {
+    let raw = api.get_ref();
+    if let (Some(_), Some(e)) = (&raw.token_file, &raw.token_env) {
+        check.at(
+            e.span(),
+            "api.token_env",
+            "token_file and token_env are both set; allowed: one of them",
+        );
+    }
+    if let Some(var) = &raw.token_env {
+        let source = TokenSource::Env(var.get_ref().clone());
+        return match env.get(var.get_ref()).map(|t| t.trim()) {
+            Some(t) if !t.is_empty() => (Some(SecretString::from(t.to_owned())), source),
+            _ => {
+                check.at(
+                    var.span(),
+                    "api.token_env",
+                    format!("the environment variable {} is not set or empty", var.get_ref()),
+                );
+                (None, source)
+            }
+        };
+    }
+    let (path, span, key) = match (&raw.token_file, env.get("CREDENTIALS_DIRECTORY")) {
+        (Some(f), _) => (PathBuf::from(f.get_ref()), f.span(), "api.token_file"),
+        (None, Some(dir)) => (Path::new(dir).join(CREDENTIAL_NAME), api.span(), "api"),
+        (None, None) => {
+            check.at(
+                api.span(),
+                "api",
+                "no token source; allowed: token_file = \"/etc/snapshot-scheduler/token\", \
+                 token_env = \"VPS_API_TOKEN\", or systemd LoadCredential=api-token:... \
+                 ($CREDENTIALS_DIRECTORY/api-token)",
+            );
+            return (None, TokenSource::Simulated);
+        }
+    };
+    let source = if key == "api" {
+        TokenSource::Credential(path.clone())
+    } else {
+        TokenSource::File(path.clone())
+    };
+    match token_file_mode(&path) {
+        Err(e) => {
+            check.at(span, key, format!("cannot read {}: {e}", path.display()));
+            return (None, source);
+        }
+        Ok(mode) if mode & 0o007 != 0 => {
+            check.at(
+                span,
+                key,
+                format!(
+                    "{} is readable by others (mode {:o}); allowed: readable by its owner only \
+                     (chmod 600 {})",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                ),
+            );
+            return (None, source);
+        }
+        Ok(mode) if mode & 0o070 != 0 => warnings.push(format!(
+            "{} is readable by its group (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )),
+        Ok(_) => {}
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => (Some(SecretString::from(t.trim().to_owned())), source),
+        Ok(_) => {
+            check.at(span, key, format!("{} is empty", path.display()));
+            (None, source)
+        }
+        Err(e) => {
+            check.at(span, key, format!("cannot read {}: {e}", path.display()));
+            (None, source)
+        }
+    }
+}
+
+#[cfg(unix)]
+fn token_file_mode(path: &Path) -> std::io::Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::metadata(path)?.permissions().mode())
+}
+
+#[cfg(not(unix))]
+fn token_file_mode(path: &Path) -> std::io::Result<u32> {
+    std::fs::metadata(path).map(|_| 0o600)
+}
+
+fn validate_daemon(check: &mut Checker<'_>, raw: &RawDaemon) -> DaemonConfig {
+    let state_dir = raw
+        .state_dir
+        .as_ref()
+        .map_or_else(|| PathBuf::from("/var/lib/snapshot-scheduler"), |s| PathBuf::from(s.get_ref()));
+    let max_concurrent = match &raw.max_concurrent {
+        None => 8,
+        Some(_) => check.count(&raw.max_concurrent, "daemon.max_concurrent", 1..1025) as usize,
+    };
+    let log_format = match &raw.log_format {
+        None => LogFormat::Auto,
+        Some(v) => v.get_ref().parse().unwrap_or_else(|e: String| {
+            check.at(v.span(), "daemon.log_format", e);
+            LogFormat::Auto
+        }),
+    };
+    let metrics_listen = raw.metrics_listen.as_ref().and_then(|v| {
+        v.get_ref()
+            .parse()
+            .map_err(|_| {
+                check.at(
+                    v.span(),
+                    "daemon.metrics_listen",
+                    format!(
+                        "\"{}\" is not an address; allowed: IP:PORT, e.g. \"127.0.0.1:9187\"",
+                        v.get_ref()
+                    ),
+                )
+            })
+            .ok()
+    });
+    DaemonConfig {
+        state_dir,
+        max_concurrent,
+        poll_interval: check.duration(&raw.poll_interval, "daemon.poll_interval", Duration::from_secs(15)),
+        snapshot_timeout: check.duration(
+            &raw.snapshot_timeout,
+            "daemon.snapshot_timeout",
+            Duration::from_secs(30 * 60),
+        ),
+        power_timeout: check.duration(&raw.power_timeout, "daemon.power_timeout", Duration::from_secs(600)),
+        shutdown_grace: check.duration(&raw.shutdown_grace, "daemon.shutdown_grace", Duration::from_secs(60)),
+        log_format,
+        metrics_listen,
+    }
+}
+
+fn valid_policy_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_POLICY_NAME
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn validate_policies(
+    check: &mut Checker<'_>,
+    raw: &[Spanned<RawPolicy>],
+    api_span: Range<usize>,
+) -> Vec<Policy> {
+    if raw.is_empty() {
+        check.at(
+            api_span,
+            "policy",
+            "no [[policy]] section; allowed: one or more [[policy]] with name, schedule, servers",
+        );
+    }
+    let mut policies = Vec::new();
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    // server -> [(policy name, rules total)], and where each policy lists its servers.
+    let mut per_server: BTreeMap<ServerId, Vec<(String, u32)>> = BTreeMap::new();
+    let mut servers_span: BTreeMap<String, Range<usize>> = BTreeMap::new();
+
+    for (index, spanned) in raw.iter().enumerate() {
+        let p = spanned.get_ref();
+        let name = p.name.get_ref().clone();
+        let label = if valid_policy_name(&name) {
+            format!("policy \"{name}\"")
+        } else {
+            format!("policy #{}", index + 1)
+        };
+        if !valid_policy_name(&name) {
+            check.at(
+                p.name.span(),
+                format!("{label}.name"),
+                format!(
+                    "\"{name}\" is not a policy name; allowed: 1 to {MAX_POLICY_NAME} letters, \
+                     digits, '-' or '_' (it prefixes the policy's snapshot names)"
+                ),
+            );
+        } else if let Some(first) = names.insert(name.clone(), index) {
+            check.at(
+                p.name.span(),
+                format!("{label}.name"),
+                format!(
+                    "policy \"{name}\" is defined twice (also policy #{}); allowed: unique names",
+                    first + 1
+                ),
+            );
+        }
+
+        let tz = match &p.timezone {
+            None => chrono_tz::UTC,
+            Some(t) => t.get_ref().parse().unwrap_or_else(|_| {
+                check.at(
+                    t.span(),
+                    format!("{label}.timezone"),
+                    format!(
+                        "\"{}\" is not a known timezone; allowed: an IANA name such as \
+                         \"Europe/Berlin\" or \"UTC\"",
+                        t.get_ref()
+                    ),
+                );
+                chrono_tz::UTC
+            }),
+        };
+        let schedule = Schedule::parse(p.schedule.get_ref(), tz)
+            .map_err(|e| {
+                check.at(
+                    p.schedule.span(),
+                    format!("{label}.schedule"),
+                    format!("\"{}\": {e}", p.schedule.get_ref()),
+                )
+            })
+            .ok();
+
+        let mut servers = Vec::new();
+        if p.servers.get_ref().is_empty() {
+            check.at(
+                p.servers.span(),
+                format!("{label}.servers"),
+                "is empty; allowed: a list of one or more server ids, e.g. [12345, 12346]",
+            );
+        }
+        for s in p.servers.get_ref() {
+            let id = *s.get_ref();
+            if id <= 0 {
+                check.at(
+                    s.span(),
+                    format!("{label}.servers"),
+                    format!("{id} is not a server id; allowed: positive integers"),
+                );
+            } else if servers.contains(&(id as u64)) {
+                check.at(
+                    s.span(),
+                    format!("{label}.servers"),
+                    format!("server {id} is listed twice"),
+                );
+            } else {
+                servers.push(id as u64);
+            }
+        }
+
+        let retention = validate_retention(check, p, &label);
+        let jitter = p.jitter.as_ref().map(|_| {
+            check.duration(&p.jitter, &format!("{label}.jitter"), Duration::ZERO)
+        });
+        for s in &servers {
+            per_server
+                .entry(*s)
+                .or_default()
+                .push((name.clone(), retention.total()));
+        }
+        servers_span.insert(name.clone(), p.servers.span());
+        if let Some(schedule) = schedule {
+            policies.push(Policy {
+                name: name.clone(),
+                schedule,
+                servers,
+                retention,
+                stop_server: p.stop_server.unwrap_or(false),
+                description: p
+                    .description
+                    .clone()
+                    .unwrap_or_else(|| format!("{name} snapshot by snapshot-scheduler")),
+                catch_up: p.catch_up.unwrap_or(true),
+                prune_unmanaged: p.prune_unmanaged.unwrap_or(false),
+                jitter,
+            });
+        }
+    }
+
+    // The cap: the provider refuses a 6th snapshot, so the rules on one server must fit in 5.
+    for (server, users) in &per_server {
+        let total: u32 = users.iter().map(|(_, n)| n).sum();
+        if total as usize > SERVER_CAP {
+            let (last, _) = users.last().expect("at least one policy per listed server");
+            let list: Vec<String> = users
+                .iter()
+                .map(|(name, n)| format!("{name} keeps {n}"))
+                .collect();
+            check.at(
+                servers_span[last].clone(),
+                format!("policy \"{last}\".servers"),
+                format!(
+                    "server {server}: policies together keep {total} snapshots ({}); allowed: at \
+                     most {SERVER_CAP} per server, the provider refuses the 6th",
+                    list.join(", ")
+                ),
+            );
+        }
+    }
+    policies
+}
+
+fn validate_retention(check: &mut Checker<'_>, p: &RawPolicy, label: &str) -> Retention {
+    let mut r = Retention {
+        keep: 0,
+        hourly: check.count(&p.keep_hourly, &format!("{label}.keep_hourly"), 0..6),
+        daily: check.count(&p.keep_daily, &format!("{label}.keep_daily"), 0..6),
+        weekly: check.count(&p.keep_weekly, &format!("{label}.keep_weekly"), 0..6),
+        monthly: check.count(&p.keep_monthly, &format!("{label}.keep_monthly"), 0..6),
+    };
+    match &p.keep {
+        Some(_) => r.keep = check.count(&p.keep, &format!("{label}.keep"), 1..6),
+        // Without any rule the default is keep = 3; calendar rules alone are fine too.
+        None if r.is_empty() => r.keep = 3,
+        None => {}
+    }
+    r
+}

@@ -1,0 +1,5 @@
+//! The integration tests: one binary, a module per capability, each driving the real binary or
+//! library against the built-in simulated provider (or wiremock for scripted answers).
+
+mod common;
+mod config;
