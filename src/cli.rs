@@ -15,9 +15,14 @@ use secrecy::SecretString;
 use crate::client::HttpClient;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, LoadOptions, LogFormat, TokenSource, DEFAULT_PATH};
+use crate::execute::{Executor, RunResult, ServerReport, Settings};
+use crate::journal::Journal;
 use crate::model::{PowerState, ServerId, Snapshot};
+use crate::plan::Action;
+use crate::policy::Policy;
 use crate::provider::Provider;
 use crate::simulator::{self, SimConfig, Simulator};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,6 +94,30 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Show what each policy would create and delete now, and why. Changes nothing.
+    Plan {
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Only this server.
+        #[arg(long)]
+        server: Option<ServerId>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the selected policies now for their current slot and wait until done.
+    Once {
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Only this server.
+        #[arg(long)]
+        server: Option<ServerId>,
+        /// Go through every step but change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Serve a simulated provider over HTTP for trying other tools against it.
     SimulateProvider {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -156,7 +185,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         token,
     } = &cli.command
     {
-        crate::logging::init(cli.log_format.map_or(LogFormat::Auto, Into::into), verbosity(&cli));
+        crate::logging::init(
+            cli.log_format.map_or(LogFormat::Auto, Into::into),
+            verbosity(&cli),
+        );
         return simulate_provider(&cli, *listen, servers, token.clone()).await;
     }
     let config = Config::load(
@@ -187,7 +219,26 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             wait,
         } => {
             let ctx = Context::connect(config, cli.simulate).await?;
+            ctx.executor(false)?.reconcile_or_fail().await?;
             restore(&ctx, *snapshot_id, *yes, *wait).await
+        }
+        Command::Plan {
+            policy,
+            server,
+            json,
+        } => {
+            let work = select(&config, policy.as_deref(), *server, Utc::now())?;
+            let ctx = Context::connect(config, cli.simulate).await?;
+            show_plan(&ctx, work, *json).await
+        }
+        Command::Once {
+            policy,
+            server,
+            dry_run,
+        } => {
+            let work = select(&config, policy.as_deref(), *server, Utc::now())?;
+            let ctx = Context::connect(config, cli.simulate).await?;
+            once(&ctx, work, *dry_run).await
         }
         Command::SimulateProvider { .. } => unreachable!("handled above"),
     }
@@ -240,10 +291,8 @@ impl Context {
         config.api.base_url = simulator::base_url(addr);
         config.api.token_source = TokenSource::Simulated;
         // A fresh provider deserves a fresh state directory, and a demo should not wait 15 s.
-        config.daemon.state_dir = std::env::temp_dir().join(format!(
-            "snapshot-scheduler-sim-{}",
-            std::process::id()
-        ));
+        config.daemon.state_dir =
+            std::env::temp_dir().join(format!("snapshot-scheduler-sim-{}", std::process::id()));
         config.daemon.poll_interval = config.daemon.poll_interval.min(Duration::from_secs(1));
         tracing::info!(base_url = %config.api.base_url, "using the simulated provider");
         let client = HttpClient::new(&config.api, SecretString::from(token))?;
@@ -253,6 +302,18 @@ impl Context {
             clock,
             simulator: Some(sim),
         })
+    }
+
+    /// The executor for acting commands, with the journal in `state_dir`.
+    pub fn executor(&self, dry_run: bool) -> anyhow::Result<Arc<Executor<HttpClient>>> {
+        let journal = Journal::open(&self.config.daemon.state_dir)?;
+        Ok(Executor::new(
+            Arc::new(self.client.clone()),
+            self.clock.clone(),
+            Arc::new(journal),
+            Settings::from_config(&self.config.daemon, dry_run),
+            CancellationToken::new(),
+        ))
     }
 
     /// The policy that owns a snapshot name, if any.
@@ -279,7 +340,11 @@ pub fn check_report(config: &Config, now: DateTime<Utc>) -> String {
         "{}: ok ({} {})\n",
         config.path.display(),
         config.policies.len(),
-        if config.policies.len() == 1 { "policy" } else { "policies" }
+        if config.policies.len() == 1 {
+            "policy"
+        } else {
+            "policies"
+        }
     );
     for p in &config.policies {
         let r = &p.retention;
@@ -296,7 +361,8 @@ pub fn check_report(config: &Config, now: DateTime<Utc>) -> String {
             }
         }
         let servers: Vec<String> = p.servers.iter().map(ToString::to_string).collect();
-        out += &format!(
+        out +=
+            &format!(
             "\npolicy {}\n  schedule  {} ({})\n  servers   {}\n  retention {}\n  stop      {}\n",
             p.name,
             p.schedule.expr(),
@@ -411,7 +477,11 @@ async fn restore(ctx: &Context, snapshot_id: u64, yes: bool, wait: bool) -> anyh
         .await?
         .into_iter()
         .find(|s| s.id == snapshot_id)
-        .ok_or_else(|| UsageError(format!("snapshot {snapshot_id} does not exist (see `list`)")))?;
+        .ok_or_else(|| {
+            UsageError(format!(
+                "snapshot {snapshot_id} does not exist (see `list`)"
+            ))
+        })?;
     let server = ctx.client.get_server(snapshot.server.id).await?;
     println!(
         "Restore server {} ({}, {}) from snapshot {} \"{}\" taken {}.\n\
@@ -500,4 +570,169 @@ async fn simulate_provider(
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(0)
+}
+
+/// The (policy, server, slot) triples a command works on, after `--policy`/`--server`.
+pub fn select(
+    config: &Config,
+    policy: Option<&str>,
+    server: Option<ServerId>,
+    now: DateTime<Utc>,
+) -> Result<Vec<(Policy, ServerId, DateTime<Utc>)>, UsageError> {
+    if let Some(name) = policy {
+        if config.policy(name).is_none() {
+            let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
+            return Err(UsageError(format!(
+                "--policy {name}: no such policy; allowed: {}",
+                names.join(", ")
+            )));
+        }
+    }
+    let mut work = Vec::new();
+    for p in &config.policies {
+        if policy.is_some_and(|n| n != p.name) {
+            continue;
+        }
+        let Some(slot) = p.schedule.slot_at(now) else {
+            continue;
+        };
+        for s in &p.servers {
+            if server.is_none_or(|want| want == *s) {
+                work.push((p.clone(), *s, slot));
+            }
+        }
+    }
+    if let (Some(id), true) = (server, work.is_empty()) {
+        return Err(UsageError(format!(
+            "--server {id}: no selected policy names this server; allowed: {}",
+            config
+                .servers()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(work)
+}
+
+async fn show_plan(
+    ctx: &Context,
+    work: Vec<(Policy, ServerId, DateTime<Utc>)>,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let executor = ctx.executor(true)?;
+    let mut servers: Vec<ServerId> = work.iter().map(|(_, s, _)| *s).collect();
+    servers.sort_unstable();
+    servers.dedup();
+    let listing = executor.list(&servers).await?;
+    let now = ctx.clock.now();
+    let plans: Vec<crate::plan::Plan> = work
+        .iter()
+        .map(|(policy, server, slot)| {
+            let mut p = crate::plan::plan(policy, &listing.server(*server), *slot, now);
+            p.server = *server;
+            p
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plans)?);
+        return Ok(0);
+    }
+    for p in &plans {
+        println!(
+            "policy {}  server {}  slot {}",
+            p.policy,
+            p.server,
+            p.slot.format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        let mut rows = Vec::new();
+        match &p.create {
+            Some(c) => rows.push(["create".to_owned(), c.name.clone(), c.reason.clone()]),
+            None => rows.push(["-".to_owned(), String::new(), p.outcome().to_owned()]),
+        }
+        for d in &p.decisions {
+            let action = match d.action {
+                Action::DeleteNow | Action::DeleteBeforeCreate | Action::DeleteAfterCreate => {
+                    d.action.as_str().to_owned()
+                }
+                Action::Keep => "keep".into(),
+                Action::Ignore => "ignore".into(),
+            };
+            rows.push([
+                action,
+                format!("{} ({})", d.name, d.status),
+                d.reason.clone(),
+            ]);
+        }
+        for line in render_table(&rows).lines() {
+            println!("  {line}");
+        }
+        if let Some(b) = &p.blocked {
+            println!("  BLOCKED: {} ({})", b.reason, b.snapshots.join(", "));
+        }
+        for note in &p.notes {
+            println!("  note: {note}");
+        }
+        println!();
+    }
+    Ok(0)
+}
+
+async fn once(
+    ctx: &Context,
+    work: Vec<(Policy, ServerId, DateTime<Utc>)>,
+    dry_run: bool,
+) -> anyhow::Result<i32> {
+    let executor = ctx.executor(dry_run)?;
+    if !dry_run {
+        executor.reconcile_or_fail().await?;
+    }
+    let reports = executor.run_all(work).await;
+    print!("{}", summary(&reports));
+    Ok(if reports.iter().any(|r| r.result.is_failure()) {
+        1
+    } else {
+        0
+    })
+}
+
+/// The table `once` ends with: one line per server and policy.
+pub fn summary(reports: &[ServerReport]) -> String {
+    let mut rows = vec![[
+        "SERVER".to_owned(),
+        "POLICY".into(),
+        "RESULT".into(),
+        "CREATED".into(),
+        "DELETED".into(),
+        "DETAIL".into(),
+    ]];
+    for r in reports {
+        rows.push([
+            r.server.to_string(),
+            r.policy.clone(),
+            match r.result {
+                RunResult::Created => "created",
+                RunResult::Unchanged => "unchanged",
+                RunResult::Skipped => "skipped",
+                RunResult::DryRun => "dry-run",
+                RunResult::Failed => "FAILED",
+            }
+            .to_owned(),
+            r.created.clone().unwrap_or_else(|| "-".into()),
+            if r.deleted.is_empty() {
+                "-".into()
+            } else {
+                r.deleted.join(",")
+            },
+            r.message.clone(),
+        ]);
+    }
+    let failed = reports.iter().filter(|r| r.result.is_failure()).count();
+    format!(
+        "{}{} servers, {} failed\n",
+        render_table(&rows),
+        reports.len(),
+        failed
+    )
 }

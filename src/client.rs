@@ -16,9 +16,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::config::ApiConfig;
-use crate::model::{
-    CreateSnapshot, Page, RestoreStarted, Server, ServerId, Snapshot, SnapshotId,
-};
+use crate::model::{CreateSnapshot, Page, RestoreStarted, Server, ServerId, Snapshot, SnapshotId};
 use crate::provider::{ApiError, Provider};
 
 pub const USER_AGENT: &str = concat!("snapshot-scheduler/", env!("CARGO_PKG_VERSION"));
@@ -167,10 +165,7 @@ impl HttpClient {
             StatusCode::TOO_MANY_REQUESTS => {
                 let wait = retry_after.unwrap_or(Duration::from_secs(1));
                 inner.budget.pause(wait).await;
-                ApiError::RateLimited {
-                    what,
-                    retry_after,
-                }
+                ApiError::RateLimited { what, retry_after }
             }
             s if s.is_server_error() => ApiError::Server {
                 what,
@@ -385,7 +380,13 @@ impl Provider for HttpClient {
         let mut backoff = self.backoff().build();
         loop {
             let result = self
-                .attempt(Method::POST, &self.url("/snapshots/"), Some(&body), "create", &what)
+                .attempt(
+                    Method::POST,
+                    &self.url("/snapshots/"),
+                    Some(&body),
+                    "create",
+                    &what,
+                )
                 .await;
             let error = match result {
                 Ok(answer) => return decode(&answer, &what),
@@ -396,7 +397,8 @@ impl Provider for HttpClient {
                 (e, Some(d)) if e.outcome_unknown() => {
                     // The create may have happened: look before trying again.
                     tracing::warn!(error = %e, snapshot = %request.name, "create answer lost; looking for the snapshot by name");
-                    if let Some(found) = self.find_by_name(request.server_id, &request.name).await? {
+                    if let Some(found) = self.find_by_name(request.server_id, &request.name).await?
+                    {
                         return Ok(found);
                     }
                     d
@@ -416,7 +418,9 @@ impl Provider for HttpClient {
         let url = self.url(&format!("/snapshots/{id}/"));
         let unsure = AtomicBool::new(false);
         (|| async {
-            let r = self.attempt(Method::DELETE, &url, None, "delete", &what).await;
+            let r = self
+                .attempt(Method::DELETE, &url, None, "delete", &what)
+                .await;
             match r {
                 // A retry after a lost answer finds it gone: the first attempt deleted it.
                 Err(ApiError::NotFound { .. }) if unsure.load(Ordering::Relaxed) => Ok(()),
@@ -456,7 +460,12 @@ impl Provider for HttpClient {
 
     async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
         let a: PowerAnswer = self
-            .post_once(&format!("/servers/{id}/stop/"), None, "stop", &format!("stop server {id}"))
+            .post_once(
+                &format!("/servers/{id}/stop/"),
+                None,
+                "stop",
+                &format!("stop server {id}"),
+            )
             .await?;
         Ok(a.server)
     }

@@ -116,7 +116,7 @@ pub struct Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -260,7 +260,11 @@ impl Checker<'_> {
             self.at(
                 v.span(),
                 key,
-                format!("{n} is out of range; allowed: {}..={}", allowed.start, allowed.end - 1),
+                format!(
+                    "{n} is out of range; allowed: {}..={}",
+                    allowed.start,
+                    allowed.end - 1
+                ),
             );
             0
         }
@@ -270,7 +274,10 @@ impl Checker<'_> {
 fn line_column(source: &str, offset: usize) -> (usize, usize) {
     let before = &source[..offset.min(source.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, column)
 }
 
@@ -296,11 +303,12 @@ impl Config {
             problems,
         };
         let raw: RawConfig = toml::from_str(source).map_err(|e| {
-            let (line, column) = line_column(source, e.span().map_or(0, |s| s.start));
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, column) = line_column(source, offset);
             invalid(vec![Problem {
                 line,
                 column,
-                key: key_of_toml_error(e.message()),
+                key: key_of_toml_error(e.message(), source, offset),
                 message: e.message().trim().to_owned(),
             }])
         })?;
@@ -339,14 +347,29 @@ impl Config {
     }
 }
 
-/// serde names the key in its message ("unknown field `kep`", "missing field `name`").
-fn key_of_toml_error(message: &str) -> String {
-    message
+/// serde names the key in its message ("unknown field `kep`", "missing field `name`"); a
+/// syntax error in a value (`keep = three`) is on the line that assigns the key.
+fn key_of_toml_error(message: &str, source: &str, offset: usize) -> String {
+    if let Some(field) = message
         .split('`')
         .nth(1)
         .filter(|_| message.contains("field"))
-        .unwrap_or("toml")
-        .to_owned()
+    {
+        return field.to_owned();
+    }
+    let before = source.get(..offset).unwrap_or_default();
+    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+    match line.split_once('=').map(|(key, _)| key.trim()) {
+        Some(key)
+            if !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
+        {
+            key.to_owned()
+        }
+        _ => "toml".to_owned(),
+    }
 }
 
 fn is_loopback_host(url: &reqwest::Url) -> bool {
@@ -382,12 +405,17 @@ fn validate_api(
         Ok(url) => check.at(
             raw.base_url.span(),
             "api.base_url",
-            format!("scheme \"{}\" is not allowed; allowed: https://", url.scheme()),
+            format!(
+                "scheme \"{}\" is not allowed; allowed: https://",
+                url.scheme()
+            ),
         ),
         Err(e) => check.at(
             raw.base_url.span(),
             "api.base_url",
-            format!("\"{url_text}\" is not a URL ({e}); allowed: e.g. \"https://admin.vps.org/api/v1\""),
+            format!(
+                "\"{url_text}\" is not a URL ({e}); allowed: e.g. \"https://admin.vps.org/api/v1\""
+            ),
         ),
     }
 
@@ -407,7 +435,10 @@ fn validate_api(
             check.at(
                 v.span(),
                 "api.requests_per_second",
-                format!("{} is out of range; allowed: more than 0, at most 1000", v.get_ref()),
+                format!(
+                    "{} is out of range; allowed: more than 0, at most 1000",
+                    v.get_ref()
+                ),
             );
             10.0
         }
@@ -448,7 +479,10 @@ fn read_token(
                 check.at(
                     var.span(),
                     "api.token_env",
-                    format!("the environment variable {} is not set or empty", var.get_ref()),
+                    format!(
+                        "the environment variable {} is not set or empty",
+                        var.get_ref()
+                    ),
                 );
                 (None, source)
             }
@@ -524,10 +558,10 @@ fn token_file_mode(path: &Path) -> std::io::Result<u32> {
 }
 
 fn validate_daemon(check: &mut Checker<'_>, raw: &RawDaemon) -> DaemonConfig {
-    let state_dir = raw
-        .state_dir
-        .as_ref()
-        .map_or_else(|| PathBuf::from("/var/lib/snapshot-scheduler"), |s| PathBuf::from(s.get_ref()));
+    let state_dir = raw.state_dir.as_ref().map_or_else(
+        || PathBuf::from("/var/lib/snapshot-scheduler"),
+        |s| PathBuf::from(s.get_ref()),
+    );
     let max_concurrent = match &raw.max_concurrent {
         None => 8,
         Some(_) => check.count(&raw.max_concurrent, "daemon.max_concurrent", 1..1025) as usize,
@@ -557,14 +591,26 @@ fn validate_daemon(check: &mut Checker<'_>, raw: &RawDaemon) -> DaemonConfig {
     DaemonConfig {
         state_dir,
         max_concurrent,
-        poll_interval: check.duration(&raw.poll_interval, "daemon.poll_interval", Duration::from_secs(15)),
+        poll_interval: check.duration(
+            &raw.poll_interval,
+            "daemon.poll_interval",
+            Duration::from_secs(15),
+        ),
         snapshot_timeout: check.duration(
             &raw.snapshot_timeout,
             "daemon.snapshot_timeout",
             Duration::from_secs(30 * 60),
         ),
-        power_timeout: check.duration(&raw.power_timeout, "daemon.power_timeout", Duration::from_secs(600)),
-        shutdown_grace: check.duration(&raw.shutdown_grace, "daemon.shutdown_grace", Duration::from_secs(60)),
+        power_timeout: check.duration(
+            &raw.power_timeout,
+            "daemon.power_timeout",
+            Duration::from_secs(600),
+        ),
+        shutdown_grace: check.duration(
+            &raw.shutdown_grace,
+            "daemon.shutdown_grace",
+            Duration::from_secs(60),
+        ),
         log_format,
         metrics_listen,
     }
@@ -573,7 +619,9 @@ fn validate_daemon(check: &mut Checker<'_>, raw: &RawDaemon) -> DaemonConfig {
 fn valid_policy_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_POLICY_NAME
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn validate_policies(
@@ -590,9 +638,8 @@ fn validate_policies(
     }
     let mut policies = Vec::new();
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    // server -> [(policy name, rules total)], and where each policy lists its servers.
-    let mut per_server: BTreeMap<ServerId, Vec<(String, u32)>> = BTreeMap::new();
-    let mut servers_span: BTreeMap<String, Range<usize>> = BTreeMap::new();
+    // server -> [(policy index, policy name, rules total)].
+    let mut per_server: BTreeMap<ServerId, Vec<(usize, String, u32)>> = BTreeMap::new();
 
     for (index, spanned) in raw.iter().enumerate() {
         let p = spanned.get_ref();
@@ -675,16 +722,16 @@ fn validate_policies(
         }
 
         let retention = validate_retention(check, p, &label);
-        let jitter = p.jitter.as_ref().map(|_| {
-            check.duration(&p.jitter, &format!("{label}.jitter"), Duration::ZERO)
-        });
+        let jitter = p
+            .jitter
+            .as_ref()
+            .map(|_| check.duration(&p.jitter, &format!("{label}.jitter"), Duration::ZERO));
         for s in &servers {
             per_server
                 .entry(*s)
                 .or_default()
-                .push((name.clone(), retention.total()));
+                .push((index, name.clone(), retention.total()));
         }
-        servers_span.insert(name.clone(), p.servers.span());
         if let Some(schedule) = schedule {
             policies.push(Policy {
                 name: name.clone(),
@@ -705,15 +752,15 @@ fn validate_policies(
 
     // The cap: the provider refuses a 6th snapshot, so the rules on one server must fit in 5.
     for (server, users) in &per_server {
-        let total: u32 = users.iter().map(|(_, n)| n).sum();
+        let total: u32 = users.iter().map(|(_, _, n)| n).sum();
         if total as usize > SERVER_CAP {
-            let (last, _) = users.last().expect("at least one policy per listed server");
+            let (index, last, _) = users.last().expect("at least one policy per listed server");
             let list: Vec<String> = users
                 .iter()
-                .map(|(name, n)| format!("{name} keeps {n}"))
+                .map(|(_, name, n)| format!("{name} keeps {n}"))
                 .collect();
             check.at(
-                servers_span[last].clone(),
+                raw[*index].get_ref().servers.span(),
                 format!("policy \"{last}\".servers"),
                 format!(
                     "server {server}: policies together keep {total} snapshots ({}); allowed: at \

@@ -10,6 +10,8 @@
 //! - [`policy`]: a validated policy and the naming rule for its own snapshots.
 //! - [`schedule`]: when a policy fires, in its timezone.
 //! - [`plan`]: the pure planner: what to create and delete on one server, each with a reason.
+//! - [`journal`]: the power journal that makes "a stopped server is started again" survive crashes.
+//! - [`execute`]: the one place with effects: runs a plan (stop, create, wait, start, prune).
 //! - [`clock`]: wall time as a parameter, so tests can move it.
 //! - [`cli`]: the command line and what each command does.
 //! - [`logging`]: tracing set-up (text, JSON, journald).
@@ -18,6 +20,8 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod execute;
+pub mod journal;
 pub mod logging;
 pub mod model;
 pub mod plan;

@@ -103,6 +103,9 @@ mod tests {
             assert_eq!(parse_snapshot_name("nightly", name), want, "{name}");
         }
         // A policy whose name is a prefix of another's does not own the other's snapshots.
-        assert_eq!(parse_snapshot_name("night", "nightly-20250115T023000Z"), None);
+        assert_eq!(
+            parse_snapshot_name("night", "nightly-20250115T023000Z"),
+            None
+        );
     }
 }

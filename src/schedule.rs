@@ -140,17 +140,25 @@ mod tests {
         // Spring forward 2025-03-30: 02:30 does not exist; the fire is at 03:00 local (01:00Z).
         let fires = s.upcoming(utc("2025-03-29T12:00:00Z"), 2);
         let fires: Vec<_> = fires.iter().map(|f| f.with_timezone(&Utc)).collect();
-        assert_eq!(fires, [utc("2025-03-30T01:00:00Z"), utc("2025-03-31T00:30:00Z")]);
+        assert_eq!(
+            fires,
+            [utc("2025-03-30T01:00:00Z"), utc("2025-03-31T00:30:00Z")]
+        );
         // Fall back 2025-10-26: 02:30 happens twice; the fire is once.
         let fires = s.upcoming(utc("2025-10-25T12:00:00Z"), 2);
         let fires: Vec<_> = fires.iter().map(|f| f.with_timezone(&Utc)).collect();
-        assert_eq!(fires, [utc("2025-10-26T00:30:00Z"), utc("2025-10-27T01:30:00Z")]);
+        assert_eq!(
+            fires,
+            [utc("2025-10-26T00:30:00Z"), utc("2025-10-27T01:30:00Z")]
+        );
     }
 
     #[test]
     fn hourly_runs_every_real_hour_across_fall_back() {
         let s = Schedule::parse("0 * * * *", chrono_tz::Europe::Berlin).unwrap();
-        let start = chrono::Utc.with_ymd_and_hms(2025, 10, 25, 23, 30, 0).unwrap();
+        let start = chrono::Utc
+            .with_ymd_and_hms(2025, 10, 25, 23, 30, 0)
+            .unwrap();
         let fires = s.upcoming(start, 4);
         let gaps: Vec<_> = fires
             .windows(2)
@@ -176,7 +184,10 @@ mod tests {
     fn rejects_bad_cron_with_what_is_allowed() {
         for bad in ["61 * * * *", "* * *", "every day", "0 0 30 2 *"] {
             let err = Schedule::parse(bad, Tz::UTC).unwrap_err();
-            assert!(err.contains("allowed") || err.contains("never"), "{bad}: {err}");
+            assert!(
+                err.contains("allowed") || err.contains("never"),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -111,6 +111,8 @@ pub struct SimStats {
     pub duplicate_names: u64,
     /// Every snapshot deleted, in order.
     pub deleted: Vec<DeletedSnapshot>,
+    /// Every snapshot created, in order, with the server's power state at that moment.
+    pub created: Vec<CreatedSnapshot>,
     /// Every power state each server entered, stamped with the tokio instant it happened.
     pub power_log: BTreeMap<ServerId, Vec<PowerEvent>>,
 }
@@ -153,6 +155,14 @@ pub struct DeletedSnapshot {
     pub name: String,
     pub server: ServerId,
     pub status: SnapshotStatus,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreatedSnapshot {
+    pub id: SnapshotId,
+    pub name: String,
+    pub server: ServerId,
+    pub server_status: PowerState,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -214,32 +224,6 @@ struct SimSnapshot {
     snapshot: Snapshot,
     /// When it leaves `in_progress`, with the outcome drawn at create time.
     pending: Option<(Instant, SnapshotStatus, Option<u64>)>,
-}
-
-/// Which endpoint a request hit, for the stats and the error wording.
-#[derive(Debug, Clone, Copy)]
-enum Endpoint {
-    List,
-    Create,
-    Delete,
-    Restore,
-    GetServer,
-    Stop,
-    Start,
-}
-
-impl Endpoint {
-    fn label(self) -> &'static str {
-        match self {
-            Self::List => "list",
-            Self::Create => "create",
-            Self::Delete => "delete",
-            Self::Restore => "restore",
-            Self::GetServer => "get_server",
-            Self::Stop => "stop",
-            Self::Start => "start",
-        }
-    }
 }
 
 /// Who is asking: the in-memory path is trusted; HTTP must show the token.
@@ -397,17 +381,18 @@ impl Simulator {
                     .and_hms_opt(12, 0, 0)
                     .map_or(wall, |t| t.and_utc());
                 let name = format!("weekly-snapshot-{}", weekly.format("%Y-%m-%d"));
-                let id = state.seed(*id, &name, SnapshotStatus::Completed, weekly);
-                state.describe(id, "Weekly snapshot", disk_mb * 95 / 100);
+                let snap = &mut state
+                    .insert(*id, &name, SnapshotStatus::Completed, weekly)
+                    .snapshot;
+                snap.description = Some("Weekly snapshot".to_owned());
+                snap.size_mb = Some(disk_mb * 95 / 100);
             }
             let before = (wall - chrono::Duration::days(1)).trunc_subsecs(0);
-            let id = state.seed(
-                *id,
-                "pre-migration-snapshot",
-                SnapshotStatus::Completed,
-                before,
-            );
-            state.describe(id, "Before major migration", disk_mb);
+            let name = "pre-migration-snapshot";
+            let snap = &mut state
+                .insert(*id, name, SnapshotStatus::Completed, before)
+                .snapshot;
+            snap.description = Some("Before major migration".to_owned());
         }
         Self {
             inner: Arc::new(Inner {
@@ -465,7 +450,7 @@ impl Simulator {
             state.servers.contains_key(&server),
             "add_snapshot: server {server} is not simulated"
         );
-        state.seed(server, name, status, created_at)
+        state.insert(server, name, status, created_at).snapshot.id
     }
 
     /// Changes knobs mid-test; pending transitions keep the deadlines they were given.
@@ -506,7 +491,7 @@ impl Simulator {
     /// The lock is taken only after the sleep and never held across an await.
     async fn dispatch<T>(
         &self,
-        endpoint: Endpoint,
+        endpoint: &'static str,
         caller: Caller,
         op: impl FnOnce(&mut SimState, Instant, DateTime<Utc>) -> Result<T, Refusal>,
     ) -> Result<T, Refusal> {
@@ -519,7 +504,7 @@ impl Simulator {
         let mut state = self.lock();
         state.settle(now);
         state.stats.total_requests += 1;
-        *state.stats.requests.entry(endpoint.label()).or_default() += 1;
+        *state.stats.requests.entry(endpoint).or_default() += 1;
         state.admit(&caller, now)?;
         op(&mut state, now, wall)
     }
@@ -622,62 +607,44 @@ impl SimState {
             .filter(|s| server.is_none_or(|id| s.snapshot.server.id == id))
             .map(|s| s.snapshot.clone())
             .collect();
-        list.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+        list.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.id)));
         list
     }
 
-    /// Inserts a snapshot with no pending transition (examples and test seeds).
-    fn seed(
-        &mut self,
-        server: ServerId,
-        name: &str,
-        status: SnapshotStatus,
-        created_at: DateTime<Utc>,
-    ) -> SnapshotId {
-        let disk_mb = self.servers.get(&server).map_or(4096, |s| s.disk_mb);
-        let size_mb = (status == SnapshotStatus::Completed).then_some(disk_mb);
-        self.insert(server, name, None, status, size_mb, created_at, None)
-    }
-
-    fn describe(&mut self, id: SnapshotId, description: &str, size_mb: u64) {
-        if let Some(snap) = self.snapshots.get_mut(&id) {
-            snap.snapshot.description = Some(description.to_owned());
-            snap.snapshot.size_mb = Some(size_mb);
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
+    /// Adds a snapshot under the next id, with no pending transition (it stays as given) and
+    /// the server's disk usage as size if completed; callers adjust the rest.
     fn insert(
         &mut self,
         server: ServerId,
         name: &str,
-        description: Option<String>,
         status: SnapshotStatus,
-        size_mb: Option<u64>,
         created_at: DateTime<Utc>,
-        pending: Option<(Instant, SnapshotStatus, Option<u64>)>,
-    ) -> SnapshotId {
+    ) -> &mut SimSnapshot {
         let id = self.next_id;
         self.next_id += 1;
-        let server_name = self
+        let (server_name, disk_mb) = self
             .servers
             .get(&server)
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
+            .map_or((String::new(), 0), |s| (s.name.clone(), s.disk_mb));
+        let size_mb = (status == SnapshotStatus::Completed).then_some(disk_mb);
+        let server = ServerRef {
+            id: server,
+            name: server_name,
+        };
+        let name = name.to_owned();
         let snapshot = Snapshot {
             id,
-            server: ServerRef {
-                id: server,
-                name: server_name,
-            },
-            name: name.to_owned(),
+            server,
+            name,
             status,
             size_mb,
             created_at,
-            description,
+            description: None,
         };
-        self.snapshots.insert(id, SimSnapshot { snapshot, pending });
-        id
+        self.snapshots.entry(id).or_insert(SimSnapshot {
+            snapshot,
+            pending: None,
+        })
     }
 
     fn create(
@@ -686,11 +653,11 @@ impl SimState {
         now: Instant,
         wall: DateTime<Utc>,
     ) -> Result<Snapshot, Refusal> {
-        let disk_mb = self
+        let (disk_mb, server_status) = self
             .servers
             .get(&request.server_id)
-            .ok_or_else(|| Refusal::not_found("Server not found."))?
-            .disk_mb;
+            .map(|s| (s.disk_mb, s.status.clone()))
+            .ok_or_else(|| Refusal::not_found("Server not found."))?;
         if !is_valid_snapshot_name(&request.name) {
             return Err(Refusal::bad_request(
                 "name may contain only letters, digits, hyphens and underscores",
@@ -728,20 +695,26 @@ impl SimState {
             (SnapshotStatus::Completed, Some(disk_mb * percent / 100))
         };
         let done_at = now + self.config.snapshot_duration;
-        let id = self.insert(
+        let snap = self.insert(
             request.server_id,
             &request.name,
-            request.description.clone(),
             SnapshotStatus::InProgress,
-            None,
             wall,
-            Some((done_at, outcome.0, outcome.1)),
         );
+        snap.snapshot.description.clone_from(&request.description);
+        snap.pending = Some((done_at, outcome.0, outcome.1));
+        let snapshot = snap.snapshot.clone();
+        self.stats.created.push(CreatedSnapshot {
+            id: snapshot.id,
+            name: snapshot.name.clone(),
+            server: request.server_id,
+            server_status,
+        });
         if chance(&mut self.rng, self.config.lost_create_rate) {
             self.fault("lost_create");
             return Err(Refusal::server_error(504));
         }
-        Ok(self.snapshots[&id].snapshot.clone())
+        Ok(snapshot)
     }
 
     fn delete(&mut self, id: SnapshotId) -> Result<(), Refusal> {
@@ -823,71 +796,70 @@ impl SimState {
     }
 }
 
+impl Simulator {
+    /// The in-memory path: no auth, the same faults, refusals worded as the client words them.
+    async fn local<T>(
+        &self,
+        endpoint: &'static str,
+        what: impl FnOnce() -> String,
+        op: impl FnOnce(&mut SimState, Instant, DateTime<Utc>) -> Result<T, Refusal>,
+    ) -> Result<T, ApiError> {
+        let answer = self.dispatch(endpoint, Caller::InMemory, op).await;
+        answer.map_err(|r| r.into_api_error(what()))
+    }
+}
+
 impl Provider for Simulator {
     /// One request however many snapshots there are: the in-memory path does not paginate.
     async fn list_snapshots(&self, server: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
-        self.dispatch(Endpoint::List, Caller::InMemory, |state, _, _| {
-            Ok(state.list(server))
-        })
-        .await
-        .map_err(|r| r.into_api_error("listing snapshots".to_owned()))
+        let what = || "listing snapshots".to_owned();
+        self.local("list", what, |st, _, _| Ok(st.list(server)))
+            .await
     }
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
-        self.dispatch(Endpoint::Create, Caller::InMemory, |state, now, wall| {
-            state.create(request, now, wall)
-        })
-        .await
-        .map_err(|r| {
-            r.into_api_error(format!(
+        let what = || {
+            format!(
                 "creating snapshot {:?} of server {}",
                 request.name, request.server_id
-            ))
+            )
+        };
+        self.local("create", what, |st, now, wall| {
+            st.create(request, now, wall)
         })
+        .await
     }
 
     async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ApiError> {
-        self.dispatch(Endpoint::Delete, Caller::InMemory, |state, _, _| {
-            state.delete(id)
-        })
-        .await
-        .map_err(|r| r.into_api_error(format!("deleting snapshot {id}")))
+        let what = || format!("deleting snapshot {id}");
+        self.local("delete", what, |st, _, _| st.delete(id)).await
     }
 
     async fn restore_snapshot(&self, id: SnapshotId) -> Result<RestoreStarted, ApiError> {
-        self.dispatch(Endpoint::Restore, Caller::InMemory, |state, now, _| {
-            state.restore(id, now)
-        })
-        .await
-        .map(|(_, server)| RestoreStarted {
-            message: RESTORE_MESSAGE.to_owned(),
-            server,
-        })
-        .map_err(|r| r.into_api_error(format!("restoring snapshot {id}")))
+        let what = || format!("restoring snapshot {id}");
+        let (_, server) = self
+            .local("restore", what, |st, now, _| st.restore(id, now))
+            .await?;
+        let message = RESTORE_MESSAGE.to_owned();
+        Ok(RestoreStarted { message, server })
     }
 
     async fn get_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        self.dispatch(Endpoint::GetServer, Caller::InMemory, |state, _, _| {
-            state.server(id)
-        })
-        .await
-        .map_err(|r| r.into_api_error(format!("reading server {id}")))
+        let what = || format!("reading server {id}");
+        self.local("get_server", what, |st, _, _| st.server(id))
+            .await
     }
 
     async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        self.dispatch(Endpoint::Stop, Caller::InMemory, |state, now, _| {
-            state.power(id, true, now)
-        })
-        .await
-        .map_err(|r| r.into_api_error(format!("stopping server {id}")))
+        let what = || format!("stopping server {id}");
+        self.local("stop", what, |st, now, _| st.power(id, true, now))
+            .await
     }
 
     async fn start_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        self.dispatch(Endpoint::Start, Caller::InMemory, |state, now, _| {
-            state.power(id, false, now)
-        })
-        .await
-        .map_err(|r| r.into_api_error(format!("starting server {id}")))
+        let what = || format!("starting server {id}");
+        self.local("start", what, |st, now, _| st.power(id, false, now))
+            .await
     }
 }
 
@@ -971,23 +943,24 @@ async fn http_list(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost")
         .to_owned();
-    let server = match query.get("server_id") {
-        Some(raw) => Some(raw.parse::<ServerId>().map_err(|_| {
-            Refusal::bad_request(format!("server_id must be an integer, not {raw:?}"))
-        })?),
-        None => None,
-    };
-    let page: usize = match query.get("page") {
-        Some(raw) => raw
-            .parse()
-            .ok()
-            .filter(|p| *p >= 1)
-            .ok_or_else(|| Refusal::not_found("Invalid page."))?,
-        None => 1,
-    };
-    let (all, page_size) = sim
-        .dispatch(Endpoint::List, bearer(&headers), |state, _, _| {
-            Ok((state.list(server), state.config.page_size.max(1)))
+    // Checked inside the request, after auth, as DRF's filters and paginator are.
+    let server = query.get("server_id").map(|raw| {
+        let invalid = || Refusal::bad_request(format!("server_id must be an integer, not {raw:?}"));
+        raw.parse::<ServerId>().map_err(|_| invalid())
+    });
+    let page = query.get("page").map_or(Ok(1), |raw| {
+        let page = raw.parse::<usize>().ok().filter(|p| *p >= 1);
+        page.ok_or_else(|| Refusal::not_found("Invalid page."))
+    });
+    let (server, page, all, page_size) = sim
+        .dispatch("list", bearer(&headers), |state, _, _| {
+            let (server, page) = (server.transpose()?, page?);
+            Ok((
+                server,
+                page,
+                state.list(server),
+                state.config.page_size.max(1),
+            ))
         })
         .await?;
     let pages = all.len().div_ceil(page_size).max(1);
@@ -1015,7 +988,7 @@ async fn http_create(
     let request = serde_json::from_slice::<CreateSnapshot>(&body)
         .map_err(|e| Refusal::bad_request(format!("invalid request body: {e}")));
     let snapshot = sim
-        .dispatch(Endpoint::Create, bearer(&headers), |state, now, wall| {
+        .dispatch("create", bearer(&headers), |state, now, wall| {
             state.create(&request?, now, wall)
         })
         .await?;
@@ -1030,10 +1003,8 @@ async fn http_delete(
     Path(id): Path<String>,
 ) -> Result<Response, Refusal> {
     let id = path_id(&id)?;
-    sim.dispatch(Endpoint::Delete, bearer(&headers), |state, _, _| {
-        state.delete(id)
-    })
-    .await?;
+    sim.dispatch("delete", bearer(&headers), |state, _, _| state.delete(id))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1044,7 +1015,7 @@ async fn http_restore(
 ) -> Result<Response, Refusal> {
     let id = path_id(&id)?;
     let (snapshot, server) = sim
-        .dispatch(Endpoint::Restore, bearer(&headers), |state, now, _| {
+        .dispatch("restore", bearer(&headers), |state, now, _| {
             state.restore(id, now)
         })
         .await?;
@@ -1064,7 +1035,7 @@ async fn http_get_server(
 ) -> Result<Response, Refusal> {
     let id = path_id(&id)?;
     let server = sim
-        .dispatch(Endpoint::GetServer, bearer(&headers), |state, _, _| {
+        .dispatch("get_server", bearer(&headers), |state, _, _| {
             state.server(id)
         })
         .await?;
@@ -1072,37 +1043,508 @@ async fn http_get_server(
 }
 
 async fn http_power(
-    sim: Simulator,
-    headers: HeaderMap,
-    id: String,
+    sim: &Simulator,
+    headers: &HeaderMap,
+    id: &str,
     stop: bool,
 ) -> Result<Response, Refusal> {
-    let id = path_id(&id)?;
-    let endpoint = if stop {
-        Endpoint::Stop
-    } else {
-        Endpoint::Start
-    };
-    let server = sim
-        .dispatch(endpoint, bearer(&headers), |state, now, _| {
-            state.power(id, stop, now)
-        })
-        .await?;
+    let id = path_id(id)?;
+    let endpoint = if stop { "stop" } else { "start" };
+    let op = |state: &mut SimState, now, _| state.power(id, stop, now);
+    let server = sim.dispatch(endpoint, bearer(headers), op).await?;
     Ok(Json(json!({ "status": "success", "server": server_json(&server) })).into_response())
 }
 
 async fn http_stop(
-    AxumState(sim): AxumState<Simulator>,
+    sim: AxumState<Simulator>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Refusal> {
-    http_power(sim, headers, id, true).await
+    http_power(&sim, &headers, &id, true).await
 }
 
 async fn http_start(
-    AxumState(sim): AxumState<Simulator>,
+    sim: AxumState<Simulator>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, Refusal> {
-    http_power(sim, headers, id, false).await
+    http_power(&sim, &headers, &id, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{SystemClock, TokioClock};
+
+    const WEB: ServerId = 12345;
+
+    fn quiet() -> SimConfig {
+        SimConfig {
+            example_snapshots: false,
+            ..SimConfig::default()
+        }
+    }
+
+    fn paused(config: SimConfig) -> Simulator {
+        let clock = TokioClock::starting_at("2025-01-16T16:15:00Z".parse().unwrap());
+        Simulator::with_server_ids(config, &[WEB], clock)
+    }
+
+    fn request(name: &str) -> CreateSnapshot {
+        CreateSnapshot {
+            server_id: WEB,
+            name: name.to_owned(),
+            description: None,
+        }
+    }
+
+    async fn advance(d: Duration) {
+        tokio::time::advance(d).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshot_completes_after_snapshot_duration_with_a_size() {
+        let sim = paused(quiet());
+        let created = sim.create_snapshot(&request("a")).await.unwrap();
+        assert_eq!(created.id, FIRST_SNAPSHOT_ID);
+        assert_eq!(created.status, SnapshotStatus::InProgress);
+        assert_eq!(created.size_mb, None);
+        assert_eq!(created.created_at.to_rfc3339(), "2025-01-16T16:15:00+00:00");
+        advance(Duration::from_millis(2900)).await;
+        assert_eq!(sim.snapshots(WEB)[0].status, SnapshotStatus::InProgress);
+        advance(Duration::from_millis(100)).await;
+        let done = &sim.list_snapshots(Some(WEB)).await.unwrap()[0];
+        assert_eq!(done.status, SnapshotStatus::Completed);
+        assert!(done.size_mb.is_some_and(|mb| mb > 1000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_one_ends_failed_without_size() {
+        let sim = paused(SimConfig {
+            failure_rate: 1.0,
+            ..quiet()
+        });
+        sim.create_snapshot(&request("a")).await.unwrap();
+        advance(Duration::from_secs(3)).await;
+        let snap = &sim.snapshots(WEB)[0];
+        assert_eq!(
+            (snap.status.clone(), snap.size_mb),
+            (SnapshotStatus::Failed, None)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn examples_count_toward_the_cap_of_five() {
+        let sim = paused(SimConfig::default());
+        let examples = sim.snapshots(WEB);
+        let names: Vec<&str> = examples.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["weekly-snapshot-2025-01-08", "pre-migration-snapshot"]
+        );
+        assert_eq!(examples[0].id, 800);
+        for name in ["a", "b", "c"] {
+            sim.create_snapshot(&request(name)).await.unwrap();
+            advance(Duration::from_secs(3)).await;
+        }
+        let err = sim.create_snapshot(&request("d")).await.unwrap_err();
+        assert!(matches!(&err, ApiError::BadRequest { message, .. }
+            if message == "snapshot limit reached (5 per server)"));
+        assert_eq!(sim.stats().cap_refusals, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn second_create_while_in_progress_is_refused_and_duplicates_are_counted() {
+        let sim = paused(quiet());
+        sim.create_snapshot(&request("a")).await.unwrap();
+        let err = sim.create_snapshot(&request("b")).await.unwrap_err();
+        assert!(err.to_string().contains("already in progress"), "{err}");
+        advance(Duration::from_secs(3)).await;
+        sim.create_snapshot(&request("a")).await.unwrap();
+        let stats = sim.stats();
+        assert_eq!((stats.in_progress_refusals, stats.duplicate_names), (1, 1));
+        assert_eq!(stats.request_count("create"), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_names_unknown_ids_and_in_progress_deletes_are_refused() {
+        let sim = paused(quiet());
+        let bad = sim.create_snapshot(&request("no spaces")).await;
+        assert!(matches!(bad, Err(ApiError::BadRequest { .. })));
+        let mut elsewhere = request("a");
+        elsewhere.server_id = 1;
+        let missing = sim.create_snapshot(&elsewhere).await;
+        assert!(matches!(missing, Err(ApiError::NotFound { .. })));
+        let id = sim.create_snapshot(&request("a")).await.unwrap().id;
+        let busy = sim.delete_snapshot(id).await;
+        assert!(matches!(busy, Err(ApiError::BadRequest { .. })));
+        assert!(matches!(
+            sim.delete_snapshot(9999).await,
+            Err(ApiError::NotFound { .. })
+        ));
+        advance(Duration::from_secs(3)).await;
+        sim.delete_snapshot(id).await.unwrap();
+        let deleted = &sim.stats().deleted;
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(
+            (deleted[0].id, deleted[0].status.clone()),
+            (id, SnapshotStatus::Completed)
+        );
+        assert!(sim.snapshots(WEB).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_and_start_take_power_delay_and_downtime_is_measured() {
+        let sim = paused(quiet());
+        assert!(matches!(
+            sim.start_server(WEB).await,
+            Err(ApiError::BadRequest { .. })
+        ));
+        let stopping = sim.stop_server(WEB).await.unwrap();
+        assert_eq!(stopping.status, PowerState::Stopping);
+        assert!(matches!(
+            sim.stop_server(WEB).await,
+            Err(ApiError::BadRequest { .. })
+        ));
+        advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            sim.get_server(WEB).await.unwrap().status,
+            PowerState::Stopped
+        );
+        advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            sim.start_server(WEB).await.unwrap().status,
+            PowerState::Starting
+        );
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(sim.server(WEB).unwrap().status, PowerState::Running);
+        let downtime = sim.stats().downtime(WEB);
+        assert_eq!(downtime.len(), 1);
+        // Stop accepted at 0 s, running again when starting ended at 12 + 2 s.
+        assert_eq!(downtime[0].duration(), Some(Duration::from_secs(14)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restore_runs_for_restore_duration_and_refuses_busy_servers() {
+        let sim = paused(SimConfig::default());
+        let snap = sim.snapshots(WEB)[1].id;
+        let started = sim.restore_snapshot(snap).await.unwrap();
+        assert_eq!(started.server.status, PowerState::Restoring);
+        assert!(matches!(
+            sim.restore_snapshot(snap).await,
+            Err(ApiError::BadRequest { .. })
+        ));
+        advance(Duration::from_secs(5)).await;
+        assert_eq!(sim.server(WEB).unwrap().status, PowerState::Running);
+        let stuck = sim.add_snapshot(WEB, "x", SnapshotStatus::InProgress, Utc::now());
+        assert!(matches!(
+            sim.restore_snapshot(stuck).await,
+            Err(ApiError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            sim.restore_snapshot(1).await,
+            Err(ApiError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_answers_429_with_whole_seconds_then_recovers() {
+        let sim = paused(SimConfig {
+            rate_limit: Some(0.5),
+            ..quiet()
+        });
+        sim.get_server(WEB).await.unwrap();
+        let err = sim.get_server(WEB).await.unwrap_err();
+        assert!(
+            matches!(err, ApiError::RateLimited { retry_after: Some(d), .. }
+            if d == Duration::from_secs(2))
+        );
+        advance(Duration::from_secs(2)).await;
+        sim.get_server(WEB).await.unwrap();
+        assert_eq!(sim.stats().fault_count("rate_limited"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_do_nothing_and_lost_creates_still_apply() {
+        let sim = paused(SimConfig {
+            error_rate: 1.0,
+            ..quiet()
+        });
+        let err = sim.create_snapshot(&request("a")).await.unwrap_err();
+        assert!(err.outcome_unknown() && sim.snapshots(WEB).is_empty());
+        sim.set_config(|c| {
+            c.error_rate = 0.0;
+            c.lost_create_rate = 1.0;
+        });
+        let err = sim.create_snapshot(&request("a")).await.unwrap_err();
+        assert!(matches!(err, ApiError::Server { status: 504, .. }));
+        assert_eq!(sim.snapshots(WEB).len(), 1);
+        let stats = sim.stats();
+        assert_eq!(
+            (
+                stats.fault_count("error_5xx"),
+                stats.fault_count("lost_create")
+            ),
+            (1, 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_delays_every_request() {
+        let sim = paused(SimConfig {
+            latency: Duration::from_millis(250),
+            ..quiet()
+        });
+        let start = Instant::now();
+        sim.get_server(WEB).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_seed_replays_the_same_faults() {
+        async fn outcomes(seed: u64) -> Vec<bool> {
+            let sim = paused(SimConfig {
+                seed,
+                error_rate: 0.5,
+                ..quiet()
+            });
+            let mut seen = Vec::new();
+            for _ in 0..32 {
+                seen.push(sim.get_server(WEB).await.is_ok());
+            }
+            seen
+        }
+        let first = outcomes(7).await;
+        assert_eq!(first, outcomes(7).await);
+        assert!(first.contains(&true) && first.contains(&false));
+    }
+
+    // ---- over HTTP, on a real socket ----
+
+    async fn served(config: SimConfig, ids: &[ServerId]) -> (Simulator, String) {
+        let sim = Simulator::with_server_ids(config, ids, Arc::new(SystemClock));
+        let (addr, _) = serve(sim.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        (sim, base_url(addr))
+    }
+
+    fn authed(builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        builder.bearer_auth("simulated-token")
+    }
+
+    #[tokio::test]
+    async fn http_pages_follow_absolute_next_links() {
+        let config = SimConfig {
+            page_size: 2,
+            ..SimConfig::default()
+        };
+        let (_sim, base) = served(config, &[1, 2, 3]).await;
+        let http = reqwest::Client::new();
+        let mut url = format!("{base}/snapshots/");
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page: Value = authed(http.get(&url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(page["count"], 5);
+            pages += 1;
+            seen.extend(
+                page["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["id"].as_u64()),
+            );
+            match page["next"].as_str() {
+                Some(next) => {
+                    assert!(next.starts_with(&base), "{next}");
+                    url = next.to_owned();
+                }
+                None => break,
+            }
+        }
+        assert_eq!((pages, seen.len()), (3, 5));
+        let last: Value = authed(http.get(&url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(last["previous"], format!("{base}/snapshots/?page=2"));
+        let one: Value = authed(http.get(format!("{base}/snapshots/?server_id=2")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (one["count"].as_u64(), one["next"].is_null()),
+            (Some(1), true)
+        );
+        let beyond = authed(http.get(format!("{base}/snapshots/?page=9")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(beyond.status(), 404);
+    }
+
+    #[tokio::test]
+    async fn http_without_or_with_a_wrong_token_is_401() {
+        let (_sim, base) = served(quiet(), &[WEB]).await;
+        let http = reqwest::Client::new();
+        for request in [
+            http.get(format!("{base}/servers/{WEB}/")),
+            http.post(format!("{base}/snapshots/")).bearer_auth("wrong"),
+        ] {
+            let answer = request.send().await.unwrap();
+            assert_eq!(answer.status(), 401);
+            let body: Value = answer.json().await.unwrap();
+            assert_eq!(body["detail"], UNAUTHORIZED);
+        }
+    }
+
+    #[tokio::test]
+    async fn http_create_is_201_in_progress_and_the_cap_is_400() {
+        let config = SimConfig {
+            refuse_create_while_in_progress: false,
+            ..SimConfig::default()
+        };
+        let (_sim, base) = served(config, &[WEB]).await;
+        let http = reqwest::Client::new();
+        let create = |name: &str| {
+            authed(http.post(format!("{base}/snapshots/")))
+                .json(&json!({ "server_id": WEB, "name": name, "description": "d" }))
+                .send()
+        };
+        let answer = create("before-update-snapshot").await.unwrap();
+        assert_eq!(answer.status(), 201);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(
+            (body["status"].as_str(), body["size_mb"].is_null()),
+            (Some("in_progress"), true)
+        );
+        assert_eq!(body["server"]["name"], format!("web-{WEB}"));
+        assert_eq!(body["message"], CREATE_MESSAGE);
+        create("b").await.unwrap();
+        create("c").await.unwrap();
+        let refused = create("d").await.unwrap();
+        assert_eq!(refused.status(), 400);
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["detail"], "snapshot limit reached (5 per server)");
+        let unknown = authed(http.post(format!("{base}/snapshots/")))
+            .json(&json!({ "server_id": 1, "name": "x" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unknown.status(), 404);
+    }
+
+    #[tokio::test]
+    async fn http_lost_create_answers_504_but_the_snapshot_exists() {
+        let config = SimConfig {
+            lost_create_rate: 1.0,
+            ..quiet()
+        };
+        let (sim, base) = served(config, &[WEB]).await;
+        let answer = authed(reqwest::Client::new().post(format!("{base}/snapshots/")))
+            .json(&json!({ "server_id": WEB, "name": "lost" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 504);
+        assert!(answer
+            .text()
+            .await
+            .unwrap()
+            .contains("504 Gateway Time-out"));
+        assert_eq!(sim.snapshots(WEB)[0].name, "lost");
+    }
+
+    #[tokio::test]
+    async fn http_delete_in_progress_is_400_and_completed_is_204() {
+        let (sim, base) = served(quiet(), &[WEB]).await;
+        let busy = sim.add_snapshot(WEB, "busy", SnapshotStatus::InProgress, Utc::now());
+        let done = sim.add_snapshot(WEB, "done", SnapshotStatus::Completed, Utc::now());
+        let http = reqwest::Client::new();
+        let delete = |id: SnapshotId| authed(http.delete(format!("{base}/snapshots/{id}/"))).send();
+        let refused = delete(busy).await.unwrap();
+        assert_eq!(refused.status(), 400);
+        let deleted = delete(done).await.unwrap();
+        assert_eq!(deleted.status(), 204);
+        assert!(deleted.bytes().await.unwrap().is_empty());
+        assert_eq!(delete(done).await.unwrap().status(), 404);
+        assert_eq!(sim.stats().request_count("delete"), 3);
+    }
+
+    #[tokio::test]
+    async fn http_stop_start_restore_and_429_answer_as_documented() {
+        let config = SimConfig {
+            power_delay: Duration::from_millis(50),
+            restore_duration: Duration::from_millis(50),
+            ..SimConfig::default()
+        };
+        let (sim, base) = served(config, &[WEB]).await;
+        let http = reqwest::Client::new();
+        let post = |path: String| authed(http.post(format!("{base}{path}"))).send();
+        let stop: Value = post(format!("/servers/{WEB}/stop/"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            stop,
+            json!({"status": "success",
+            "server": {"id": WEB, "name": format!("web-{WEB}"), "status": "stopping"}})
+        );
+        assert_eq!(
+            post(format!("/servers/{WEB}/stop/"))
+                .await
+                .unwrap()
+                .status(),
+            400
+        );
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let server: Value = authed(http.get(format!("{base}/servers/{WEB}/")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(server["status"], "stopped");
+        let start: Value = post(format!("/servers/{WEB}/start/"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(start["server"]["status"], "starting");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(sim.server(WEB).unwrap().status, PowerState::Running);
+
+        let snap = sim.snapshots(WEB)[1].clone();
+        let restore: Value = post(format!("/snapshots/{}/restore/", snap.id))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(restore["status"], "success");
+        assert_eq!(restore["snapshot"]["name"], "pre-migration-snapshot");
+        assert_eq!(restore["server"]["status"], "restoring");
+
+        sim.set_config(|c| c.burst_429_rate = 1.0);
+        let throttled = post(format!("/servers/{WEB}/start/")).await.unwrap();
+        assert_eq!(throttled.status(), 429);
+        assert_eq!(throttled.headers()[header::RETRY_AFTER], "1");
+    }
 }

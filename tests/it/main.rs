@@ -1,5 +1,6 @@
 //! The integration tests: one binary, a module per capability, each driving the real binary or
 //! library against the built-in simulated provider (or wiremock for scripted answers).
 
+mod client;
 mod common;
 mod config;

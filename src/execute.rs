@@ -1,0 +1,722 @@
+//! The one place with effects: runs a [`Plan`] against the provider. Free a slot if needed →
+//! (optionally) stop the server → create → wait → start → prune. A dry run is this same path
+//! with every write refused. Waiting is shared: one listing answers every snapshot in flight.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::clock::Clock;
+use crate::journal::{self, Journal};
+use crate::model::{CreateSnapshot, PowerState, ServerId, Snapshot, SnapshotStatus};
+use crate::plan::{plan, Plan};
+use crate::policy::Policy;
+use crate::provider::{ApiError, Provider};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub poll_interval: Duration,
+    pub snapshot_timeout: Duration,
+    pub power_timeout: Duration,
+    pub max_concurrent: usize,
+    /// Every write is refused (and reported as what would have happened).
+    pub dry_run: bool,
+}
+
+impl Settings {
+    pub fn from_config(daemon: &crate::config::DaemonConfig, dry_run: bool) -> Self {
+        Self {
+            poll_interval: daemon.poll_interval,
+            snapshot_timeout: daemon.snapshot_timeout,
+            power_timeout: daemon.power_timeout,
+            max_concurrent: daemon.max_concurrent,
+            dry_run,
+        }
+    }
+}
+
+/// What happened on one server for one policy's slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerReport {
+    pub policy: String,
+    pub server: ServerId,
+    pub slot: DateTime<Utc>,
+    pub snapshot: String,
+    pub result: RunResult,
+    pub created: Option<String>,
+    pub deleted: Vec<String>,
+    pub message: String,
+    #[serde(skip)]
+    pub plan: Option<Plan>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    /// A new snapshot completed (and pruning ran).
+    Created,
+    /// Nothing needed doing (slot already taken), or only pruning.
+    Unchanged,
+    /// Not attempted now, for a reason that is not an error (a snapshot in progress).
+    Skipped,
+    /// Dry run: what would have happened is in `message`.
+    DryRun,
+    Failed,
+}
+
+impl RunResult {
+    pub fn is_failure(self) -> bool {
+        self == Self::Failed
+    }
+}
+
+/// One operation per server at a time, across all policies. Also remembers when a server was
+/// last changed, so a listing taken before that is not trusted.
+#[derive(Debug, Default)]
+pub struct ServerLocks {
+    locks: Mutex<HashMap<ServerId, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+}
+
+impl ServerLocks {
+    fn entry(&self, server: ServerId) -> Arc<tokio::sync::Mutex<Option<Instant>>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(server)
+            .or_default()
+            .clone()
+    }
+
+    /// Whether an operation on `server` is under way now.
+    pub fn is_busy(&self, server: ServerId) -> bool {
+        self.entry(server).try_lock().is_err()
+    }
+}
+
+/// Snapshots on the servers, listed once at `taken_at` (monotonic).
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub taken_at: Instant,
+    pub by_server: BTreeMap<ServerId, Vec<Snapshot>>,
+}
+
+impl Listing {
+    pub fn new(snapshots: Vec<Snapshot>) -> Self {
+        let mut by_server: BTreeMap<ServerId, Vec<Snapshot>> = BTreeMap::new();
+        for s in snapshots {
+            by_server.entry(s.server.id).or_default().push(s);
+        }
+        Self {
+            taken_at: Instant::now(),
+            by_server,
+        }
+    }
+
+    pub fn server(&self, id: ServerId) -> Vec<Snapshot> {
+        self.by_server.get(&id).cloned().unwrap_or_default()
+    }
+}
+
+/// How waiting for one snapshot ended.
+#[derive(Debug)]
+enum Waited {
+    /// Left `in_progress`; with that server's listing at that moment.
+    Settled(Snapshot, Vec<Snapshot>),
+    TimedOut,
+    Cancelled,
+}
+
+struct Waiter {
+    server: ServerId,
+    name: String,
+    deadline: Instant,
+    tx: oneshot::Sender<Waited>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    waiters: Vec<Waiter>,
+    polling: bool,
+}
+
+/// The shared status poll: one task lists every server with a snapshot in flight, answers the
+/// waiters whose snapshot settled, and ends when nobody is waiting.
+struct Watch<P: Provider> {
+    provider: Arc<P>,
+    poll_interval: Duration,
+    state: Mutex<WatchState>,
+}
+
+impl<P: Provider> Watch<P> {
+    fn state(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn poll_loop(self: Arc<Self>) {
+        let mut delay = self.poll_interval;
+        loop {
+            tokio::time::sleep(delay).await;
+            let servers: Vec<ServerId> = {
+                let mut w = self.state();
+                w.waiters.retain(|x| !x.tx.is_closed());
+                if w.waiters.is_empty() {
+                    w.polling = false;
+                    return;
+                }
+                let mut s: Vec<ServerId> = w.waiters.iter().map(|x| x.server).collect();
+                s.sort_unstable();
+                s.dedup();
+                s
+            };
+            let listing = match list(&*self.provider, &servers).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not poll snapshot status; trying again");
+                    None
+                }
+            };
+            let now = Instant::now();
+            let mut w = self.state();
+            for waiter in std::mem::take(&mut w.waiters) {
+                let found = listing.as_ref().and_then(|l| {
+                    l.by_server
+                        .get(&waiter.server)
+                        .and_then(|snaps| snaps.iter().find(|s| s.name == waiter.name))
+                });
+                match found {
+                    Some(s) if s.status != SnapshotStatus::InProgress => {
+                        let all = listing
+                            .as_ref()
+                            .map(|l| l.server(waiter.server))
+                            .unwrap_or_default();
+                        let _ = waiter.tx.send(Waited::Settled(s.clone(), all));
+                    }
+                    _ if now >= waiter.deadline => {
+                        let _ = waiter.tx.send(Waited::TimedOut);
+                    }
+                    _ => w.waiters.push(waiter),
+                }
+            }
+            if w.waiters.is_empty() {
+                w.polling = false;
+                return;
+            }
+            delay = (delay * 3 / 2).min(self.poll_interval.max(Duration::from_secs(60)));
+        }
+    }
+}
+
+/// One listing for these servers: the server's own list when there is one, else the
+/// account-wide list (one paginated call instead of one per server).
+pub async fn list<P: Provider>(provider: &P, servers: &[ServerId]) -> Result<Listing, ApiError> {
+    let snapshots = match servers {
+        [one] => provider.list_snapshots(Some(*one)).await?,
+        _ => provider.list_snapshots(None).await?,
+    };
+    let mut listing = Listing::new(snapshots);
+    listing.by_server.retain(|id, _| servers.contains(id));
+    Ok(listing)
+}
+
+pub struct Executor<P: Provider> {
+    provider: Arc<P>,
+    clock: Arc<dyn Clock>,
+    journal: Arc<Journal>,
+    settings: Settings,
+    locks: ServerLocks,
+    permits: Arc<Semaphore>,
+    watch: Arc<Watch<P>>,
+    /// Cancelled when waiting must end now (shutdown grace is over): servers are started
+    /// again, snapshots are left to finish on their own.
+    hurry: CancellationToken,
+}
+
+impl<P: Provider> Executor<P> {
+    pub fn new(
+        provider: Arc<P>,
+        clock: Arc<dyn Clock>,
+        journal: Arc<Journal>,
+        settings: Settings,
+        hurry: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            watch: Arc::new(Watch {
+                provider: provider.clone(),
+                poll_interval: settings.poll_interval,
+                state: Mutex::new(WatchState::default()),
+            }),
+            provider,
+            clock,
+            journal,
+            permits: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
+            settings,
+            locks: ServerLocks::default(),
+            hurry,
+        })
+    }
+
+    pub fn provider(&self) -> &Arc<P> {
+        &self.provider
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn locks(&self) -> &ServerLocks {
+        &self.locks
+    }
+
+    /// Runs each (policy, server, slot) once: at most `max_concurrent` servers at a time, one
+    /// operation per server at a time, everything listed with one paginated call.
+    pub async fn run_all(
+        self: &Arc<Self>,
+        work: Vec<(Policy, ServerId, DateTime<Utc>)>,
+    ) -> Vec<ServerReport> {
+        let servers: Vec<ServerId> = {
+            let mut s: Vec<ServerId> = work.iter().map(|(_, s, _)| *s).collect();
+            s.sort_unstable();
+            s.dedup();
+            s
+        };
+        let listing = match self.list(&servers).await {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list snapshots up front; each server lists its own");
+                None
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for (policy, server, slot) in work {
+            let this = self.clone();
+            let listing = listing.clone();
+            tasks.spawn(async move {
+                this.run_server(&policy, server, slot, listing.as_deref())
+                    .await
+            });
+        }
+        let mut reports = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(report) => reports.push(report),
+                Err(e) => tracing::error!(error = %e, "a server task ended abnormally"),
+            }
+        }
+        reports.sort_by(|a, b| (a.server, &a.policy).cmp(&(b.server, &b.policy)));
+        reports
+    }
+
+    /// One listing for these servers (see [`list`]).
+    pub async fn list(&self, servers: &[ServerId]) -> Result<Listing, ApiError> {
+        list(&*self.provider, servers).await
+    }
+
+    /// Runs one policy's slot on one server, start to finish. Never panics, never leaves a
+    /// server it stopped stopped (short of a crash, which the journal covers).
+    pub async fn run_server(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        slot: DateTime<Utc>,
+        listing: Option<&Listing>,
+    ) -> ServerReport {
+        let name = policy.snapshot_name(slot);
+        let span = tracing::info_span!("rotation", policy = %policy.name, server, snapshot = %name);
+        async {
+            let _permit = self.permits.acquire().await;
+            let lock = self.locks.entry(server);
+            let mut last_change = lock.lock().await;
+            let mut report = ServerReport {
+                policy: policy.name.clone(),
+                server,
+                slot,
+                snapshot: name.clone(),
+                result: RunResult::Failed,
+                created: None,
+                deleted: Vec::new(),
+                message: String::new(),
+                plan: None,
+            };
+            let fresh = listing.filter(|l| last_change.is_none_or(|t| l.taken_at > t));
+            let result = self.rotate(policy, server, slot, fresh, &mut report).await;
+            if !self.settings.dry_run && (report.created.is_some() || !report.deleted.is_empty()) {
+                *last_change = Some(Instant::now());
+            }
+            if let Err(e) = result {
+                report.result = RunResult::Failed;
+                report.message = format!("{e:#}");
+            }
+            self.log_report(&report);
+            report
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn log_report(&self, r: &ServerReport) {
+        let policy = r.policy.as_str();
+        match r.result {
+            RunResult::Failed => {
+                metrics::counter!("snapshot_scheduler_runs_failed_total", "policy" => policy.to_owned()).increment(1);
+                tracing::error!(result = "failed", "{}", r.message);
+            }
+            RunResult::Skipped => tracing::warn!(result = "skipped", "{}", r.message),
+            _ => tracing::info!(result = ?r.result, "{}", r.message),
+        }
+    }
+
+    async fn rotate(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        slot: DateTime<Utc>,
+        listing: Option<&Listing>,
+        report: &mut ServerReport,
+    ) -> anyhow::Result<()> {
+        let snapshots = match listing {
+            Some(l) => l.server(server),
+            None => self.provider.list_snapshots(Some(server)).await?,
+        };
+        let mut first = plan(policy, &snapshots, slot, self.clock.now());
+        first.server = server;
+        for note in &first.notes {
+            tracing::info!("{note}");
+        }
+        report.plan = Some(first.clone());
+        if let Some(blocked) = &first.blocked {
+            anyhow::bail!("{}", blocked.reason);
+        }
+        if self.settings.dry_run {
+            report.result = RunResult::DryRun;
+            report.message = dry_run_summary(&first);
+            return Ok(());
+        }
+
+        for d in first.deletes_now().chain(first.deletes_before_create()) {
+            tracing::info!(delete = %d.name, "{}", d.reason);
+            self.provider.delete_snapshot(d.snapshot_id).await?;
+            metrics::counter!("snapshot_scheduler_snapshots_deleted_total", "policy" => policy.name.clone()).increment(1);
+            report.deleted.push(d.name.clone());
+        }
+
+        let Some(create) = &first.create else {
+            report.result = if first
+                .no_create
+                .as_deref()
+                .is_some_and(|w| w.starts_with("skip:"))
+            {
+                RunResult::Skipped
+            } else {
+                RunResult::Unchanged
+            };
+            report.message = first.outcome().to_owned();
+            return Ok(());
+        };
+
+        let outcome = self.snapshot(policy, server, &create.name).await;
+        let (settled, listing_after) = match outcome {
+            Ok(Some(pair)) => pair,
+            Ok(None) => {
+                report.result = RunResult::Skipped;
+                report.message =
+                    "server is busy (neither running nor stopped); not snapshotted".into();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        report.created = Some(settled.name.clone());
+
+        // Prune with what the provider says now: the second plan deletes what is beyond the
+        // rules only because a newer snapshot has completed (or cleans up our failed one).
+        let second = plan(policy, &listing_after, slot, self.clock.now());
+        for d in second.deletes_now() {
+            tracing::info!(delete = %d.name, "{}", d.reason);
+            match self.provider.delete_snapshot(d.snapshot_id).await {
+                Ok(()) => {
+                    metrics::counter!("snapshot_scheduler_snapshots_deleted_total", "policy" => policy.name.clone()).increment(1);
+                    report.deleted.push(d.name.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, snapshot = %d.name, "could not prune; the next run tries again")
+                }
+            }
+        }
+        match settled.status {
+            SnapshotStatus::Completed => {
+                metrics::counter!("snapshot_scheduler_snapshots_created_total", "policy" => policy.name.clone()).increment(1);
+                metrics::gauge!("snapshot_scheduler_last_success_timestamp_seconds", "policy" => policy.name.clone(), "server" => server.to_string())
+                    .set(self.clock.now().timestamp() as f64);
+                report.result = RunResult::Created;
+                report.message = format!(
+                    "created {} ({}); deleted {}",
+                    settled.name,
+                    crate::cli::format_size(settled.size_mb),
+                    if report.deleted.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        report.deleted.join(", ")
+                    }
+                );
+            }
+            status => {
+                metrics::counter!("snapshot_scheduler_snapshots_failed_total", "policy" => policy.name.clone()).increment(1);
+                anyhow::bail!(
+                    "snapshot {} ended {status}{}",
+                    settled.name,
+                    if report.deleted.contains(&settled.name) {
+                        "; deleted it"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop (if asked and running) → create → wait → start. `Ok(None)`: server busy, nothing
+    /// done. Starting again happens on every path once the stop was requested.
+    async fn snapshot(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        name: &str,
+    ) -> anyhow::Result<Option<(Snapshot, Vec<Snapshot>)>> {
+        let mut stopped_by_us = false;
+        if policy.stop_server {
+            let state = self.provider.get_server(server).await?;
+            match state.status {
+                PowerState::Running => {
+                    self.stop(policy, server, name).await?;
+                    stopped_by_us = true;
+                }
+                PowerState::Stopped => {
+                    tracing::info!("server is already stopped; snapshotting it as it is and leaving it stopped");
+                }
+                _ => return Ok(None),
+            }
+        }
+        let result = self.create_and_wait(policy, server, name).await;
+        if stopped_by_us {
+            if let Err(e) = self.start_again(server).await {
+                return Err(match result {
+                    Ok(_) => e,
+                    Err(first) => first.context(format!("{e:#}")),
+                });
+            }
+        }
+        result.map(Some)
+    }
+
+    async fn create_and_wait(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        name: &str,
+    ) -> anyhow::Result<(Snapshot, Vec<Snapshot>)> {
+        let created = self
+            .provider
+            .create_snapshot(&CreateSnapshot {
+                server_id: server,
+                name: name.to_owned(),
+                description: Some(policy.description.clone()),
+            })
+            .await?;
+        tracing::info!(
+            id = created.id,
+            "snapshot requested; waiting for it to finish"
+        );
+        match self.wait_for(server, name).await {
+            Waited::Settled(s, listing) => Ok((s, listing)),
+            Waited::TimedOut => anyhow::bail!(
+                "snapshot {name} still in progress after snapshot_timeout {}",
+                humantime::format_duration(self.settings.snapshot_timeout)
+            ),
+            Waited::Cancelled => {
+                anyhow::bail!("stopped waiting for snapshot {name}: shutting down")
+            }
+        }
+    }
+
+    /// Journal first, then stop, then wait for `stopped`. On any failure after the request,
+    /// the server is started again before the error is returned.
+    async fn stop(&self, policy: &Policy, server: ServerId, name: &str) -> anyhow::Result<()> {
+        let now = self.clock.now();
+        let budget = self.settings.power_timeout * 2 + self.settings.snapshot_timeout;
+        let entry = journal::Entry {
+            server,
+            policy: policy.name.clone(),
+            snapshot: name.to_owned(),
+            stopped_at: now,
+            deadline: now
+                + chrono::Duration::from_std(budget).unwrap_or(chrono::Duration::hours(1)),
+        };
+        self.journal.record(entry).map_err(|e| {
+            anyhow::anyhow!("refusing to stop server {server}: its stop cannot be journaled ({e})")
+        })?;
+        tracing::info!("stopping the server for a consistent snapshot");
+        let stopped = match self.provider.stop_server(server).await {
+            Ok(_) => self.wait_power(server, PowerState::Stopped).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = stopped {
+            let again = self.start_again(server).await;
+            let e = e.context(format!("stopping server {server}"));
+            return Err(match again {
+                Ok(()) => e,
+                Err(a) => e.context(format!("{a:#}")),
+            });
+        }
+        Ok(())
+    }
+
+    /// Brings a server this program stopped back to `running` and clears its journal entry.
+    /// Waits out a `stopping` first; leaves the entry when it cannot (the next start retries).
+    pub async fn start_again(&self, server: ServerId) -> anyhow::Result<()> {
+        let mut state = self.provider.get_server(server).await?.status;
+        if state == PowerState::Stopping {
+            self.wait_power(server, PowerState::Stopped).await?;
+            state = PowerState::Stopped;
+        }
+        match state {
+            PowerState::Running => {}
+            PowerState::Stopped => {
+                tracing::info!("starting the server again");
+                let started = match self.provider.start_server(server).await {
+                    Ok(_) => self.wait_power(server, PowerState::Running).await,
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = started {
+                    metrics::counter!("snapshot_scheduler_server_left_stopped_total").increment(1);
+                    tracing::error!(error = %format!("{e:#}"), "SERVER LEFT STOPPED: could not start it again; the next start of snapshot-scheduler retries");
+                    return Err(e.context(format!(
+                        "server {server} was stopped for a snapshot and could not be started again"
+                    )));
+                }
+            }
+            other => {
+                tracing::warn!(state = %other, "server is neither running nor stopped; leaving it to the provider")
+            }
+        }
+        self.journal.clear(server)?;
+        Ok(())
+    }
+
+    /// Polls the server until it is in `target`, bounded by `power_timeout`.
+    async fn wait_power(&self, server: ServerId, target: PowerState) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.settings.power_timeout;
+        let mut delay = self.settings.poll_interval.min(Duration::from_secs(2));
+        loop {
+            tokio::time::sleep(delay).await;
+            let state = self.provider.get_server(server).await?.status;
+            if state == target {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "server {server} is {state}, not {target}, after power_timeout {}",
+                    humantime::format_duration(self.settings.power_timeout)
+                );
+            }
+            delay = (delay * 3 / 2).min(self.settings.poll_interval.max(Duration::from_secs(1)));
+        }
+    }
+
+    /// Waits for a snapshot to leave `in_progress`, sharing one poll loop with every other
+    /// waiter. Bounded by `snapshot_timeout`; ends early when hurried.
+    async fn wait_for(&self, server: ServerId, name: &str) -> Waited {
+        let (tx, rx) = oneshot::channel();
+        let start_poller = {
+            let mut w = self.watch.state();
+            w.waiters.push(Waiter {
+                server,
+                name: name.to_owned(),
+                deadline: Instant::now() + self.settings.snapshot_timeout,
+                tx,
+            });
+            !std::mem::replace(&mut w.polling, true)
+        };
+        if start_poller {
+            tokio::spawn(
+                self.watch
+                    .clone()
+                    .poll_loop()
+                    .instrument(tracing::info_span!("status_poll")),
+            );
+        }
+        tokio::select! {
+            r = rx => r.unwrap_or(Waited::Cancelled),
+            () = self.hurry.cancelled() => Waited::Cancelled,
+        }
+    }
+
+    /// [`reconcile`](Self::reconcile), as one error for commands that must not act on a
+    /// server a previous run left stopped.
+    pub async fn reconcile_or_fail(&self) -> anyhow::Result<()> {
+        let errors = self.reconcile().await;
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let text: Vec<String> = errors.iter().map(|e| format!("{e:#}")).collect();
+        anyhow::bail!(
+            "could not settle servers stopped by a previous run:\n  {}",
+            text.join("\n  ")
+        )
+    }
+
+    /// Finishes what a previous process left: for each journaled stop, wait for its snapshot
+    /// to leave `in_progress` (up to the recorded deadline), start the server if it is still
+    /// stopped, clear the entry. Returns one error per server that could not be settled.
+    pub async fn reconcile(&self) -> Vec<anyhow::Error> {
+        let mut errors = Vec::new();
+        for entry in self.journal.entries() {
+            let span = tracing::info_span!("reconcile", policy = %entry.policy, server = entry.server, snapshot = %entry.snapshot);
+            let result = async {
+                tracing::warn!(stopped_at = %entry.stopped_at, "a previous run stopped this server; settling it");
+                let left = (entry.deadline - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+                let snapshots = self.provider.list_snapshots(Some(entry.server)).await?;
+                let in_progress = snapshots
+                    .iter()
+                    .any(|s| s.name == entry.snapshot && s.status == SnapshotStatus::InProgress);
+                if in_progress && !left.is_zero() {
+                    let wait = tokio::time::timeout(left, self.wait_for(entry.server, &entry.snapshot)).await;
+                    if !matches!(wait, Ok(Waited::Settled(..))) {
+                        tracing::warn!("snapshot still not finished at its deadline; starting the server anyway");
+                    }
+                }
+                self.start_again(entry.server).await
+            }
+            .instrument(span)
+            .await;
+            if let Err(e) = result {
+                errors.push(e.context(format!(
+                    "server {} (stopped by a previous run)",
+                    entry.server
+                )));
+            }
+        }
+        errors
+    }
+}
+
+fn dry_run_summary(p: &Plan) -> String {
+    let mut parts = Vec::new();
+    for d in p.deletes_now().chain(p.deletes_before_create()) {
+        parts.push(format!("would delete {} ({})", d.name, d.reason));
+    }
+    match &p.create {
+        Some(c) => parts.push(format!("would create {} ({})", c.name, c.reason)),
+        None => parts.push(p.outcome().to_owned()),
+    }
+    for d in p.deferred() {
+        parts.push(format!("then would delete {} ({})", d.name, d.reason));
+    }
+    parts.join("; ")
+}

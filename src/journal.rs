@@ -1,0 +1,159 @@
+//! The power journal: a file in `state_dir` that remembers every server this program stopped,
+//! written (temp file, fsync, rename) *before* the stop request goes out. Whatever happens next
+//! (error, timeout, SIGTERM, SIGKILL, power loss), the next start finds the entry and starts
+//! the server again once its snapshot has left `in_progress`.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::ServerId;
+
+const FILE_NAME: &str = "power-journal.json";
+
+/// "Stopped server S for snapshot N at T; stop waiting for N at `deadline`."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub server: ServerId,
+    pub policy: String,
+    pub snapshot: String,
+    pub stopped_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("power journal {}: {source}", path.display())]
+pub struct JournalError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    /// The entries as on disk; the lock also serialises writers within this process.
+    entries: Mutex<Vec<Entry>>,
+}
+
+impl Journal {
+    /// Opens (creating `state_dir` if needed) and reads the journal.
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        let path = state_dir.join(FILE_NAME);
+        let err = |source| JournalError {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(state_dir).map_err(err)?;
+        let entries = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(err(e)),
+        };
+        Ok(Self {
+            path,
+            entries: Mutex::new(entries),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        self.lock().clone()
+    }
+
+    /// Durably records an entry (replacing one for the same server). Only after this returns
+    /// `Ok` may the server be stopped.
+    pub fn record(&self, entry: Entry) -> Result<(), JournalError> {
+        let mut entries = self.lock();
+        let mut next = entries.clone();
+        next.retain(|e| e.server != entry.server);
+        next.push(entry);
+        self.write(&next)?;
+        *entries = next;
+        Ok(())
+    }
+
+    /// Forgets the entry of a server that runs again.
+    pub fn clear(&self, server: ServerId) -> Result<(), JournalError> {
+        let mut entries = self.lock();
+        if !entries.iter().any(|e| e.server == server) {
+            return Ok(());
+        }
+        let mut next = entries.clone();
+        next.retain(|e| e.server != server);
+        self.write(&next)?;
+        *entries = next;
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self, entries: &[Entry]) -> Result<(), JournalError> {
+        let err = |source| JournalError {
+            path: self.path.clone(),
+            source,
+        };
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes =
+            serde_json::to_vec_pretty(entries).map_err(|e| err(std::io::Error::other(e)))?;
+        let mut file = File::create(&tmp).map_err(err)?;
+        file.write_all(&bytes).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        fs::rename(&tmp, &self.path).map_err(err)?;
+        // The rename itself must survive a power cut too.
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(server: ServerId) -> Entry {
+        let t: DateTime<Utc> = "2025-01-15T02:30:00Z".parse().unwrap();
+        Entry {
+            server,
+            policy: "nightly".into(),
+            snapshot: "nightly-20250115T023000Z".into(),
+            stopped_at: t,
+            deadline: t + chrono::Duration::minutes(50),
+        }
+    }
+
+    #[test]
+    fn entries_survive_a_restart_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.record(entry(1)).unwrap();
+        j.record(entry(2)).unwrap();
+        drop(j);
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.entries(), [entry(1), entry(2)]);
+        j.clear(1).unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.entries(), [entry(2)]);
+    }
+
+    #[test]
+    fn an_unwritable_state_dir_refuses_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        // A directory where the journal file should be makes every write fail.
+        fs::create_dir(dir.path().join("power-journal.json.tmp")).unwrap();
+        assert!(j.record(entry(1)).is_err());
+        assert!(j.entries().is_empty());
+    }
+}

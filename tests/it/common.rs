@@ -1,0 +1,118 @@
+//! Shared set-up: temporary config files, the binary, a simulated provider on 127.0.0.1:0.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use snapshot_scheduler::clock::SystemClock;
+use snapshot_scheduler::model::ServerId;
+use snapshot_scheduler::simulator::{self, SimConfig, Simulator};
+
+pub const TOKEN: &str = "test-token-3f9a1c";
+
+/// The real binary, with a clean environment for the variables it reads.
+pub fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapshot-scheduler"));
+    cmd.env_remove("SNAPSHOT_SCHEDULER_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the binary runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A scratch directory with a token file (mode 600) beside the config.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        let s = Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        s.write_token(TOKEN, 0o600);
+        s
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn token_path(&self) -> PathBuf {
+        self.path().join("token")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    pub fn write_token(&self, token: &str, mode: u32) {
+        let p = self.token_path();
+        std::fs::write(&p, token).expect("write token");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    /// Writes `config.toml`; `{token_file}`, `{state_dir}` and `{base_url}` are filled in.
+    pub fn config(&self, body: &str, base_url: &str) -> PathBuf {
+        let text = body
+            .replace("{token_file}", &self.token_path().display().to_string())
+            .replace("{state_dir}", &self.state_dir().display().to_string())
+            .replace("{base_url}", base_url);
+        let p = self.path().join("config.toml");
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+}
+
+/// A minimal valid config around one policy body.
+pub fn config_with_policy(policy: &str) -> String {
+    format!(
+        r#"[api]
+base_url = "{{base_url}}"
+token_file = "{{token_file}}"
+
+[daemon]
+state_dir = "{{state_dir}}"
+poll_interval = "200ms"
+
+[[policy]]
+{policy}
+"#
+    )
+}
+
+/// A simulated provider served on 127.0.0.1:0 with the test token.
+pub async fn serve_sim(servers: &[ServerId], config: SimConfig) -> (Simulator, String) {
+    let named: Vec<(ServerId, String)> = servers
+        .iter()
+        .map(|id| (*id, format!("web-{id}")))
+        .collect();
+    let sim = Simulator::new(
+        SimConfig {
+            token: TOKEN.into(),
+            ..config
+        },
+        &named,
+        Arc::new(SystemClock),
+    );
+    let (addr, _task) = simulator::serve(sim.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("serve simulator");
+    (sim, simulator::base_url(addr))
+}
