@@ -118,6 +118,8 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Run as a service: fire every policy on its schedule until SIGTERM.
+    Run,
     /// Serve a simulated provider over HTTP for trying other tools against it.
     SimulateProvider {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -240,6 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let ctx = Context::connect(config, cli.simulate).await?;
             once(&ctx, work, *dry_run).await
         }
+        Command::Run => crate::daemon::run(config, cli.config.clone(), cli.simulate).await,
         Command::SimulateProvider { .. } => unreachable!("handled above"),
     }
 }
@@ -306,13 +309,22 @@ impl Context {
 
     /// The executor for acting commands, with the journal in `state_dir`.
     pub fn executor(&self, dry_run: bool) -> anyhow::Result<Arc<Executor<HttpClient>>> {
+        self.executor_with(dry_run, CancellationToken::new())
+    }
+
+    /// The executor, with `hurry` ending every wait early (the daemon's shutdown).
+    pub fn executor_with(
+        &self,
+        dry_run: bool,
+        hurry: CancellationToken,
+    ) -> anyhow::Result<Arc<Executor<HttpClient>>> {
         let journal = Journal::open(&self.config.daemon.state_dir)?;
         Ok(Executor::new(
             Arc::new(self.client.clone()),
             self.clock.clone(),
             Arc::new(journal),
             Settings::from_config(&self.config.daemon, dry_run),
-            CancellationToken::new(),
+            hurry,
         ))
     }
 

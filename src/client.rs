@@ -346,10 +346,19 @@ impl Provider for HttpClient {
                 None => return Ok(all),
                 Some(next) => {
                     // Never follow a link off the configured host: the token would go along.
-                    let same_origin = reqwest::Url::parse(&next)
-                        .map(|u| u.origin().ascii_serialization() == self.inner.origin)
-                        .unwrap_or(false);
-                    if !same_origin {
+                    // A proxy that ends TLS may write http:// links to the same host; those are
+                    // followed over the configured scheme.
+                    let on_our_host = reqwest::Url::parse(&next).ok().and_then(|u| {
+                        let ours = reqwest::Url::parse(&self.inner.origin).ok()?;
+                        (u.host_str() == ours.host_str()
+                            && (u.origin() == ours.origin()
+                                || u.port_or_known_default() == Some(80)
+                                    && ours.port_or_known_default() == Some(443)))
+                        .then(|| {
+                            format!("{}{}", self.inner.origin, &u[url::Position::BeforePath..])
+                        })
+                    });
+                    let Some(next) = on_our_host else {
                         return Err(ApiError::Decode {
                             what,
                             message: format!(
@@ -357,7 +366,7 @@ impl Provider for HttpClient {
                                 self.inner.origin
                             ),
                         });
-                    }
+                    };
                     url = next;
                 }
             }
@@ -392,17 +401,17 @@ impl Provider for HttpClient {
                 Ok(answer) => return decode(&answer, &what),
                 Err(e) => e,
             };
-            let wait = match (&error, backoff.next()) {
-                (_, None) => return Err(error),
-                (e, Some(d)) if e.outcome_unknown() => {
-                    // The create may have happened: look before trying again.
-                    tracing::warn!(error = %e, snapshot = %request.name, "create answer lost; looking for the snapshot by name");
-                    if let Some(found) = self.find_by_name(request.server_id, &request.name).await?
-                    {
-                        return Ok(found);
-                    }
-                    d
+            let next = backoff.next();
+            if error.outcome_unknown() {
+                // The create may have happened: look before trying again (or giving up).
+                tracing::warn!(error = %error, snapshot = %request.name, "create answer lost; looking for the snapshot by name");
+                if let Some(found) = self.find_by_name(request.server_id, &request.name).await? {
+                    return Ok(found);
                 }
+            }
+            let wait = match (&error, next) {
+                (_, None) => return Err(error),
+                (e, Some(d)) if e.outcome_unknown() => d,
                 (ApiError::RateLimited { retry_after, .. }, Some(d)) => {
                     retry_after.map_or(d, |r| r.max(d))
                 }

@@ -270,6 +270,10 @@ impl<P: Provider> Executor<P> {
         &self.settings
     }
 
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     pub fn locks(&self) -> &ServerLocks {
         &self.locks
     }
@@ -346,7 +350,10 @@ impl<P: Provider> Executor<P> {
             };
             let fresh = listing.filter(|l| last_change.is_none_or(|t| l.taken_at > t));
             let result = self.rotate(policy, server, slot, fresh, &mut report).await;
-            if !self.settings.dry_run && (report.created.is_some() || !report.deleted.is_empty()) {
+            // A write that failed or timed out may still have changed the server (a create
+            // left in progress): the next operation on it must not trust an older listing.
+            let wrote = report.plan.as_ref().is_some_and(|p| !p.is_noop());
+            if !self.settings.dry_run && wrote {
                 *last_change = Some(Instant::now());
             }
             if let Err(e) = result {
@@ -719,4 +726,278 @@ fn dry_run_summary(p: &Plan) -> String {
         parts.push(format!("then would delete {} ({})", d.name, d.reason));
     }
     parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    //! The executor on tokio's paused clock against the in-memory simulator: minutes of
+    //! stopping, snapshotting and timing out take no real time.
+
+    use super::*;
+    use crate::clock::TokioClock;
+    use crate::policy::Retention;
+    use crate::schedule::Schedule;
+    use crate::simulator::{SimConfig, Simulator};
+
+    const WEB: ServerId = 12345;
+    const SLOT: &str = "2025-01-15T02:30:00Z";
+    const NAME: &str = "nightly-20250115T023000Z";
+
+    fn slot() -> DateTime<Utc> {
+        SLOT.parse().unwrap()
+    }
+
+    fn policy(name: &str, stop_server: bool) -> Policy {
+        Policy {
+            name: name.to_owned(),
+            schedule: Schedule::parse("30 2 * * *", chrono_tz::Tz::UTC).unwrap(),
+            servers: vec![WEB],
+            retention: Retention {
+                keep: 2,
+                ..Default::default()
+            },
+            stop_server,
+            description: format!("{name} snapshot"),
+            catch_up: true,
+            prune_unmanaged: false,
+            jitter: None,
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            poll_interval: Duration::from_secs(15),
+            snapshot_timeout: Duration::from_secs(30 * 60),
+            power_timeout: Duration::from_secs(10 * 60),
+            max_concurrent: 8,
+            dry_run: false,
+        }
+    }
+
+    struct Rig {
+        sim: Simulator,
+        executor: Arc<Executor<Simulator>>,
+        journal: Arc<Journal>,
+        dir: tempfile::TempDir,
+    }
+
+    impl Rig {
+        fn new(config: SimConfig) -> Self {
+            let clock = TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap());
+            let config = SimConfig {
+                example_snapshots: false,
+                ..config
+            };
+            let sim = Simulator::with_server_ids(config, &[WEB], clock.clone());
+            let dir = tempfile::tempdir().unwrap();
+            let journal = Arc::new(Journal::open(dir.path()).unwrap());
+            let executor = Executor::new(
+                Arc::new(sim.clone()),
+                clock,
+                journal.clone(),
+                settings(),
+                CancellationToken::new(),
+            );
+            Self {
+                sim,
+                executor,
+                journal,
+                dir,
+            }
+        }
+
+        async fn run(&self, policy: &Policy) -> ServerReport {
+            self.executor.run_server(policy, WEB, slot(), None).await
+        }
+
+        fn status(&self) -> PowerState {
+            self.sim.server(WEB).unwrap().status
+        }
+
+        /// The journal as the next process would read it from disk.
+        fn journal_on_disk(&self) -> Vec<journal::Entry> {
+            Journal::open(self.dir.path()).unwrap().entries()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshot_timeout_with_stop_server_starts_the_server_and_clears_the_journal() {
+        let rig = Rig::new(SimConfig {
+            snapshot_duration: Duration::from_secs(2 * 3600),
+            power_delay: Duration::from_secs(30),
+            ..SimConfig::default()
+        });
+        let started = Instant::now();
+
+        let report = rig.run(&policy("nightly", true)).await;
+
+        assert_eq!(report.result, RunResult::Failed);
+        assert!(
+            report
+                .message
+                .contains("still in progress after snapshot_timeout 30m"),
+            "{}",
+            report.message
+        );
+        assert!(started.elapsed() >= Duration::from_secs(30 * 60));
+        let stats = rig.sim.stats();
+        assert_eq!(stats.created.len(), 1);
+        assert_eq!(stats.created[0].server_status, PowerState::Stopped);
+        assert_eq!(rig.status(), PowerState::Running);
+        let downtime = stats.downtime(WEB);
+        assert_eq!(downtime.len(), 1);
+        assert!(downtime[0].started_at.is_some());
+        // The snapshot is left to finish on its own, not deleted.
+        assert_eq!(rig.sim.snapshots(WEB)[0].status, SnapshotStatus::InProgress);
+        assert!(rig.journal.entries().is_empty());
+        assert!(rig.journal_on_disk().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_that_never_reaches_stopped_fails_after_power_timeout_without_a_snapshot() {
+        // Stopping takes an hour: far beyond power_timeout, so as good as stuck.
+        let power_delay = Duration::from_secs(3600);
+        let rig = Rig::new(SimConfig {
+            power_delay,
+            ..SimConfig::default()
+        });
+        let started = Instant::now();
+
+        let report = rig.run(&policy("nightly", true)).await;
+
+        assert_eq!(report.result, RunResult::Failed);
+        assert!(
+            report
+                .message
+                .contains("server 12345 is stopping, not stopped, after power_timeout 10m"),
+            "{}",
+            report.message
+        );
+        assert!(
+            report.message.contains("stopping server 12345"),
+            "{}",
+            report.message
+        );
+        // power_timeout for the stop, and once more waiting for `stopped` before a start.
+        assert!(started.elapsed() >= Duration::from_secs(10 * 60));
+        assert!(started.elapsed() < power_delay);
+        let stats = rig.sim.stats();
+        assert!(
+            stats.created.is_empty(),
+            "snapshotted a server that never stopped"
+        );
+        assert_eq!(stats.request_count("start"), 0);
+        assert_eq!(rig.status(), PowerState::Stopping);
+        // The stop was requested and not undone: the entry stays for the next start.
+        let entries = rig.journal_on_disk();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (entries[0].server, entries[0].snapshot.as_str()),
+            (WEB, NAME)
+        );
+
+        // Once it has stopped, the next start settles it.
+        tokio::time::sleep(power_delay).await;
+        assert_eq!(rig.status(), PowerState::Stopped);
+        rig.sim
+            .set_config(|c| c.power_delay = Duration::from_secs(30));
+        let errors = rig.executor.reconcile().await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(rig.status(), PowerState::Running);
+        assert!(rig.journal_on_disk().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unwritable_journal_refuses_to_stop_the_server() {
+        let rig = Rig::new(SimConfig::default());
+        // A directory where the journal's temp file goes makes every write fail.
+        std::fs::create_dir(rig.dir.path().join("power-journal.json.tmp")).unwrap();
+
+        let report = rig.run(&policy("nightly", true)).await;
+
+        assert_eq!(report.result, RunResult::Failed);
+        assert!(
+            report.message.contains("refusing to stop server 12345"),
+            "{}",
+            report.message
+        );
+        let stats = rig.sim.stats();
+        assert_eq!(stats.request_count("stop"), 0);
+        assert_eq!(stats.request_count("create"), 0);
+        assert!(stats.downtime(WEB).is_empty());
+        assert_eq!(rig.status(), PowerState::Running);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconcile_waits_for_the_snapshot_in_progress_then_starts_the_server() {
+        let snapshot_duration = Duration::from_secs(10 * 60);
+        let rig = Rig::new(SimConfig {
+            snapshot_duration,
+            power_delay: Duration::from_secs(30),
+            ..SimConfig::default()
+        });
+        // What a killed process leaves: the server stopped, its snapshot going, the entry.
+        rig.sim.set_server_status(WEB, PowerState::Stopped);
+        rig.sim
+            .create_snapshot(&CreateSnapshot {
+                server_id: WEB,
+                name: NAME.to_owned(),
+                description: None,
+            })
+            .await
+            .unwrap();
+        let done_at = Instant::now() + snapshot_duration;
+        let now: DateTime<Utc> = "2025-01-15T02:30:05Z".parse().unwrap();
+        rig.journal
+            .record(journal::Entry {
+                server: WEB,
+                policy: "nightly".into(),
+                snapshot: NAME.into(),
+                stopped_at: now,
+                deadline: now + chrono::Duration::hours(1),
+            })
+            .unwrap();
+
+        let errors = rig.executor.reconcile().await;
+
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(rig.status(), PowerState::Running);
+        assert_eq!(rig.sim.snapshots(WEB)[0].status, SnapshotStatus::Completed);
+        let stats = rig.sim.stats();
+        assert_eq!(stats.request_count("start"), 1);
+        let downtime = stats.downtime(WEB);
+        assert_eq!(downtime.len(), 1);
+        let up = downtime[0].started_at.expect("running again");
+        assert!(
+            up >= done_at,
+            "started before the snapshot left in_progress"
+        );
+        assert!(rig.journal_on_disk().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_policy_after_a_timed_out_snapshot_sees_it_in_progress_and_skips() {
+        let rig = Rig::new(SimConfig {
+            snapshot_duration: Duration::from_secs(2 * 3600),
+            refuse_create_while_in_progress: true,
+            ..SimConfig::default()
+        });
+        let work = vec![
+            (policy("nightly", false), WEB, slot()),
+            (policy("nightly2", false), WEB, slot()),
+        ];
+
+        let reports = rig.executor.run_all(work).await;
+
+        let stats = rig.sim.stats();
+        assert_eq!(stats.in_progress_refusals, 0, "{reports:#?}");
+        assert_eq!(stats.created.len(), 1);
+        let mut results: Vec<RunResult> = reports.iter().map(|r| r.result).collect();
+        results.sort_by_key(|r| *r == RunResult::Skipped);
+        assert_eq!(
+            results,
+            [RunResult::Failed, RunResult::Skipped],
+            "{reports:#?}"
+        );
+    }
 }

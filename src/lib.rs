@@ -9,6 +9,8 @@
 //! - [`config`]: the TOML file, validated into domain types with file:line:column errors.
 //! - [`policy`]: a validated policy and the naming rule for its own snapshots.
 //! - [`schedule`]: when a policy fires, in its timezone.
+//! - [`daemon`]: `run`: signals, reload, systemd notifications, metrics, draining on shutdown.
+//! - [`scheduler`]: when policies fire: one loop, DST-correct, catch-up once, no double runs.
 //! - [`plan`]: the pure planner: what to create and delete on one server, each with a reason.
 //! - [`journal`]: the power journal that makes "a stopped server is started again" survive crashes.
 //! - [`execute`]: the one place with effects: runs a plan (stop, create, wait, start, prune).
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod execute;
 pub mod journal;
 pub mod logging;
@@ -28,4 +31,5 @@ pub mod plan;
 pub mod policy;
 pub mod provider;
 pub mod schedule;
+pub mod scheduler;
 pub mod simulator;

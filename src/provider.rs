@@ -42,7 +42,7 @@ pub enum ApiError {
     Unauthorized { token_source: String },
     #[error("the API refused {what}: {message} (400)")]
     BadRequest { what: String, message: String },
-    #[error("{what} does not exist: {message} (404)")]
+    #[error("the API answered 404 (not found) to {what}: {message}")]
     NotFound { what: String, message: String },
     #[error("the API is rate limiting {what} (429){}", retry_hint(.retry_after))]
     RateLimited {

@@ -1,0 +1,330 @@
+//! `run`: the unattended service. Fires policies on schedule, drains in-flight work on
+//! SIGTERM within `shutdown_grace` (then starts every server it stopped), reloads on SIGHUP
+//! without dropping work, talks to systemd (READY, STATUS, RELOADING, STOPPING, WATCHDOG) and
+//! optionally serves Prometheus metrics and `/healthz`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cli::Context;
+use crate::client::HttpClient;
+use crate::config::{Config, LoadOptions};
+use crate::execute::Executor;
+use crate::model::ServerId;
+use crate::policy::Policy;
+use crate::scheduler::{self, Fire, LoopEvents, Scheduler};
+
+/// Sends to systemd when `NOTIFY_SOCKET` is set; does nothing otherwise.
+fn notify(states: &[NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(states) {
+            tracing::debug!(error = %e, "sd_notify failed");
+        }
+    }
+}
+
+pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow::Result<i32> {
+    let ctx = Context::connect(config, simulate).await?;
+    let hurry = CancellationToken::new();
+    let executor = ctx.executor_with(false, hurry.clone())?;
+    if let Some(addr) = ctx.config.daemon.metrics_listen {
+        serve_metrics(addr).await?;
+    }
+
+    for e in executor.reconcile().await {
+        tracing::error!(error = %format!("{e:#}"), "a server stopped by a previous run is not settled yet; retrying in the background");
+    }
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    if !executor.journal().entries().is_empty() {
+        tracker.spawn(retry_reconcile(executor.clone(), shutdown.clone()));
+    }
+
+    let (reload_tx, reload_rx) = watch::channel(ctx.config.policies.clone());
+    tokio::spawn(handle_signals(
+        shutdown.clone(),
+        reload_tx,
+        config_path,
+        simulate,
+    ));
+
+    let watchdog = sd_notify::watchdog_enabled();
+    let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
+    notify(&[NotifyState::Ready, NotifyState::Status("started")]);
+    tracing::info!(
+        policies = ctx.config.policies.len(),
+        servers = ctx.config.servers().len(),
+        "snapshot-scheduler running"
+    );
+
+    let mut events = DaemonEvents {
+        executor: executor.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        inflight: Arc::default(),
+        watchdog: watchdog.is_some(),
+        last_status: String::new(),
+    };
+    scheduler::run_loop(
+        ctx.config.policies.clone(),
+        ctx.clock.clone(),
+        shutdown.clone(),
+        reload_rx,
+        cap,
+        &mut events,
+    )
+    .await;
+
+    // Shutdown: no new fires; let in-flight work finish within the grace period, then hurry it
+    // (servers this process stopped are started again; snapshots finish on their own).
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    tracker.close();
+    let grace = ctx.config.daemon.shutdown_grace;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            "shutdown_grace {} is over: starting every server this process stopped now; their \
+             snapshots may be inconsistent",
+            humantime::format_duration(grace)
+        );
+        hurry.cancel();
+        let bound = ctx.config.daemon.power_timeout * 2 + Duration::from_secs(30);
+        if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
+            tracing::error!("work did not end in time; the journal lets the next start settle it");
+            return Ok(1);
+        }
+    }
+    tracing::info!("stopped");
+    Ok(0)
+}
+
+async fn retry_reconcile(executor: Arc<Executor<HttpClient>>, shutdown: CancellationToken) {
+    let mut delay = Duration::from_secs(30);
+    while !executor.journal().entries().is_empty() {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+        for e in executor.reconcile().await {
+            tracing::error!(error = %format!("{e:#}"), "still cannot settle a server stopped by a previous run");
+        }
+        delay = (delay * 2).min(Duration::from_secs(600));
+    }
+}
+
+/// SIGTERM/SIGINT: shut down (a second one exits at once; the journal is always consistent on
+/// disk, so the next start settles what is left). SIGHUP: reload the config.
+async fn handle_signals(
+    shutdown: CancellationToken,
+    reload: watch::Sender<Vec<Policy>>,
+    config_path: PathBuf,
+    simulate: bool,
+) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => {
+                reload_config(&reload, &config_path, simulate);
+                continue;
+            }
+        };
+        if shutdown.is_cancelled() {
+            tracing::warn!("second {name}: exiting now; the next start settles any stopped server");
+            std::process::exit(1);
+        }
+        tracing::info!("{name}: finishing in-flight work, taking no new fires");
+        shutdown.cancel();
+    }
+}
+
+fn reload_config(reload: &watch::Sender<Vec<Policy>>, path: &std::path::Path, simulate: bool) {
+    notify(&[NotifyState::Reloading]);
+    match Config::load(path, LoadOptions { simulate }) {
+        Ok(config) => {
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
+            tracing::info!(
+                policies = config.policies.len(),
+                "config reloaded; new schedules apply now ([api] and [daemon] changes need a restart)"
+            );
+            let _ = reload.send(config.policies);
+            notify(&[NotifyState::Ready, NotifyState::Status("config reloaded")]);
+        }
+        Err(e) => {
+            metrics::counter!("snapshot_scheduler_config_reload_failures_total").increment(1);
+            let text = format!("{e:#}");
+            tracing::error!("config reload failed; keeping the running config: {text}");
+            let status = format!(
+                "config reload failed, running the old config: {}",
+                text.replace('\n', " ")
+            );
+            notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        }
+    }
+}
+
+struct DaemonEvents {
+    executor: Arc<Executor<HttpClient>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    /// (policy, server) pairs with work under way: a fire for one of them is skipped.
+    inflight: Arc<Mutex<HashSet<(String, ServerId)>>>,
+    watchdog: bool,
+    last_status: String,
+}
+
+impl LoopEvents for DaemonEvents {
+    fn fire(&mut self, fire: Fire) {
+        let Fire { policy, slot, kind } = fire;
+        tracing::info!(policy = %policy.name, %slot, ?kind, "policy fired");
+        let mut servers = Vec::new();
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            for s in &policy.servers {
+                if inflight.insert((policy.name.clone(), *s)) {
+                    servers.push(*s);
+                } else {
+                    metrics::counter!("snapshot_scheduler_fires_skipped_total", "policy" => policy.name.clone()).increment(1);
+                    tracing::warn!(policy = %policy.name, server = *s, %slot, "previous run of this policy on this server is still going; skipping this fire");
+                }
+            }
+        }
+        if servers.is_empty() {
+            return;
+        }
+        let executor = self.executor.clone();
+        let tracker = self.tracker.clone();
+        let inflight = self.inflight.clone();
+        let shutdown = self.shutdown.clone();
+        let next_fire = policy.schedule.next_after(slot);
+        self.tracker.spawn(async move {
+            // One listing for the whole fire, unless jitter spreads the servers out anyway.
+            let listing = match policy.jitter {
+                Some(_) => None,
+                None => executor.list(&servers).await.ok().map(Arc::new),
+            };
+            let policy = Arc::new(policy);
+            for server in servers {
+                let (executor, policy, listing, inflight, shutdown) = (
+                    executor.clone(),
+                    policy.clone(),
+                    listing.clone(),
+                    inflight.clone(),
+                    shutdown.clone(),
+                );
+                tracker.spawn(async move {
+                    let delay = jitter_delay(policy.jitter, next_fire, Utc::now());
+                    let go = delay.is_zero()
+                        || tokio::select! {
+                            () = tokio::time::sleep(delay) => true,
+                            () = shutdown.cancelled() => false,
+                        };
+                    if go {
+                        let started = tokio::time::Instant::now();
+                        executor
+                            .run_server(&policy, server, slot, listing.as_deref())
+                            .await;
+                        metrics::histogram!("snapshot_scheduler_run_duration_seconds", "policy" => policy.name.clone())
+                            .record(started.elapsed().as_secs_f64());
+                    }
+                    inflight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&(policy.name.clone(), server));
+                });
+            }
+        });
+    }
+
+    fn woke(&mut self, scheduler: &Scheduler, now: DateTime<Utc>) {
+        for (policy, next) in scheduler.next_fires(now) {
+            if let Some(next) = next {
+                metrics::gauge!("snapshot_scheduler_next_fire_timestamp_seconds", "policy" => policy.name.clone())
+                    .set(next.timestamp() as f64);
+            }
+        }
+        let status = match scheduler.next_fire(now) {
+            Some((t, p)) => format!(
+                "next: {} at {}",
+                p.name,
+                t.with_timezone(&p.schedule.timezone())
+                    .format("%Y-%m-%d %H:%M:%S %Z")
+            ),
+            None => "no upcoming fires".into(),
+        };
+        if status != self.last_status {
+            notify(&[NotifyState::Status(&status)]);
+            self.last_status = status;
+        }
+        if self.watchdog {
+            notify(&[NotifyState::Watchdog]);
+        }
+    }
+}
+
+/// A random delay in `[0, jitter)`, never reaching the policy's next fire.
+fn jitter_delay(
+    jitter: Option<Duration>,
+    next_fire: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Duration {
+    let Some(jitter) = jitter.filter(|j| !j.is_zero()) else {
+        return Duration::ZERO;
+    };
+    let until_next = next_fire
+        .and_then(|t| (t - now).to_std().ok())
+        .unwrap_or(jitter);
+    let bound = jitter.min(until_next / 2);
+    if bound.is_zero() {
+        return Duration::ZERO;
+    }
+    rand::rng().random_range(Duration::ZERO..bound)
+}
+
+async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move {
+                    handle.run_upkeep();
+                    handle.render()
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on metrics_listen {addr}"))?;
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,590 @@
+//! once, plan and the rotation engine end to end: the real binary against a simulated provider
+//! served from the test process, asserting what the provider saw and what the operator reads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use snapshot_scheduler::model::{PowerState, ServerId, Snapshot, SnapshotStatus};
+use snapshot_scheduler::policy::snapshot_name;
+use snapshot_scheduler::schedule::Schedule;
+use snapshot_scheduler::simulator::{SimConfig, Simulator};
+
+use crate::common::{bin, config_with_policy, serve_sim, stderr, stdout, Scratch};
+
+const WEB: ServerId = 12345;
+const DB: ServerId = 12346;
+
+/// January 1st: the slot stays the same for the whole test run, whatever the time of day.
+const YEARLY: &str = "0 0 1 1 *";
+/// July 1st, for a second policy on the same server.
+const MIDYEAR: &str = "0 0 1 7 *";
+
+const OLDEST: &str = "nightly-20250101T023000Z";
+const OLDER: &str = "nightly-20250102T023000Z";
+const OLD: &str = "nightly-20250103T023000Z";
+
+/// A simulator that is quick enough for real time and starts without foreign snapshots.
+fn quick() -> SimConfig {
+    SimConfig {
+        snapshot_duration: Duration::from_secs(1),
+        power_delay: Duration::from_millis(300),
+        example_snapshots: false,
+        ..SimConfig::default()
+    }
+}
+
+/// The name `once` gives the current slot of a policy on `schedule`.
+fn slot_name(policy: &str, schedule: &str) -> String {
+    let s = Schedule::parse(schedule, chrono_tz::Tz::UTC).unwrap();
+    snapshot_name(policy, s.slot_at(Utc::now()).unwrap())
+}
+
+/// The slot a seeded snapshot name stands for, as its creation time.
+fn stamp_of(name: &str) -> DateTime<Utc> {
+    let stamp = &name[name.len() - 16..];
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .unwrap()
+        .and_utc()
+}
+
+fn seed(sim: &Simulator, server: ServerId, names: &[&str]) {
+    for name in names {
+        let at = if name.starts_with("nightly-") {
+            stamp_of(name)
+        } else {
+            "2025-01-10T12:00:00Z".parse().unwrap()
+        };
+        sim.add_snapshot(server, name, SnapshotStatus::Completed, at);
+    }
+}
+
+fn policy(name: &str, schedule: &str, servers: &[ServerId], extra: &str) -> String {
+    let ids: Vec<String> = servers.iter().map(ToString::to_string).collect();
+    format!(
+        "name = \"{name}\"\nschedule = \"{schedule}\"\nservers = [{}]\nkeep = 2\n{extra}",
+        ids.join(", ")
+    )
+}
+
+/// `common::config_with_policy` with a fast request budget and extra `[daemon]` lines.
+fn config_text(policies: &str, daemon: &str) -> String {
+    let text = config_with_policy(policies);
+    let with_api = text.replacen(
+        "\n[daemon]\n",
+        "requests_per_second = 1000\n\n[daemon]\n",
+        1,
+    );
+    let with_daemon = with_api.replacen(
+        "poll_interval = \"200ms\"\n",
+        &format!("poll_interval = \"200ms\"\n{daemon}\n"),
+        1,
+    );
+    assert!(
+        with_daemon.contains("requests_per_second") && with_daemon.contains(daemon),
+        "config_with_policy changed shape:\n{text}"
+    );
+    with_daemon
+}
+
+struct Setup {
+    sim: Simulator,
+    scratch: Scratch,
+    config: PathBuf,
+}
+
+impl Setup {
+    async fn new(servers: &[ServerId], sim: SimConfig, policies: &str, daemon: &str) -> Self {
+        let (sim, base_url) = serve_sim(servers, sim).await;
+        let scratch = Scratch::new();
+        let config = scratch.config(&config_text(policies, daemon), &base_url);
+        Self {
+            sim,
+            scratch,
+            config,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&self.config).args(args);
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs the binary without blocking the runtime that serves the simulator.
+    async fn run(&self, args: &[&str]) -> Output {
+        let run = self.command(args).output();
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} did not finish within 30 s"))
+            .expect("the binary runs")
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.scratch.state_dir().join("power-journal.json")
+    }
+
+    /// The journal's entries as JSON (none when the file does not exist).
+    fn journal(&self) -> Vec<Value> {
+        read_journal(&self.journal_path())
+    }
+
+    fn snapshot(&self, server: ServerId, name: &str) -> Option<Snapshot> {
+        self.sim
+            .snapshots(server)
+            .into_iter()
+            .find(|s| s.name == name)
+    }
+
+    fn names(&self, server: ServerId) -> Vec<String> {
+        self.sim
+            .snapshots(server)
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    }
+}
+
+fn read_journal(path: &Path) -> Vec<Value> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<Vec<Value>>(&bytes).expect("the journal is JSON"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("reading the journal: {e}"),
+    }
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+fn explain(out: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out))
+}
+
+/// The summary line of one server and policy.
+fn summary_line(out: &Output, server: ServerId, policy: &str) -> String {
+    stdout(out)
+        .lines()
+        .find(|l| {
+            let mut words = l.split_whitespace();
+            words.next() == Some(&server.to_string()) && words.next() == Some(policy)
+        })
+        .unwrap_or_else(|| panic!("no summary line for {server} {policy}\n{}", explain(out)))
+        .to_owned()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---- rotation ----
+
+#[tokio::test]
+async fn full_rotation_at_the_cap_deletes_the_oldest_own_and_keeps_foreign_ones() {
+    let setup = Setup::new(&[WEB], quick(), &policy("nightly", YEARLY, &[WEB], ""), "").await;
+    let foreign = [
+        "pre-migration-snapshot",
+        "weekly-snapshot-2025-01-08",
+        "manual",
+    ];
+    seed(&setup.sim, WEB, &[OLDEST, OLDER]);
+    seed(&setup.sim, WEB, &foreign);
+    let new = slot_name("nightly", YEARLY);
+
+    let out = setup.run(&["once"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let created = setup.snapshot(WEB, &new).expect("the new snapshot exists");
+    assert_eq!(created.status, SnapshotStatus::Completed);
+    let stats = setup.sim.stats();
+    let deleted: Vec<&str> = stats.deleted.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(deleted, [OLDEST]);
+    let mut left = setup.names(WEB);
+    left.sort();
+    let mut want: Vec<String> = foreign.iter().map(|s| s.to_string()).collect();
+    want.extend([OLDER.to_owned(), new.clone()]);
+    want.sort();
+    assert_eq!(left, want);
+    assert_eq!(stats.cap_refusals, 0);
+    let line = summary_line(&out, WEB, "nightly");
+    assert!(
+        line.contains("created") && line.contains(&new) && line.contains(OLDEST),
+        "{line}"
+    );
+    assert!(
+        stdout(&out).contains("1 servers, 0 failed"),
+        "{}",
+        explain(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_lost_create_answer_does_not_make_a_duplicate() {
+    let sim = SimConfig {
+        lost_create_rate: 1.0,
+        ..quick()
+    };
+    let setup = Setup::new(&[WEB], sim, &policy("nightly", YEARLY, &[WEB], ""), "").await;
+    let new = slot_name("nightly", YEARLY);
+
+    let out = setup.run(&["once"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let stats = setup.sim.stats();
+    assert_eq!(
+        stats.fault_count("lost_create"),
+        1,
+        "the answer was not lost"
+    );
+    assert_eq!(stats.duplicate_names, 0);
+    assert_eq!(
+        stats.request_count("create"),
+        1,
+        "the create was sent again"
+    );
+    let same: Vec<Snapshot> = setup
+        .sim
+        .snapshots(WEB)
+        .into_iter()
+        .filter(|s| s.name == new)
+        .collect();
+    assert_eq!(same.len(), 1, "{same:?}");
+    assert_eq!(same[0].status, SnapshotStatus::Completed);
+    assert!(summary_line(&out, WEB, "nightly").contains("created"));
+}
+
+#[tokio::test]
+async fn a_failed_snapshot_is_deleted_reported_and_prunes_nothing() {
+    let sim = SimConfig {
+        failure_rate: 1.0,
+        ..quick()
+    };
+    let setup = Setup::new(&[WEB], sim, &policy("nightly", YEARLY, &[WEB], ""), "").await;
+    // keep = 2 with three own: OLDEST goes only once a newer snapshot has completed.
+    seed(&setup.sim, WEB, &[OLDEST, OLDER, OLD]);
+    let new = slot_name("nightly", YEARLY);
+
+    let out = setup.run(&["once"]).await;
+
+    assert_eq!(code(&out), Some(1), "{}", explain(&out));
+    let stats = setup.sim.stats();
+    let deleted: Vec<(&str, &SnapshotStatus)> = stats
+        .deleted
+        .iter()
+        .map(|d| (d.name.as_str(), &d.status))
+        .collect();
+    assert_eq!(deleted, [(new.as_str(), &SnapshotStatus::Failed)]);
+    assert_eq!(setup.names(WEB), [OLDEST, OLDER, OLD]);
+    let line = summary_line(&out, WEB, "nightly");
+    assert!(line.contains("FAILED") && line.contains(&new), "{line}");
+    assert!(line.contains("ended failed"), "{line}");
+    assert!(
+        stdout(&out).contains("1 servers, 1 failed"),
+        "{}",
+        explain(&out)
+    );
+}
+
+// ---- stopping the server ----
+
+#[tokio::test]
+async fn stop_server_snapshots_a_stopped_server_and_starts_it_again_and_leaves_a_stopped_one_stopped(
+) {
+    let policies = policy("nightly", YEARLY, &[WEB, DB], "stop_server = true");
+    let setup = Setup::new(&[WEB, DB], quick(), &policies, "").await;
+    setup.sim.set_server_status(DB, PowerState::Stopped);
+
+    let out = setup.run(&["once"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let stats = setup.sim.stats();
+    assert_eq!(stats.created.len(), 2, "{:?}", stats.created);
+    for c in &stats.created {
+        assert_eq!(c.server_status, PowerState::Stopped, "{c:?}");
+    }
+    let new = slot_name("nightly", YEARLY);
+    for server in [WEB, DB] {
+        let snap = setup.snapshot(server, &new).expect("snapshot exists");
+        assert_eq!(snap.status, SnapshotStatus::Completed);
+    }
+    assert_eq!(setup.sim.server(WEB).unwrap().status, PowerState::Running);
+    let downtime = stats.downtime(WEB);
+    assert_eq!(downtime.len(), 1, "{downtime:?}");
+    assert!(downtime[0].started_at.is_some());
+    // The stopped server was neither started nor stopped: one stop and one start, for WEB.
+    assert_eq!(setup.sim.server(DB).unwrap().status, PowerState::Stopped);
+    assert_eq!(
+        (stats.request_count("stop"), stats.request_count("start")),
+        (1, 1)
+    );
+    assert!(setup.journal().is_empty(), "{:?}", setup.journal());
+}
+
+#[tokio::test]
+async fn stop_server_starts_the_server_again_when_the_snapshot_fails() {
+    let sim = SimConfig {
+        failure_rate: 1.0,
+        ..quick()
+    };
+    let policies = policy("nightly", YEARLY, &[WEB], "stop_server = true");
+    let setup = Setup::new(&[WEB], sim, &policies, "").await;
+
+    let out = setup.run(&["once"]).await;
+
+    assert_eq!(code(&out), Some(1), "{}", explain(&out));
+    let stats = setup.sim.stats();
+    assert_eq!(stats.created.len(), 1);
+    assert_eq!(stats.created[0].server_status, PowerState::Stopped);
+    assert_eq!(setup.sim.server(WEB).unwrap().status, PowerState::Running);
+    assert!(summary_line(&out, WEB, "nightly").contains("FAILED"));
+    assert!(setup.journal().is_empty(), "{:?}", setup.journal());
+}
+
+#[tokio::test]
+async fn stop_server_starts_the_server_again_when_the_snapshot_times_out() {
+    let sim = SimConfig {
+        snapshot_duration: Duration::from_secs(30),
+        ..quick()
+    };
+    let policies = policy("nightly", YEARLY, &[WEB], "stop_server = true");
+    let setup = Setup::new(&[WEB], sim, &policies, "snapshot_timeout = \"500ms\"").await;
+
+    let out = setup.run(&["once"]).await;
+
+    assert_eq!(code(&out), Some(1), "{}", explain(&out));
+    let line = summary_line(&out, WEB, "nightly");
+    assert!(
+        line.contains("FAILED") && line.contains("still in progress after snapshot_timeout"),
+        "{line}"
+    );
+    let stats = setup.sim.stats();
+    assert_eq!(stats.created.len(), 1);
+    assert_eq!(stats.created[0].server_status, PowerState::Stopped);
+    assert_eq!(setup.sim.server(WEB).unwrap().status, PowerState::Running);
+    assert!(setup.journal().is_empty(), "{:?}", setup.journal());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_stopped_then_once_again_starts_the_server_after_its_snapshot() {
+    let snapshot_duration = Duration::from_secs(2);
+    let sim = SimConfig {
+        snapshot_duration,
+        ..quick()
+    };
+    let policies = policy("nightly", YEARLY, &[WEB], "stop_server = true");
+    let setup = Setup::new(&[WEB], sim, &policies, "").await;
+    let new = slot_name("nightly", YEARLY);
+
+    let mut first = setup
+        .command(&["once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let sim = setup.sim.clone();
+    wait_until("the server is stopped", Duration::from_secs(10), || {
+        sim.server(WEB).unwrap().status == PowerState::Stopped
+    })
+    .await;
+    wait_until("the snapshot is requested", Duration::from_secs(10), || {
+        !sim.stats().created.is_empty()
+    })
+    .await;
+    let requested_by = tokio::time::Instant::now();
+    first.kill().await.expect("SIGKILL");
+
+    assert_eq!(sim.server(WEB).unwrap().status, PowerState::Stopped);
+    let snap = setup.snapshot(WEB, &new).expect("the snapshot exists");
+    assert_eq!(snap.status, SnapshotStatus::InProgress, "killed too late");
+    let journal = setup.journal();
+    assert_eq!(journal.len(), 1, "{journal:?}");
+    assert_eq!(journal[0]["server"], WEB);
+    assert_eq!(journal[0]["snapshot"], new.as_str());
+
+    let out = setup.run(&["once"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    assert_eq!(sim.server(WEB).unwrap().status, PowerState::Running);
+    let stats = sim.stats();
+    assert_eq!(stats.created.len(), 1, "a second snapshot was taken");
+    assert_eq!(
+        setup.snapshot(WEB, &new).map(|s| s.status),
+        Some(SnapshotStatus::Completed)
+    );
+    let downtime = stats.downtime(WEB);
+    assert_eq!(downtime.len(), 1, "{downtime:?}");
+    let up = downtime[0].started_at.expect("running again");
+    // The snapshot left in_progress at most `snapshot_duration` after it was requested; the
+    // server came up only after that.
+    assert!(
+        up >= requested_by + snapshot_duration,
+        "started {:?} after the snapshot was requested, before it could finish",
+        up.duration_since(requested_by)
+    );
+    assert!(downtime[0].duration().unwrap() >= snapshot_duration);
+    assert!(setup.journal().is_empty(), "{:?}", setup.journal());
+}
+
+// ---- looking without touching ----
+
+#[tokio::test]
+async fn dry_run_changes_nothing_and_says_what_it_would_do() {
+    let policies = policy("nightly", YEARLY, &[WEB], "stop_server = true");
+    let setup = Setup::new(&[WEB], quick(), &policies, "").await;
+    seed(&setup.sim, WEB, &[OLDEST, OLDER, "pre-migration-snapshot"]);
+    let before = setup.sim.snapshots(WEB);
+    let new = slot_name("nightly", YEARLY);
+
+    let out = setup.run(&["once", "--dry-run"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let stats = setup.sim.stats();
+    for endpoint in ["create", "delete", "stop", "start", "restore"] {
+        assert_eq!(stats.request_count(endpoint), 0, "{endpoint} was requested");
+    }
+    assert_eq!(setup.sim.snapshots(WEB), before);
+    assert_eq!(setup.sim.server(WEB).unwrap().status, PowerState::Running);
+    let line = summary_line(&out, WEB, "nightly");
+    assert!(line.contains("dry-run"), "{line}");
+    assert!(line.contains(&format!("would create {new}")), "{line}");
+    assert!(
+        line.contains(&format!("then would delete {OLDEST}")),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn plan_prints_every_decision_with_its_reason_and_json_parses() {
+    let setup = Setup::new(&[WEB], quick(), &policy("nightly", YEARLY, &[WEB], ""), "").await;
+    seed(&setup.sim, WEB, &[OLDEST, OLDER, "pre-migration-snapshot"]);
+    let new = slot_name("nightly", YEARLY);
+
+    let out = setup.run(&["plan"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let text = stdout(&out);
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{text}"))
+            .to_owned()
+    };
+    let create = row(&new);
+    assert!(
+        create.trim_start().starts_with("create") && create.contains("create: slot"),
+        "{create}"
+    );
+    assert!(
+        row(OLDER).contains("keep: newest completed (keep=2)"),
+        "{text}"
+    );
+    assert!(
+        row(OLDEST).contains("delete: beyond retention, once"),
+        "{text}"
+    );
+    assert!(
+        row("pre-migration-snapshot").contains("ignore: not created by this policy"),
+        "{text}"
+    );
+
+    let out = setup.run(&["plan", "--json"]).await;
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let plans: Value = serde_json::from_str(&stdout(&out)).expect("plan --json is JSON");
+    let plans = plans.as_array().expect("a list of plans");
+    assert_eq!(plans.len(), 1);
+    assert_eq!(plans[0]["server"], WEB);
+    assert_eq!(plans[0]["create"]["name"], new.as_str());
+    let actions: Vec<(&str, &str)> = plans[0]["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["name"].as_str().unwrap(), d["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("pre-migration-snapshot", "ignore"),
+            (OLDER, "keep"),
+            (OLDEST, "delete_after_create"),
+        ]
+    );
+
+    let stats = setup.sim.stats();
+    assert_eq!(
+        (stats.request_count("create"), stats.request_count("delete")),
+        (0, 0)
+    );
+}
+
+// ---- many policies, many servers ----
+
+#[tokio::test]
+async fn two_policies_on_one_server_take_turns() {
+    let sim = SimConfig {
+        refuse_create_while_in_progress: true,
+        ..quick()
+    };
+    let policies = format!(
+        "{}\n\n[[policy]]\n{}",
+        policy("nightly", YEARLY, &[WEB], ""),
+        policy("midyear", MIDYEAR, &[WEB], "")
+    );
+    let setup = Setup::new(&[WEB], sim, &policies, "").await;
+
+    let out = setup.run(&["once"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let stats = setup.sim.stats();
+    assert_eq!(stats.in_progress_refusals, 0, "the two creates overlapped");
+    assert_eq!(stats.created.len(), 2);
+    for (name, schedule) in [("nightly", YEARLY), ("midyear", MIDYEAR)] {
+        let snap = setup.snapshot(WEB, &slot_name(name, schedule));
+        assert_eq!(
+            snap.map(|s| s.status),
+            Some(SnapshotStatus::Completed),
+            "{name}"
+        );
+        assert!(summary_line(&out, WEB, name).contains("created"));
+    }
+}
+
+#[tokio::test]
+async fn twenty_servers_are_watched_with_one_shared_listing() {
+    let servers: Vec<ServerId> = (101..=120).collect();
+    let policies = policy("nightly", YEARLY, &servers, "");
+    let setup = Setup::new(&servers, quick(), &policies, "max_concurrent = 20").await;
+    let new = slot_name("nightly", YEARLY);
+
+    let out = setup.run(&["once"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    assert!(
+        stdout(&out).contains("20 servers, 0 failed"),
+        "{}",
+        explain(&out)
+    );
+    for server in &servers {
+        let snap = setup.snapshot(*server, &new);
+        assert_eq!(
+            snap.map(|s| s.status),
+            Some(SnapshotStatus::Completed),
+            "{server}"
+        );
+    }
+    // One listing up front, then one per poll while any snapshot is in progress: a 1 s
+    // snapshot polled from 200 ms with x1.5 backoff is about 4 polls. Polling per server
+    // would be at least 20 x 4.
+    let lists = setup.sim.stats().request_count("list");
+    assert!(lists <= 8, "{lists} list requests for 20 servers");
+}
