@@ -5,3 +5,4 @@ mod client;
 mod common;
 mod config;
 mod once;
+mod systemd;
