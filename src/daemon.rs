@@ -14,15 +14,16 @@ use rand::Rng;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::cli::Context;
-use crate::client::HttpClient;
+use crate::clock::Clock;
 use crate::config::{Config, LoadOptions};
 use crate::execute::Executor;
 use crate::model::ServerId;
 use crate::policy::Policy;
+use crate::provider::Provider;
 use crate::scheduler::{self, Fire, LoopEvents, Scheduler};
 
 /// Sends to systemd when `NOTIFY_SOCKET` is set; does nothing otherwise.
@@ -41,16 +42,7 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
     if let Some(addr) = ctx.config.daemon.metrics_listen {
         serve_metrics(addr).await?;
     }
-
-    for e in executor.reconcile().await {
-        tracing::error!(error = %format!("{e:#}"), "a server stopped by a previous run is not settled yet; retrying in the background");
-    }
     let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    if !executor.journal().entries().is_empty() {
-        tracker.spawn(retry_reconcile(executor.clone(), shutdown.clone()));
-    }
-
     let (reload_tx, reload_rx) = watch::channel(ctx.config.policies.clone());
     tokio::spawn(handle_signals(
         shutdown.clone(),
@@ -58,57 +50,142 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
         config_path,
         simulate,
     ));
-
     let watchdog = sd_notify::watchdog_enabled();
     let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
-    notify(&[NotifyState::Ready, NotifyState::Status("started")]);
+    let service = Service {
+        executor,
+        clock: ctx.clock.clone(),
+        shutdown: shutdown.clone(),
+        hurry,
+        shutdown_grace: ctx.config.daemon.shutdown_grace,
+        drain_bound: ctx.config.daemon.power_timeout * 2 + Duration::from_secs(30),
+    };
+    let mut last_status = String::new();
+    let mut ready = false;
+    let on_wake = move |scheduler: &Scheduler, now: DateTime<Utc>| {
+        if !ready {
+            notify(&[NotifyState::Ready]);
+            ready = true;
+        }
+        for (policy, next) in scheduler.next_fires(now) {
+            if let Some(next) = next {
+                metrics::gauge!("snapshot_scheduler_next_fire_timestamp_seconds", "policy" => policy.name.clone())
+                    .set(next.timestamp() as f64);
+            }
+        }
+        let status = match scheduler.next_fire(now) {
+            Some((t, p)) => format!(
+                "next: {} at {}",
+                p.name,
+                t.with_timezone(&p.schedule.timezone())
+                    .format("%Y-%m-%d %H:%M:%S %Z")
+            ),
+            None => "no upcoming fires".into(),
+        };
+        if status != last_status {
+            notify(&[NotifyState::Status(&status)]);
+            last_status = status;
+        }
+        if watchdog.is_some() {
+            notify(&[NotifyState::Watchdog]);
+        }
+    };
     tracing::info!(
         policies = ctx.config.policies.len(),
         servers = ctx.config.servers().len(),
         "snapshot-scheduler running"
     );
+    let clean = service
+        .run(
+            ctx.config.policies.clone(),
+            reload_rx,
+            cap,
+            Box::new(on_wake),
+        )
+        .await;
+    tracing::info!("stopped");
+    Ok(if clean { 0 } else { 1 })
+}
 
-    let mut events = DaemonEvents {
-        executor: executor.clone(),
-        tracker: tracker.clone(),
-        shutdown: shutdown.clone(),
-        inflight: Arc::default(),
-        watchdog: watchdog.is_some(),
-        last_status: String::new(),
-    };
-    scheduler::run_loop(
-        ctx.config.policies.clone(),
-        ctx.clock.clone(),
-        shutdown.clone(),
-        reload_rx,
-        cap,
-        &mut events,
-    )
-    .await;
+/// The scheduling core of `run`, generic over the provider so the same code runs in tests on
+/// simulated time. Dropping the future of [`Service::run`] aborts all its work at once, like a
+/// crash; the journal lets the next start settle what it left.
+pub struct Service<P: Provider> {
+    /// Built with `hurry` as its hurry token.
+    pub executor: Arc<Executor<P>>,
+    pub clock: Arc<dyn Clock>,
+    pub shutdown: CancellationToken,
+    pub hurry: CancellationToken,
+    pub shutdown_grace: Duration,
+    /// How long hurried work may take to start servers again before giving up.
+    pub drain_bound: Duration,
+}
 
-    // Shutdown: no new fires; let in-flight work finish within the grace period, then hurry it
-    // (servers this process stopped are started again; snapshots finish on their own).
-    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
-    tracker.close();
-    let grace = ctx.config.daemon.shutdown_grace;
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+pub type OnWake = Box<dyn FnMut(&Scheduler, DateTime<Utc>) + Send>;
+
+impl<P: Provider> Service<P> {
+    /// Settles the journal, fires policies until `shutdown`, then drains: in-flight work gets
+    /// `shutdown_grace`, then is hurried (servers this process stopped are started again).
+    /// Returns whether everything ended in time.
+    pub async fn run(
+        &self,
+        policies: Vec<Policy>,
+        reload: watch::Receiver<Vec<Policy>>,
+        cap: Duration,
+        on_wake: OnWake,
+    ) -> bool {
+        let mut tasks = JoinSet::new();
+        for e in self.executor.reconcile().await {
+            tracing::error!(error = %format!("{e:#}"), "a server stopped by a previous run is not settled yet; retrying in the background");
+        }
+        if !self.executor.journal().entries().is_empty() {
+            tasks.spawn(retry_reconcile(
+                self.executor.clone(),
+                self.shutdown.clone(),
+            ));
+        }
+        let mut dispatcher = Dispatcher {
+            executor: self.executor.clone(),
+            tasks,
+            shutdown: self.shutdown.clone(),
+            inflight: Arc::default(),
+            on_wake,
+        };
+        scheduler::run_loop(
+            policies,
+            self.clock.clone(),
+            self.shutdown.clone(),
+            reload,
+            cap,
+            &mut dispatcher,
+        )
+        .await;
+
+        notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        let mut tasks = dispatcher.tasks;
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.shutdown_grace, drain)
+            .await
+            .is_ok()
+        {
+            return true;
+        }
         tracing::warn!(
             "shutdown_grace {} is over: starting every server this process stopped now; their \
              snapshots may be inconsistent",
-            humantime::format_duration(grace)
+            humantime::format_duration(self.shutdown_grace)
         );
-        hurry.cancel();
-        let bound = ctx.config.daemon.power_timeout * 2 + Duration::from_secs(30);
-        if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
+        self.hurry.cancel();
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.drain_bound, drain).await.is_err() {
             tracing::error!("work did not end in time; the journal lets the next start settle it");
-            return Ok(1);
+            return false;
         }
+        true
     }
-    tracing::info!("stopped");
-    Ok(0)
 }
 
-async fn retry_reconcile(executor: Arc<Executor<HttpClient>>, shutdown: CancellationToken) {
+async fn retry_reconcile<P: Provider>(executor: Arc<Executor<P>>, shutdown: CancellationToken) {
     let mut delay = Duration::from_secs(30);
     while !executor.journal().entries().is_empty() {
         tokio::select! {
@@ -183,17 +260,17 @@ fn reload_config(reload: &watch::Sender<Vec<Policy>>, path: &std::path::Path, si
     }
 }
 
-struct DaemonEvents {
-    executor: Arc<Executor<HttpClient>>,
-    tracker: TaskTracker,
+/// Turns fires into work: one task per fire (one listing for its servers), one sub-task per
+/// server; a (policy, server) pair still busy from the previous fire is skipped.
+struct Dispatcher<P: Provider> {
+    executor: Arc<Executor<P>>,
+    tasks: JoinSet<()>,
     shutdown: CancellationToken,
-    /// (policy, server) pairs with work under way: a fire for one of them is skipped.
     inflight: Arc<Mutex<HashSet<(String, ServerId)>>>,
-    watchdog: bool,
-    last_status: String,
+    on_wake: OnWake,
 }
 
-impl LoopEvents for DaemonEvents {
+impl<P: Provider> LoopEvents for Dispatcher<P> {
     fn fire(&mut self, fire: Fire) {
         let Fire { policy, slot, kind } = fire;
         tracing::info!(policy = %policy.name, %slot, ?kind, "policy fired");
@@ -213,17 +290,17 @@ impl LoopEvents for DaemonEvents {
             return;
         }
         let executor = self.executor.clone();
-        let tracker = self.tracker.clone();
         let inflight = self.inflight.clone();
         let shutdown = self.shutdown.clone();
         let next_fire = policy.schedule.next_after(slot);
-        self.tracker.spawn(async move {
+        self.tasks.spawn(async move {
             // One listing for the whole fire, unless jitter spreads the servers out anyway.
             let listing = match policy.jitter {
                 Some(_) => None,
                 None => executor.list(&servers).await.ok().map(Arc::new),
             };
             let policy = Arc::new(policy);
+            let mut per_server = JoinSet::new();
             for server in servers {
                 let (executor, policy, listing, inflight, shutdown) = (
                     executor.clone(),
@@ -232,8 +309,8 @@ impl LoopEvents for DaemonEvents {
                     inflight.clone(),
                     shutdown.clone(),
                 );
-                tracker.spawn(async move {
-                    let delay = jitter_delay(policy.jitter, next_fire, Utc::now());
+                per_server.spawn(async move {
+                    let delay = jitter_delay(policy.jitter, next_fire, executor.clock().now());
                     let go = delay.is_zero()
                         || tokio::select! {
                             () = tokio::time::sleep(delay) => true,
@@ -253,32 +330,14 @@ impl LoopEvents for DaemonEvents {
                         .remove(&(policy.name.clone(), server));
                 });
             }
+            while per_server.join_next().await.is_some() {}
         });
     }
 
     fn woke(&mut self, scheduler: &Scheduler, now: DateTime<Utc>) {
-        for (policy, next) in scheduler.next_fires(now) {
-            if let Some(next) = next {
-                metrics::gauge!("snapshot_scheduler_next_fire_timestamp_seconds", "policy" => policy.name.clone())
-                    .set(next.timestamp() as f64);
-            }
-        }
-        let status = match scheduler.next_fire(now) {
-            Some((t, p)) => format!(
-                "next: {} at {}",
-                p.name,
-                t.with_timezone(&p.schedule.timezone())
-                    .format("%Y-%m-%d %H:%M:%S %Z")
-            ),
-            None => "no upcoming fires".into(),
-        };
-        if status != self.last_status {
-            notify(&[NotifyState::Status(&status)]);
-            self.last_status = status;
-        }
-        if self.watchdog {
-            notify(&[NotifyState::Watchdog]);
-        }
+        // Reap finished work so a daemon that runs for years holds nothing for it.
+        while self.tasks.try_join_next().is_some() {}
+        (self.on_wake)(scheduler, now);
     }
 }
 

@@ -270,6 +270,10 @@ impl<P: Provider> Executor<P> {
         &self.settings
     }
 
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     pub fn journal(&self) -> &Journal {
         &self.journal
     }

@@ -4,5 +4,6 @@
 mod client;
 mod common;
 mod config;
+mod daemon;
 mod once;
 mod systemd;

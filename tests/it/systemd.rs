@@ -3,7 +3,10 @@
 
 use std::process::Command;
 
-const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/snapshot-scheduler.service");
+const UNIT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/systemd/snapshot-scheduler.service"
+);
 
 fn analyze_available() -> bool {
     Command::new("systemd-analyze")
@@ -44,9 +47,10 @@ fn unit_verifies_clean() {
     }
     // verify checks that ExecStart's binary exists: point it at the one just built.
     let dir = tempfile::tempdir().unwrap();
-    let unit = std::fs::read_to_string(UNIT)
-        .unwrap()
-        .replace("/usr/local/bin/snapshot-scheduler", env!("CARGO_BIN_EXE_snapshot-scheduler"));
+    let unit = std::fs::read_to_string(UNIT).unwrap().replace(
+        "/usr/local/bin/snapshot-scheduler",
+        env!("CARGO_BIN_EXE_snapshot-scheduler"),
+    );
     let path = dir.path().join("snapshot-scheduler.service");
     std::fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")

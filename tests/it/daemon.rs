@@ -1,0 +1,633 @@
+//! `run`, the service, end to end: the real binary against a simulated provider served from the
+//! test process, driven by signals and observed through what the provider saw, the log on
+//! stderr, sd_notify datagrams and the metrics endpoint. Schedules have a seconds field so fires
+//! come every few seconds; every wait is a poll with a generous deadline, never a fixed sleep.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Timelike;
+use serde_json::Value;
+use snapshot_scheduler::model::{PowerState, ServerId, SnapshotStatus};
+use snapshot_scheduler::policy::parse_snapshot_name;
+use snapshot_scheduler::simulator::{SimConfig, Simulator};
+use tokio::time::Instant;
+
+use crate::common::{bin, config_with_policy, serve_sim, Scratch};
+
+const WEB: ServerId = 12345;
+/// A server the provider does not know: every request about it answers 404.
+const GONE: ServerId = 99999;
+
+const EVERY_2S: &str = "*/2 * * * * *";
+const EVERY_3S: &str = "*/3 * * * * *";
+/// January 1st, 03:00:00: does not come round during a test run.
+const YEARLY: &str = "0 0 3 1 1 *";
+
+/// How long any one condition may take to come true before the test fails.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A simulator quick enough for real time, without foreign snapshots.
+fn quick(snapshot_duration: Duration) -> SimConfig {
+    SimConfig {
+        snapshot_duration,
+        power_delay: Duration::from_millis(300),
+        example_snapshots: false,
+        refuse_create_while_in_progress: true,
+        ..SimConfig::default()
+    }
+}
+
+fn policy(name: &str, schedule: &str, servers: &[ServerId], extra: &str) -> String {
+    let ids: Vec<String> = servers.iter().map(ToString::to_string).collect();
+    format!(
+        "name = \"{name}\"\nschedule = \"{schedule}\"\nservers = [{}]\nkeep = 2\n{extra}",
+        ids.join(", ")
+    )
+}
+
+/// `common::config_with_policy` with a request budget that never slows a test down and extra
+/// `[daemon]` lines.
+fn config_text(policies: &str, daemon: &str) -> String {
+    let text = config_with_policy(policies);
+    let with_api = text.replacen(
+        "\n[daemon]\n",
+        "requests_per_second = 1000\n\n[daemon]\n",
+        1,
+    );
+    let with_daemon = with_api.replacen(
+        "poll_interval = \"200ms\"\n",
+        &format!("poll_interval = \"200ms\"\n{daemon}\n"),
+        1,
+    );
+    assert!(
+        with_daemon.contains("requests_per_second") && with_daemon.contains(daemon),
+        "config_with_policy changed shape:\n{text}"
+    );
+    with_daemon
+}
+
+struct Setup {
+    sim: Simulator,
+    scratch: Scratch,
+    base_url: String,
+    config: PathBuf,
+}
+
+impl Setup {
+    async fn new(servers: &[ServerId], sim: SimConfig, policies: &str, daemon: &str) -> Self {
+        let (sim, base_url) = serve_sim(servers, sim).await;
+        let scratch = Scratch::new();
+        let config = scratch.config(&config_text(policies, daemon), &base_url);
+        Self {
+            sim,
+            scratch,
+            base_url,
+            config,
+        }
+    }
+
+    /// Replaces config.toml (as an operator would before `systemctl reload`).
+    fn rewrite(&self, text: &str) {
+        let written = self.scratch.config(text, &self.base_url);
+        assert_eq!(written, self.config);
+    }
+
+    fn start(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start(&self.config, env)
+    }
+
+    /// The power journal's entries as the next start would read them (none without a file).
+    fn journal(&self) -> Vec<Value> {
+        let path = self.scratch.state_dir().join("power-journal.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).expect("the journal is JSON"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("reading {}: {e}", path.display()),
+        }
+    }
+
+    /// Names of every snapshot the provider accepted for `server`, in order.
+    fn created(&self, server: ServerId) -> Vec<String> {
+        self.sim
+            .stats()
+            .created
+            .into_iter()
+            .filter(|c| c.server == server)
+            .map(|c| c.name)
+            .collect()
+    }
+}
+
+/// The real binary running `run`, its stderr collected on a thread. Dropping it kills the
+/// process, so a failing assertion never leaves a daemon behind.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(config: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = bin();
+        cmd.arg("--config")
+            .arg(config)
+            .args(["--log-format", "text", "run"])
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("the binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Polls until `done` (given the log so far) holds. Fails at once if the daemon exits, and
+    /// after [`WAIT`] otherwise, showing the log either way.
+    async fn until(&mut self, what: &str, mut done: impl FnMut(&str) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if done(&log) {
+                return;
+            }
+            if let Some(status) = self.exited() {
+                panic!("the daemon exited ({status}) while waiting until {what}\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until {what}\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the daemon logs that it is running (signal handlers installed).
+    async fn running(&mut self) {
+        self.until("the daemon is running", |log| {
+            log.contains("snapshot-scheduler running")
+        })
+        .await;
+    }
+
+    async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within {within:?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The second of the minute a policy's snapshot name stands for.
+fn second_of(policy: &str, name: &str) -> u32 {
+    parse_snapshot_name(policy, name)
+        .unwrap_or_else(|| panic!("{name} is not a snapshot of policy {policy}"))
+        .second()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_policies_on_one_server_never_overlap() {
+    let policies = format!(
+        "{}\n[[policy]]\n{}",
+        policy("alpha", EVERY_3S, &[WEB], ""),
+        policy("beta", EVERY_3S, &[WEB], "")
+    );
+    let setup = Setup::new(&[WEB], quick(Duration::from_secs(1)), &policies, "").await;
+    let mut daemon = setup.start(&[]);
+
+    let mut most_in_progress = 0;
+    daemon
+        .until("both policies have created two snapshots", |_| {
+            let in_progress = setup
+                .sim
+                .snapshots(WEB)
+                .iter()
+                .filter(|s| s.status == SnapshotStatus::InProgress)
+                .count();
+            most_in_progress = most_in_progress.max(in_progress);
+            let created = setup.created(WEB);
+            let of = |p: &str| created.iter().filter(|n| n.starts_with(p)).count();
+            of("alpha-") >= 2 && of("beta-") >= 2
+        })
+        .await;
+
+    let log = daemon.log();
+    let stats = setup.sim.stats();
+    assert_eq!(
+        stats.in_progress_refusals, 0,
+        "a create went out while the other policy's snapshot was in progress\n{log}"
+    );
+    assert!(
+        most_in_progress <= 1,
+        "{most_in_progress} snapshots in progress at once\n{log}"
+    );
+    // They were due at the same moments: the same slot was taken by both, one after the other.
+    let created = setup.created(WEB);
+    let slots = |p: &str| -> Vec<String> {
+        created
+            .iter()
+            .filter_map(|n| n.strip_prefix(p).map(str::to_owned))
+            .collect()
+    };
+    let (alpha, beta) = (slots("alpha-"), slots("beta-"));
+    assert!(
+        alpha.iter().any(|s| beta.contains(s)),
+        "no slot was taken by both policies: {created:?}"
+    );
+    assert!(!log.contains(" ERROR "), "a run failed\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_stopped_server_snapshot_exits_0_with_the_server_running() {
+    let snapshot_duration = Duration::from_secs(20);
+    let setup = Setup::new(
+        &[WEB],
+        quick(snapshot_duration),
+        &policy("nightly", EVERY_3S, &[WEB], "stop_server = true"),
+        "shutdown_grace = \"1s\"",
+    )
+    .await;
+    let mut daemon = setup.start(&[]);
+
+    daemon
+        .until("the server is stopped and its snapshot requested", |_| {
+            let stopped = setup.sim.server(WEB).expect("simulated").status == PowerState::Stopped;
+            stopped && setup.sim.stats().created.len() == 1
+        })
+        .await;
+    let created = setup.sim.stats().created;
+    assert_eq!(created[0].server_status, PowerState::Stopped);
+    assert_eq!(
+        setup.journal().len(),
+        1,
+        "the stop is not journaled\n{}",
+        daemon.log()
+    );
+
+    daemon.signal("TERM");
+    let sent = Instant::now();
+    let status = daemon.wait_exit(Duration::from_secs(15)).await;
+    let took = sent.elapsed();
+
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        took < snapshot_duration / 2,
+        "took {took:?}: waited for the snapshot instead of the grace period\n{log}"
+    );
+    assert!(log.contains("shutdown_grace 1s is over"), "{log}");
+    assert_eq!(
+        setup.sim.server(WEB).expect("simulated").status,
+        PowerState::Running,
+        "the daemon exited with the server it stopped not running\n{log}"
+    );
+    let stats = setup.sim.stats();
+    assert_eq!(
+        (stats.request_count("stop"), stats.request_count("start")),
+        (1, 1)
+    );
+    assert_eq!(setup.journal(), Vec::<Value>::new(), "{log}");
+    // The snapshot is left to finish on its own, not deleted.
+    let snapshots = setup.sim.snapshots(WEB);
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert_eq!(snapshots[0].name, created[0].name);
+    assert_eq!(snapshots[0].status, SnapshotStatus::InProgress);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_valid_config_changes_the_schedule() {
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", YEARLY, &[WEB], "catch_up = false"),
+        "",
+    )
+    .await;
+    let mut daemon = setup.start(&[]);
+    daemon.running().await;
+    assert!(setup.created(WEB).is_empty(), "{}", daemon.log());
+
+    setup.rewrite(&config_text(&policy("nightly", EVERY_2S, &[WEB], ""), ""));
+    daemon.signal("HUP");
+
+    daemon
+        .until("the new schedule has created two snapshots", |_| {
+            setup.created(WEB).len() >= 2
+        })
+        .await;
+    let log = daemon.log();
+    assert!(log.contains("config reloaded"), "{log}");
+    let created = setup.created(WEB);
+    assert!(
+        created.iter().all(|n| second_of("nightly", n) % 2 == 0),
+        "not on the */2 schedule: {created:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_config_keeps_the_old_one() {
+    let nightly = policy("nightly", EVERY_2S, &[WEB], "");
+    let setup = Setup::new(&[WEB], quick(Duration::from_secs(1)), &nightly, "").await;
+    let mut daemon = setup.start(&[]);
+    daemon
+        .until("a first snapshot is created", |_| {
+            !setup.created(WEB).is_empty()
+        })
+        .await;
+
+    // Also a new schedule, so that applying any part of this file would show.
+    let good = config_text(&nightly, "");
+    let broken = format!(
+        "{}this line is not toml\n",
+        good.replace(EVERY_2S, "*/5 * * * * *")
+    );
+    let line = broken.lines().count();
+    setup.rewrite(&broken);
+    daemon.signal("HUP");
+    daemon
+        .until("the reload failure is logged", |log| {
+            log.contains("config reload failed")
+        })
+        .await;
+    let before = setup.created(WEB).len();
+
+    daemon
+        .until("two more snapshots are created", |_| {
+            setup.created(WEB).len() >= before + 2
+        })
+        .await;
+    let log = daemon.log();
+    let failure = log
+        .lines()
+        .find(|l| l.contains("config reload failed"))
+        .expect("logged");
+    assert!(
+        failure.contains(&format!("config.toml:{line}:")),
+        "the failure does not name the file's line {line}: {failure}"
+    );
+    assert!(daemon.exited().is_none(), "{log}");
+    let created = setup.created(WEB);
+    assert!(
+        created.iter().all(|n| second_of("nightly", n) % 2 == 0),
+        "not on the old */2 schedule: {created:?}"
+    );
+}
+
+/// Every line of every datagram sent to a bound socket, collected on a thread.
+struct NotifySocket {
+    path: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl NotifySocket {
+    fn bind(path: PathBuf) -> Self {
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("set a read timeout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sink, stopped) = (lines.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let mut lines = sink.lock().unwrap_or_else(|e| e.into_inner());
+                    lines.extend(text.lines().map(str::to_owned));
+                }
+            }
+        });
+        Self { path, lines, stop }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|l| *l == line).count()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_socket_receives_ready_status_and_stopping() {
+    // A schedule that never fires, so every WATCHDOG=1 comes from the watchdog's own wakes.
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", YEARLY, &[WEB], "catch_up = false"),
+        "",
+    )
+    .await;
+    let socket = NotifySocket::bind(setup.scratch.path().join("notify.sock"));
+    let path = socket.path.display().to_string();
+    // WATCHDOG_PID stays unset (it cannot name the child before it exists): sd-notify then
+    // takes WATCHDOG_USEC as meant for this process. 2 s: a ping at least every second.
+    let mut daemon = setup.start(&[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "2000000")]);
+
+    daemon
+        .until(
+            "READY=1, a STATUS with the next fire and two watchdog pings",
+            |_| {
+                let lines = socket.lines();
+                lines.iter().any(|l| l == "READY=1")
+                    && lines
+                        .iter()
+                        .any(|l| l.starts_with("STATUS=next: nightly at "))
+                    && socket.count("WATCHDOG=1") >= 2
+            },
+        )
+        .await;
+    assert_eq!(socket.count("STOPPING=1"), 0, "{:?}", socket.lines());
+
+    daemon.signal("TERM");
+    let status = daemon.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    let deadline = Instant::now() + WAIT;
+    while socket.count("STOPPING=1") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no STOPPING=1: {:?}",
+            socket.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = socket.lines();
+    let ready = lines.iter().position(|l| l == "READY=1");
+    let stopping = lines.iter().position(|l| l == "STOPPING=1");
+    assert!(ready < stopping, "{lines:?}");
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("a body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_serves_counters_and_healthz() {
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+        free.local_addr().expect("local addr").port()
+    };
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", EVERY_2S, &[WEB], ""),
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    )
+    .await;
+    let mut daemon = setup.start(&[]);
+    daemon
+        .until("a snapshot is completed", |_| {
+            setup
+                .sim
+                .snapshots(WEB)
+                .iter()
+                .any(|s| s.status == SnapshotStatus::Completed)
+        })
+        .await;
+
+    let base = format!("http://127.0.0.1:{port}");
+    let (status, body) = get(&format!("{base}/healthz")).await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+
+    // The counter moves once the run has pruned and logged, a moment after the provider's
+    // snapshot completed.
+    let created = "snapshot_scheduler_snapshots_created_total{policy=\"nightly\"} ";
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let (status, body) = get(&format!("{base}/metrics")).await;
+        assert_eq!(status, 200, "{body}");
+        if body.lines().any(|l| l.starts_with(created)) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {created}in /metrics:\n{body}\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for name in [
+        "snapshot_scheduler_snapshots_created_total",
+        "snapshot_scheduler_api_requests_total",
+        "snapshot_scheduler_next_fire_timestamp_seconds",
+        "snapshot_scheduler_last_success_timestamp_seconds",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(name) && !l.starts_with('#')),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    let value = |prefix: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().expect("a number")
+    };
+    assert!(value(created) >= 1.0, "{metrics}");
+    let last_success = value("snapshot_scheduler_last_success_timestamp_seconds{");
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        (now - WAIT.as_secs_f64()..=now).contains(&last_success),
+        "last success {last_success} is not in the last {WAIT:?} (now {now})\n{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_server_does_not_stop_the_daemon() {
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", EVERY_2S, &[WEB, GONE], ""),
+        "",
+    )
+    .await;
+    let mut daemon = setup.start(&[]);
+
+    daemon
+        .until(
+            "three snapshots of the known server, after as many failures",
+            |log| {
+                let failures = log
+                    .lines()
+                    .filter(|l| l.contains(" ERROR ") && l.contains(&format!("server={GONE}")))
+                    .count();
+                setup.created(WEB).len() >= 3 && failures >= 3
+            },
+        )
+        .await;
+    assert!(daemon.exited().is_none(), "{}", daemon.log());
+    assert!(setup.created(GONE).is_empty());
+    let completed = setup
+        .sim
+        .snapshots(WEB)
+        .iter()
+        .filter(|s| s.status == SnapshotStatus::Completed)
+        .count();
+    assert!(completed >= 1, "{:?}", setup.sim.snapshots(WEB));
+}
