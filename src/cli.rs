@@ -118,6 +118,21 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Per policy and server: the newest completed snapshot and its age, the last run, the next fire.
+    Status {
+        /// Only this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Only this server.
+        #[arg(long)]
+        server: Option<ServerId>,
+        /// Machine-readable output.
+        #[arg(long, conflicts_with = "nagios")]
+        json: bool,
+        /// One Nagios/Icinga line; exit 0/1/2/3 for OK/WARNING/CRITICAL/UNKNOWN.
+        #[arg(long)]
+        nagios: bool,
+    },
     /// Run as a service: fire every policy on its schedule until SIGTERM.
     Run,
     /// Serve a simulated provider over HTTP for trying other tools against it.
@@ -157,8 +172,16 @@ pub fn main() -> i32 {
             return 1;
         }
     };
+    let nagios = matches!(cli.command, Command::Status { nagios: true, .. });
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if nagios => {
+            println!(
+                "SNAPSHOTS UNKNOWN - {}",
+                format!("{e:#}").replace('\n', " ")
+            );
+            crate::status::Level::Unknown.exit_code()
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             exit_code(&e)
@@ -242,6 +265,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let ctx = Context::connect(config, cli.simulate).await?;
             once(&ctx, work, *dry_run).await
         }
+        Command::Status {
+            policy,
+            server,
+            json,
+            nagios,
+        } => {
+            let work = select(&config, policy.as_deref(), *server, Utc::now())?;
+            let ctx = Context::connect(config, cli.simulate).await?;
+            status(&ctx, work, *json, *nagios).await
+        }
         Command::Run => crate::daemon::run(config, cli.config.clone(), cli.simulate).await,
         Command::SimulateProvider { .. } => unreachable!("handled above"),
     }
@@ -319,13 +352,18 @@ impl Context {
         hurry: CancellationToken,
     ) -> anyhow::Result<Arc<Executor<HttpClient>>> {
         let journal = Journal::open(&self.config.daemon.state_dir)?;
-        Ok(Executor::new(
+        let executor = Executor::new(
             Arc::new(self.client.clone()),
             self.clock.clone(),
             Arc::new(journal),
             Settings::from_config(&self.config.daemon, dry_run),
             hurry,
-        ))
+        );
+        executor.set_alerts(crate::alerts::Alerts::new(self.config.notify.clone()));
+        executor.set_runlog(Arc::new(crate::runlog::RunLog::open(
+            &self.config.daemon.state_dir,
+        )));
+        Ok(executor)
     }
 
     /// The policy that owns a snapshot name, if any.
@@ -651,7 +689,7 @@ async fn show_plan(
         println!("{}", serde_json::to_string_pretty(&plans)?);
         return Ok(0);
     }
-    for p in &plans {
+    for (p, (policy, _, _)) in plans.iter().zip(&work) {
         println!(
             "policy {}  server {}  slot {}",
             p.policy,
@@ -686,6 +724,15 @@ async fn show_plan(
         for note in &p.notes {
             println!("  note: {note}");
         }
+        if p.create.is_some() {
+            let hooks = &policy.hooks;
+            if let Some(pre) = &hooks.pre {
+                println!("  pre hook (not run by plan): {pre:?}");
+            }
+            if let Some(post) = &hooks.post {
+                println!("  post hook (not run by plan): {post:?}");
+            }
+        }
         println!();
     }
     Ok(0)
@@ -700,8 +747,37 @@ async fn once(
     if !dry_run {
         executor.reconcile_or_fail().await?;
     }
+    let pinged: Vec<Policy> = {
+        let mut seen = std::collections::HashSet::new();
+        work.iter()
+            .filter(|(p, _, _)| p.monitoring.ping_url.is_some() && seen.insert(p.name.clone()))
+            .map(|(p, _, _)| p.clone())
+            .collect()
+    };
+    let alerts = executor.alerts().cloned();
+    if !dry_run {
+        if let Some(alerts) = &alerts {
+            for p in &pinged {
+                alerts.ping(p.monitoring.ping_url.as_deref(), crate::alerts::Ping::Start);
+            }
+        }
+    }
     let reports = executor.run_all(work).await;
     print!("{}", summary(&reports));
+    if let (Some(alerts), false) = (&alerts, dry_run) {
+        for p in &pinged {
+            let failed = reports
+                .iter()
+                .any(|r| r.policy == p.name && r.result.is_failure());
+            let ping = if failed {
+                crate::alerts::Ping::Fail
+            } else {
+                crate::alerts::Ping::Success
+            };
+            alerts.ping(p.monitoring.ping_url.as_deref(), ping);
+        }
+        alerts.drain(Duration::from_secs(30)).await;
+    }
     Ok(if reports.iter().any(|r| r.result.is_failure()) {
         1
     } else {
@@ -747,4 +823,66 @@ pub fn summary(reports: &[ServerReport]) -> String {
         reports.len(),
         failed
     )
+}
+
+async fn status(
+    ctx: &Context,
+    work: Vec<(Policy, ServerId, DateTime<Utc>)>,
+    json: bool,
+    nagios: bool,
+) -> anyhow::Result<i32> {
+    let mut servers: Vec<ServerId> = work.iter().map(|(_, s, _)| *s).collect();
+    servers.sort_unstable();
+    servers.dedup();
+    let listing = crate::execute::list(&ctx.client, &servers).await?;
+    let runlog = crate::runlog::RunLog::open(&ctx.config.daemon.state_dir);
+    let pairs: Vec<(Policy, ServerId)> = work.into_iter().map(|(p, s, _)| (p, s)).collect();
+    let now = ctx.clock.now();
+    let rows = crate::status::rows(&pairs, |s| listing.server(s), &runlog, now);
+    if nagios {
+        let (level, line) = crate::status::nagios(&rows);
+        println!("{line}");
+        return Ok(level.exit_code());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    let mut table = vec![[
+        "POLICY".to_owned(),
+        "SERVER".into(),
+        "STATE".into(),
+        "NEWEST COMPLETED".into(),
+        "AGE".into(),
+        "LAST RUN".into(),
+        "NEXT FIRE".into(),
+    ]];
+    for r in &rows {
+        let policy = pairs
+            .iter()
+            .find(|(p, _)| p.name == r.policy)
+            .map(|(p, _)| p);
+        let tz = policy.map_or(chrono_tz::UTC, |p| p.schedule.timezone());
+        table.push([
+            r.policy.clone(),
+            r.server.to_string(),
+            r.level.as_str().to_owned(),
+            r.newest.clone().unwrap_or_else(|| "-".into()),
+            r.age_seconds
+                .map_or("-".into(), |a| format_age(chrono::Duration::seconds(a))),
+            r.last_run.as_ref().map_or("-".into(), |l| {
+                let mut text = format!("{:?} {} ago", l.result, format_age(now - l.finished_at))
+                    .to_lowercase();
+                if l.result.is_failure() {
+                    text += &format!(": {}", l.message);
+                }
+                text
+            }),
+            r.next_fire.map_or("-".into(), |t| {
+                t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string()
+            }),
+        ]);
+    }
+    print!("{}", render_table(&table));
+    Ok(0)
 }

@@ -28,6 +28,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub daemon: DaemonConfig,
     pub policies: Vec<Policy>,
+    /// Where alerts go (`[[notify]]`).
+    pub notify: Vec<NotifyTarget>,
     /// Things worth telling the operator that do not stop the program (group-readable token).
     pub warnings: Vec<String>,
 }
@@ -74,6 +76,45 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// A webhook that hears about some events.
+#[derive(Debug, Clone)]
+pub struct NotifyTarget {
+    pub url: String,
+    pub token: Option<SecretString>,
+    pub events: Vec<AlertEvent>,
+}
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertEvent {
+    Failure,
+    Recovered,
+    CapBlocked,
+    ServerLeftStopped,
+    ConfigReloadFailed,
+}
+
+impl AlertEvent {
+    pub const ALL: [Self; 5] = [
+        Self::Failure,
+        Self::Recovered,
+        Self::CapBlocked,
+        Self::ServerLeftStopped,
+        Self::ConfigReloadFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Failure => "failure",
+            Self::Recovered => "recovered",
+            Self::CapBlocked => "cap_blocked",
+            Self::ServerLeftStopped => "server_left_stopped",
+            Self::ConfigReloadFailed => "config_reload_failed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +201,16 @@ struct RawConfig {
     daemon: RawDaemon,
     #[serde(default)]
     policy: Vec<Spanned<RawPolicy>>,
+    #[serde(default)]
+    notify: Vec<Spanned<RawNotify>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    url: Spanned<String>,
+    token_file: Option<Spanned<String>>,
+    events: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +254,13 @@ struct RawPolicy {
     catch_up: Option<bool>,
     prune_unmanaged: Option<bool>,
     jitter: Option<Spanned<String>>,
+    pre_hook: Option<Spanned<Vec<String>>>,
+    post_hook: Option<Spanned<Vec<String>>>,
+    hook_timeout: Option<Spanned<String>>,
+    on_pre_hook_failure: Option<Spanned<String>>,
+    ping_url: Option<Spanned<String>>,
+    warn_age: Option<Spanned<String>>,
+    crit_age: Option<Spanned<String>>,
 }
 
 // ---- stage 2: validation ---------------------------------------------------------------------
@@ -320,6 +378,11 @@ impl Config {
         let api = validate_api(&mut check, &raw.api, options, env, &mut warnings);
         let daemon = validate_daemon(&mut check, &raw.daemon);
         let policies = validate_policies(&mut check, &raw.policy, raw.api.span());
+        let notify = raw
+            .notify
+            .iter()
+            .map(|n| validate_notify(&mut check, n, &mut warnings))
+            .collect();
         if !check.problems.is_empty() {
             return Err(invalid(check.problems));
         }
@@ -328,6 +391,7 @@ impl Config {
             api,
             daemon,
             policies,
+            notify,
             warnings,
         })
     }
@@ -507,10 +571,22 @@ fn read_token(
     } else {
         TokenSource::File(path.clone())
     };
-    match token_file_mode(&path) {
+    (read_secret_file(check, span, key, &path, warnings), source)
+}
+
+/// Reads a token file, refusing one readable by others and warning on group-readable (ssh's
+/// rule for private keys).
+fn read_secret_file(
+    check: &mut Checker<'_>,
+    span: Range<usize>,
+    key: &str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Option<SecretString> {
+    match token_file_mode(path) {
         Err(e) => {
             check.at(span, key, format!("cannot read {}: {e}", path.display()));
-            return (None, source);
+            return None;
         }
         Ok(mode) if mode & 0o007 != 0 => {
             check.at(
@@ -524,7 +600,7 @@ fn read_token(
                     path.display()
                 ),
             );
-            return (None, source);
+            return None;
         }
         Ok(mode) if mode & 0o070 != 0 => warnings.push(format!(
             "{} is readable by its group (mode {:o}); chmod 600 it",
@@ -533,15 +609,15 @@ fn read_token(
         )),
         Ok(_) => {}
     }
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => (Some(SecretString::from(t.trim().to_owned())), source),
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Some(SecretString::from(t.trim().to_owned())),
         Ok(_) => {
             check.at(span, key, format!("{} is empty", path.display()));
-            (None, source)
+            None
         }
         Err(e) => {
             check.at(span, key, format!("cannot read {}: {e}", path.display()));
-            (None, source)
+            None
         }
     }
 }
@@ -732,6 +808,31 @@ fn validate_policies(
                 .or_default()
                 .push((index, name.clone(), retention.total()));
         }
+        let hooks = validate_hooks(check, p, &label);
+        let monitoring =
+            crate::policy::Monitoring {
+                ping_url: p.ping_url.as_ref().and_then(|u| {
+                    checked_url(check, u, &format!("{label}.ping_url"))
+                        .then(|| u.get_ref().trim_end_matches('/').to_owned())
+                }),
+                warn_age: p.warn_age.as_ref().map(|_| {
+                    check.duration(&p.warn_age, &format!("{label}.warn_age"), Duration::ZERO)
+                }),
+                crit_age: p.crit_age.as_ref().map(|_| {
+                    check.duration(&p.crit_age, &format!("{label}.crit_age"), Duration::ZERO)
+                }),
+            };
+        if let (Some(w), Some(c)) = (monitoring.warn_age, monitoring.crit_age) {
+            if w > c {
+                if let Some(span) = p.warn_age.as_ref().map(Spanned::span) {
+                    check.at(
+                        span,
+                        format!("{label}.warn_age"),
+                        "is longer than crit_age; allowed: warn_age <= crit_age",
+                    );
+                }
+            }
+        }
         if let Some(schedule) = schedule {
             policies.push(Policy {
                 name: name.clone(),
@@ -746,6 +847,8 @@ fn validate_policies(
                 catch_up: p.catch_up.unwrap_or(true),
                 prune_unmanaged: p.prune_unmanaged.unwrap_or(false),
                 jitter,
+                hooks,
+                monitoring,
             });
         }
     }
@@ -788,4 +891,125 @@ fn validate_retention(check: &mut Checker<'_>, p: &RawPolicy, label: &str) -> Re
         None => {}
     }
     r
+}
+
+/// `https://`, or `http://` to a loopback host, like `base_url`. Returns whether it is fine.
+fn checked_url(check: &mut Checker<'_>, url: &Spanned<String>, key: &str) -> bool {
+    match reqwest::Url::parse(url.get_ref()) {
+        Ok(u) if u.scheme() == "https" => true,
+        Ok(u) if u.scheme() == "http" && is_loopback_host(&u) => true,
+        Ok(_) => {
+            check.at(
+                url.span(),
+                key,
+                format!(
+                    "\"{}\" is not allowed; allowed: https://, or http:// to a loopback host",
+                    url.get_ref()
+                ),
+            );
+            false
+        }
+        Err(e) => {
+            check.at(
+                url.span(),
+                key,
+                format!(
+                    "\"{}\" is not a URL ({e}); allowed: https://...",
+                    url.get_ref()
+                ),
+            );
+            false
+        }
+    }
+}
+
+fn validate_hooks(check: &mut Checker<'_>, p: &RawPolicy, label: &str) -> crate::policy::Hooks {
+    let mut argv = |hook: &Option<Spanned<Vec<String>>>, key: &str| {
+        let h = hook.as_ref()?;
+        if h.get_ref().is_empty() || h.get_ref()[0].trim().is_empty() {
+            check.at(
+                h.span(),
+                format!("{label}.{key}"),
+                "is empty; allowed: a command as an argv array, e.g. [\"/usr/local/bin/db-freeze\", \"--wait\"] \
+                 (no shell unless you write [\"sh\", \"-c\", \"...\"])",
+            );
+            return None;
+        }
+        Some(h.get_ref().clone())
+    };
+    let pre = argv(&p.pre_hook, "pre_hook");
+    let post = argv(&p.post_hook, "post_hook");
+    let continue_on_pre_failure = match &p.on_pre_hook_failure {
+        None => false,
+        Some(v) if v.get_ref() == "skip" => false,
+        Some(v) if v.get_ref() == "continue" => true,
+        Some(v) => {
+            check.at(
+                v.span(),
+                format!("{label}.on_pre_hook_failure"),
+                format!(
+                    "\"{}\" is not allowed; allowed: \"skip\" or \"continue\"",
+                    v.get_ref()
+                ),
+            );
+            false
+        }
+    };
+    crate::policy::Hooks {
+        pre,
+        post,
+        timeout: check.duration(
+            &p.hook_timeout,
+            &format!("{label}.hook_timeout"),
+            Duration::from_secs(300),
+        ),
+        continue_on_pre_failure,
+    }
+}
+
+fn validate_notify(
+    check: &mut Checker<'_>,
+    raw: &Spanned<RawNotify>,
+    warnings: &mut Vec<String>,
+) -> NotifyTarget {
+    let n = raw.get_ref();
+    checked_url(check, &n.url, "notify.url");
+    let token = n.token_file.as_ref().and_then(|f| {
+        read_secret_file(
+            check,
+            f.span(),
+            "notify.token_file",
+            Path::new(f.get_ref()),
+            warnings,
+        )
+    });
+    let events = match &n.events {
+        None => AlertEvent::ALL.to_vec(),
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .filter_map(|e| {
+                let found = AlertEvent::ALL
+                    .into_iter()
+                    .find(|a| a.as_str() == e.get_ref());
+                if found.is_none() {
+                    check.at(
+                        e.span(),
+                        "notify.events",
+                        format!(
+                            "\"{}\" is not an event; allowed: failure, recovered, cap_blocked, \
+                             server_left_stopped, config_reload_failed",
+                            e.get_ref()
+                        ),
+                    );
+                }
+                found
+            })
+            .collect(),
+    };
+    NotifyTarget {
+        url: n.url.get_ref().clone(),
+        token,
+        events,
+    }
 }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::{Alerts, Ping};
 use crate::cli::Context;
 use crate::clock::Clock;
 use crate::config::{Config, LoadOptions};
@@ -49,6 +50,7 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
         reload_tx,
         config_path,
         simulate,
+        executor.alerts().cloned(),
     ));
     let watchdog = sd_notify::watchdog_enabled();
     let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
@@ -206,6 +208,7 @@ async fn handle_signals(
     reload: watch::Sender<Vec<Policy>>,
     config_path: PathBuf,
     simulate: bool,
+    alerts: Option<Arc<Alerts>>,
 ) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -220,7 +223,7 @@ async fn handle_signals(
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
-                reload_config(&reload, &config_path, simulate);
+                reload_config(&reload, &config_path, simulate, alerts.as_deref());
                 continue;
             }
         };
@@ -233,7 +236,12 @@ async fn handle_signals(
     }
 }
 
-fn reload_config(reload: &watch::Sender<Vec<Policy>>, path: &std::path::Path, simulate: bool) {
+fn reload_config(
+    reload: &watch::Sender<Vec<Policy>>,
+    path: &std::path::Path,
+    simulate: bool,
+    alerts: Option<&Alerts>,
+) {
     notify(&[NotifyState::Reloading]);
     match Config::load(path, LoadOptions { simulate }) {
         Ok(config) => {
@@ -251,6 +259,14 @@ fn reload_config(reload: &watch::Sender<Vec<Policy>>, path: &std::path::Path, si
             metrics::counter!("snapshot_scheduler_config_reload_failures_total").increment(1);
             let text = format!("{e:#}");
             tracing::error!("config reload failed; keeping the running config: {text}");
+            if let Some(a) = alerts {
+                a.send(
+                    crate::config::AlertEvent::ConfigReloadFailed,
+                    None,
+                    None,
+                    &text,
+                );
+            }
             let status = format!(
                 "config reload failed, running the old config: {}",
                 text.replace('\n', " ")
@@ -300,6 +316,11 @@ impl<P: Provider> LoopEvents for Dispatcher<P> {
                 None => executor.list(&servers).await.ok().map(Arc::new),
             };
             let policy = Arc::new(policy);
+            let alerts = executor.alerts().cloned();
+            let ping_url = policy.monitoring.ping_url.clone();
+            if let Some(a) = &alerts {
+                a.ping(ping_url.as_deref(), Ping::Start);
+            }
             let mut per_server = JoinSet::new();
             for server in servers {
                 let (executor, policy, listing, inflight, shutdown) = (
@@ -316,11 +337,14 @@ impl<P: Provider> LoopEvents for Dispatcher<P> {
                             () = tokio::time::sleep(delay) => true,
                             () = shutdown.cancelled() => false,
                         };
+                    let mut failed = false;
                     if go {
                         let started = tokio::time::Instant::now();
-                        executor
+                        failed = executor
                             .run_server(&policy, server, slot, listing.as_deref())
-                            .await;
+                            .await
+                            .result
+                            .is_failure();
                         metrics::histogram!("snapshot_scheduler_run_duration_seconds", "policy" => policy.name.clone())
                             .record(started.elapsed().as_secs_f64());
                     }
@@ -328,9 +352,18 @@ impl<P: Provider> LoopEvents for Dispatcher<P> {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&(policy.name.clone(), server));
+                    failed
                 });
             }
-            while per_server.join_next().await.is_some() {}
+            let mut any_failed = false;
+            while let Some(r) = per_server.join_next().await {
+                any_failed |= r.unwrap_or(true);
+            }
+            executor.flush();
+            if let Some(a) = &alerts {
+                let ping = if any_failed { Ping::Fail } else { Ping::Success };
+                a.ping(ping_url.as_deref(), ping);
+            }
         });
     }
 

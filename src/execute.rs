@@ -53,11 +53,15 @@ pub struct ServerReport {
     pub created: Option<String>,
     pub deleted: Vec<String>,
     pub message: String,
+    /// The plan was blocked by the cap (an alert of its own).
+    pub blocked: bool,
+    #[serde(skip)]
+    pub created_id: Option<u64>,
     #[serde(skip)]
     pub plan: Option<Plan>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunResult {
     /// A new snapshot completed (and pruning ran).
@@ -233,6 +237,10 @@ pub struct Executor<P: Provider> {
     locks: ServerLocks,
     permits: Arc<Semaphore>,
     watch: Arc<Watch<P>>,
+    /// Where failures, recoveries and servers left stopped are reported (optional).
+    alerts: std::sync::OnceLock<Arc<crate::alerts::Alerts>>,
+    /// Where each run's outcome is kept for `status` (optional).
+    runlog: std::sync::OnceLock<Arc<crate::runlog::RunLog>>,
     /// Cancelled when waiting must end now (shutdown grace is over): servers are started
     /// again, snapshots are left to finish on their own.
     hurry: CancellationToken,
@@ -258,6 +266,8 @@ impl<P: Provider> Executor<P> {
             permits: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
             settings,
             locks: ServerLocks::default(),
+            alerts: std::sync::OnceLock::new(),
+            runlog: std::sync::OnceLock::new(),
             hurry,
         })
     }
@@ -268,6 +278,27 @@ impl<P: Provider> Executor<P> {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Reports failures (once per streak), recoveries and servers left stopped to `alerts`.
+    pub fn set_alerts(&self, alerts: Arc<crate::alerts::Alerts>) {
+        let _ = self.alerts.set(alerts);
+    }
+
+    /// Keeps each run's outcome in `runlog` (flushed after `run_all` and by [`Self::flush`]).
+    pub fn set_runlog(&self, runlog: Arc<crate::runlog::RunLog>) {
+        let _ = self.runlog.set(runlog);
+    }
+
+    pub fn alerts(&self) -> Option<&Arc<crate::alerts::Alerts>> {
+        self.alerts.get()
+    }
+
+    /// Writes the run log if it changed.
+    pub fn flush(&self) {
+        if let Some(log) = self.runlog.get() {
+            log.flush();
+        }
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -318,6 +349,7 @@ impl<P: Provider> Executor<P> {
             }
         }
         reports.sort_by(|a, b| (a.server, &a.policy).cmp(&(b.server, &b.policy)));
+        self.flush();
         reports
     }
 
@@ -350,6 +382,8 @@ impl<P: Provider> Executor<P> {
                 created: None,
                 deleted: Vec::new(),
                 message: String::new(),
+                blocked: false,
+                created_id: None,
                 plan: None,
             };
             let fresh = listing.filter(|l| last_change.is_none_or(|t| l.taken_at > t));
@@ -365,10 +399,42 @@ impl<P: Provider> Executor<P> {
                 report.message = format!("{e:#}");
             }
             self.log_report(&report);
+            self.record(&report);
             report
         }
         .instrument(span)
         .await
+    }
+
+    fn record(&self, r: &ServerReport) {
+        if self.settings.dry_run {
+            return;
+        }
+        if let Some(log) = self.runlog.get() {
+            log.record(crate::runlog::LastRun {
+                policy: r.policy.clone(),
+                server: r.server,
+                slot: r.slot,
+                finished_at: self.clock.now(),
+                result: r.result,
+                message: r.message.clone(),
+                created: r.created.clone(),
+            });
+        }
+        if let Some(alerts) = self.alerts.get() {
+            match r.result {
+                RunResult::Failed => {
+                    let event = if r.blocked {
+                        crate::config::AlertEvent::CapBlocked
+                    } else {
+                        crate::config::AlertEvent::Failure
+                    };
+                    alerts.failure(event, &r.policy, r.server, &r.message);
+                }
+                RunResult::Created | RunResult::Unchanged => alerts.success(&r.policy, r.server),
+                RunResult::Skipped | RunResult::DryRun => {}
+            }
+        }
     }
 
     fn log_report(&self, r: &ServerReport) {
@@ -402,22 +468,17 @@ impl<P: Provider> Executor<P> {
         }
         report.plan = Some(first.clone());
         if let Some(blocked) = &first.blocked {
+            report.blocked = true;
             anyhow::bail!("{}", blocked.reason);
         }
         if self.settings.dry_run {
             report.result = RunResult::DryRun;
-            report.message = dry_run_summary(&first);
+            report.message = dry_run_summary(policy, &first);
             return Ok(());
         }
 
-        for d in first.deletes_now().chain(first.deletes_before_create()) {
-            tracing::info!(delete = %d.name, "{}", d.reason);
-            self.provider.delete_snapshot(d.snapshot_id).await?;
-            metrics::counter!("snapshot_scheduler_snapshots_deleted_total", "policy" => policy.name.clone()).increment(1);
-            report.deleted.push(d.name.clone());
-        }
-
         let Some(create) = &first.create else {
+            self.delete_planned(policy, &first, report).await?;
             report.result = if first
                 .no_create
                 .as_deref()
@@ -431,7 +492,106 @@ impl<P: Provider> Executor<P> {
             return Ok(());
         };
 
-        let outcome = self.snapshot(policy, server, &create.name).await;
+        // Hooks wrap everything that changes the server, the slot-freeing delete included.
+        let hooks = &policy.hooks;
+        let mut env = Vec::new();
+        if hooks.pre.is_some() || hooks.post.is_some() {
+            let server_name = match snapshots.first() {
+                Some(s) => s.server.name.clone(),
+                None => self
+                    .provider
+                    .get_server(server)
+                    .await
+                    .map(|s| s.name)
+                    .unwrap_or_default(),
+            };
+            env = vec![
+                ("SNAPSHOT_POLICY", policy.name.clone()),
+                ("SERVER_ID", server.to_string()),
+                ("SERVER_NAME", server_name),
+                ("SNAPSHOT_NAME", create.name.clone()),
+            ];
+        }
+        if let Some(pre) = &hooks.pre {
+            let mut pre_env = env.clone();
+            pre_env.push(("PHASE", "pre".into()));
+            let outcome = crate::hooks::run("pre", pre, &pre_env, hooks.timeout).await;
+            if !outcome.success {
+                if hooks.continue_on_pre_failure {
+                    tracing::warn!(detail = %outcome.detail, "pre hook failed; taking the snapshot anyway (on_pre_hook_failure = \"continue\")");
+                } else {
+                    self.post_hook(policy, &env, false, None).await;
+                    anyhow::bail!(
+                        "pre hook failed ({}); snapshot skipped (on_pre_hook_failure = \"skip\")",
+                        outcome.detail
+                    );
+                }
+            }
+        }
+        let result = self
+            .create_and_prune(policy, server, slot, &first, &create.name, report)
+            .await;
+        if hooks.post.is_some() {
+            let completed = report.result == RunResult::Created && result.is_ok();
+            let id = report
+                .created_id
+                .filter(|_| report.created.is_some());
+            self.post_hook(policy, &env, completed, id).await;
+        }
+        result
+    }
+
+    /// Runs the post hook with `RESULT` and, when a snapshot exists, `SNAPSHOT_ID`.
+    async fn post_hook(
+        &self,
+        policy: &Policy,
+        env: &[(&'static str, String)],
+        success: bool,
+        snapshot_id: Option<u64>,
+    ) {
+        let Some(post) = &policy.hooks.post else {
+            return;
+        };
+        let mut env = env.to_vec();
+        env.push(("PHASE", "post".into()));
+        env.push(("RESULT", if success { "success" } else { "failure" }.into()));
+        if let Some(id) = snapshot_id {
+            env.push(("SNAPSHOT_ID", id.to_string()));
+        }
+        let outcome = crate::hooks::run("post", post, &env, policy.hooks.timeout).await;
+        if !outcome.success {
+            tracing::error!(detail = %outcome.detail, "post hook failed");
+        }
+    }
+
+    /// Deletes what the plan says must go now or before the create.
+    async fn delete_planned(
+        &self,
+        policy: &Policy,
+        plan: &Plan,
+        report: &mut ServerReport,
+    ) -> anyhow::Result<()> {
+        for d in plan.deletes_now().chain(plan.deletes_before_create()) {
+            tracing::info!(delete = %d.name, "{}", d.reason);
+            self.provider.delete_snapshot(d.snapshot_id).await?;
+            metrics::counter!("snapshot_scheduler_snapshots_deleted_total", "policy" => policy.name.clone()).increment(1);
+            report.deleted.push(d.name.clone());
+        }
+        Ok(())
+    }
+
+    /// Free a slot → (stop) → create → wait → (start) → prune by a second plan.
+    async fn create_and_prune(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        slot: DateTime<Utc>,
+        first: &Plan,
+        name: &str,
+        report: &mut ServerReport,
+    ) -> anyhow::Result<()> {
+        self.delete_planned(policy, first, report).await?;
+        let outcome = self.snapshot(policy, server, name).await;
         let (settled, listing_after) = match outcome {
             Ok(Some(pair)) => pair,
             Ok(None) => {
@@ -443,6 +603,7 @@ impl<P: Provider> Executor<P> {
             Err(e) => return Err(e),
         };
         report.created = Some(settled.name.clone());
+        report.created_id = Some(settled.id);
 
         // Prune with what the provider says now: the second plan deletes what is beyond the
         // rules only because a newer snapshot has completed (or cleans up our failed one).
@@ -606,6 +767,14 @@ impl<P: Provider> Executor<P> {
                 };
                 if let Err(e) = started {
                     metrics::counter!("snapshot_scheduler_server_left_stopped_total").increment(1);
+                    if let Some(alerts) = self.alerts.get() {
+                        alerts.send(
+                            crate::config::AlertEvent::ServerLeftStopped,
+                            None,
+                            Some(server),
+                            &format!("server {server} was stopped for a snapshot and could not be started again: {e:#}"),
+                        );
+                    }
                     tracing::error!(error = %format!("{e:#}"), "SERVER LEFT STOPPED: could not start it again; the next start of snapshot-scheduler retries");
                     return Err(e.context(format!(
                         "server {server} was stopped for a snapshot and could not be started again"
@@ -717,14 +886,20 @@ impl<P: Provider> Executor<P> {
     }
 }
 
-fn dry_run_summary(p: &Plan) -> String {
+fn dry_run_summary(policy: &Policy, p: &Plan) -> String {
     let mut parts = Vec::new();
+    if let (Some(pre), Some(_)) = (&policy.hooks.pre, &p.create) {
+        parts.push(format!("would run pre hook {pre:?}"));
+    }
     for d in p.deletes_now().chain(p.deletes_before_create()) {
         parts.push(format!("would delete {} ({})", d.name, d.reason));
     }
     match &p.create {
         Some(c) => parts.push(format!("would create {} ({})", c.name, c.reason)),
         None => parts.push(p.outcome().to_owned()),
+    }
+    if let (Some(post), Some(_)) = (&policy.hooks.post, &p.create) {
+        parts.push(format!("would run post hook {post:?}"));
     }
     for d in p.deferred() {
         parts.push(format!("then would delete {} ({})", d.name, d.reason));
@@ -765,6 +940,8 @@ mod tests {
             catch_up: true,
             prune_unmanaged: false,
             jitter: None,
+            hooks: Default::default(),
+            monitoring: Default::default(),
         }
     }
 

@@ -99,23 +99,30 @@ impl Journal {
     }
 
     fn write(&self, entries: &[Entry]) -> Result<(), JournalError> {
-        let err = |source| JournalError {
-            path: self.path.clone(),
-            source,
-        };
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes =
-            serde_json::to_vec_pretty(entries).map_err(|e| err(std::io::Error::other(e)))?;
-        let mut file = File::create(&tmp).map_err(err)?;
-        file.write_all(&bytes).map_err(err)?;
-        file.sync_all().map_err(err)?;
-        fs::rename(&tmp, &self.path).map_err(err)?;
-        // The rename itself must survive a power cut too.
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-        }
-        Ok(())
+        let bytes = serde_json::to_vec_pretty(entries).map_err(std::io::Error::other);
+        bytes
+            .and_then(|b| write_atomic(&self.path, &b))
+            .map_err(|source| JournalError {
+                path: self.path.clone(),
+                source,
+            })
     }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file: temp
+/// file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,31 +5,41 @@
 //! - [`model`]: the provider's data (snapshots, servers, states).
 //! - [`provider`]: the one boundary to the provider (a trait) and its errors.
 //! - [`client`]: that boundary over HTTP: budget, retries, idempotent create, readable errors.
+//! - [`retry`]: the client's retry rules for a provider that does not retry itself.
 //! - [`simulator`]: the same boundary in memory, and served over HTTP, for tests and `--simulate`.
 //! - [`config`]: the TOML file, validated into domain types with file:line:column errors.
 //! - [`policy`]: a validated policy and the naming rule for its own snapshots.
 //! - [`schedule`]: when a policy fires, in its timezone.
 //! - [`daemon`]: `run`: signals, reload, systemd notifications, metrics, draining on shutdown.
+//! - [`runlog`]: the last run of each policy on each server, for `status`.
 //! - [`scheduler`]: when policies fire: one loop, DST-correct, catch-up once, no double runs.
 //! - [`plan`]: the pure planner: what to create and delete on one server, each with a reason.
+//! - [`hooks`]: pre/post hooks: argv commands in their own process group, killed at the timeout.
 //! - [`journal`]: the power journal that makes "a stopped server is started again" survive crashes.
 //! - [`execute`]: the one place with effects: runs a plan (stop, create, wait, start, prune).
+//! - [`status`]: freshness of each policy on each server; the Nagios line.
 //! - [`clock`]: wall time as a parameter, so tests can move it.
+//! - [`alerts`]: webhooks for events and dead-man pings, delivered in the background.
 //! - [`cli`]: the command line and what each command does.
 //! - [`logging`]: tracing set-up (text, JSON, journald).
 
+pub mod alerts;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod execute;
+pub mod hooks;
 pub mod journal;
 pub mod logging;
 pub mod model;
 pub mod plan;
 pub mod policy;
 pub mod provider;
+pub mod retry;
+pub mod runlog;
 pub mod schedule;
 pub mod scheduler;
 pub mod simulator;
+pub mod status;

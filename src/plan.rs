@@ -717,6 +717,8 @@ mod tests {
             catch_up: true,
             prune_unmanaged,
             jitter: None,
+            hooks: Default::default(),
+            monitoring: Default::default(),
         }
     }
 

@@ -26,6 +26,42 @@ pub struct Policy {
     pub prune_unmanaged: bool,
     /// A random delay per server, so a fleet does not hit the API in the same second.
     pub jitter: Option<Duration>,
+    pub hooks: Hooks,
+    pub monitoring: Monitoring,
+}
+
+/// Commands run on this host around each snapshot (quiesce a database, resume it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hooks {
+    /// argv; no shell unless the operator writes `["sh", "-c", "..."]`.
+    pub pre: Option<Vec<String>>,
+    pub post: Option<Vec<String>>,
+    /// The process group is killed at this limit.
+    pub timeout: Duration,
+    /// Take the snapshot even when the pre hook failed (default: skip the server).
+    pub continue_on_pre_failure: bool,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self {
+            pre: None,
+            post: None,
+            timeout: Duration::from_secs(300),
+            continue_on_pre_failure: false,
+        }
+    }
+}
+
+/// How the policy is watched from outside: a dead-man ping and freshness thresholds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Monitoring {
+    /// healthchecks.io convention: `<url>/start`, `<url>` on success, `<url>/fail`.
+    pub ping_url: Option<String>,
+    /// Newest completed snapshot older than this is a warning (default 2 periods).
+    pub warn_age: Option<Duration>,
+    /// ... and a critical one (default 3 periods).
+    pub crit_age: Option<Duration>,
 }
 
 /// Retention rules with union semantics: a snapshot is kept if any rule keeps it.

@@ -211,6 +211,8 @@ mod tests {
             catch_up,
             prune_unmanaged: false,
             jitter: None,
+            hooks: Default::default(),
+            monitoring: Default::default(),
         }
     }
 

@@ -428,6 +428,12 @@ impl Simulator {
         list
     }
 
+    /// One snapshot as it is now, whichever server it is on. Not a request.
+    pub fn snapshot(&self, id: SnapshotId) -> Option<Snapshot> {
+        let state = self.settled();
+        state.snapshots.get(&id).map(|s| s.snapshot.clone())
+    }
+
     /// A server as it is now. Not a request.
     pub fn server(&self, id: ServerId) -> Option<Server> {
         self.settled().server(id).ok()

@@ -1,0 +1,195 @@
+//! Telling people: webhooks for events (`[[notify]]`) and dead-man pings (`ping_url`).
+//! Delivery happens in the background with retries and never delays a rotation; a failure
+//! that repeats is sent once, until the server recovers.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use tokio_util::task::TaskTracker;
+
+use crate::client::USER_AGENT;
+use crate::config::{AlertEvent, NotifyTarget};
+use crate::model::ServerId;
+
+/// The JSON body of a webhook. `text` makes Slack and Mattermost incoming webhooks show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub event: AlertEvent,
+    pub policy: Option<String>,
+    pub server: Option<ServerId>,
+    pub message: String,
+    pub time: DateTime<Utc>,
+    pub text: String,
+}
+
+/// A dead-man ping at the start and end of a policy's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ping {
+    Start,
+    Success,
+    Fail,
+}
+
+pub struct Alerts {
+    targets: Vec<NotifyTarget>,
+    http: reqwest::Client,
+    /// (policy, server) pairs whose failure was sent and that have not recovered since.
+    failing: Mutex<HashSet<(String, ServerId)>>,
+    attempts: u32,
+    /// Deliveries under way, so a short-lived command can wait for them before exiting.
+    deliveries: TaskTracker,
+}
+
+impl Alerts {
+    pub fn new(targets: Vec<NotifyTarget>) -> Arc<Self> {
+        Arc::new(Self {
+            targets,
+            http: reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            failing: Mutex::default(),
+            attempts: 8,
+            deliveries: TaskTracker::new(),
+        })
+    }
+
+    fn failing(&self) -> std::sync::MutexGuard<'_, HashSet<(String, ServerId)>> {
+        self.failing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A run failed. Sent once per failure streak of this policy on this server.
+    pub fn failure(&self, event: AlertEvent, policy: &str, server: ServerId, message: &str) {
+        if self.failing().insert((policy.to_owned(), server)) {
+            self.send(event, Some(policy), Some(server), message);
+        } else {
+            tracing::debug!(
+                policy,
+                server,
+                "failure already reported; not alerting again"
+            );
+        }
+    }
+
+    /// A run succeeded: `recovered` if the last one had failed.
+    pub fn success(&self, policy: &str, server: ServerId) {
+        if self.failing().remove(&(policy.to_owned(), server)) {
+            self.send(
+                AlertEvent::Recovered,
+                Some(policy),
+                Some(server),
+                &format!("policy {policy} on server {server} succeeded again"),
+            );
+        }
+    }
+
+    /// An event that is not about a run (config reload failed, server left stopped).
+    pub fn send(
+        &self,
+        event: AlertEvent,
+        policy: Option<&str>,
+        server: Option<ServerId>,
+        message: &str,
+    ) {
+        let subscribed: Vec<NotifyTarget> = self
+            .targets
+            .iter()
+            .filter(|t| t.events.contains(&event))
+            .cloned()
+            .collect();
+        if subscribed.is_empty() {
+            return;
+        }
+        let mut text = format!("snapshot-scheduler {}", event.as_str());
+        if let Some(p) = policy {
+            text += &format!(", policy {p}");
+        }
+        if let Some(s) = server {
+            text += &format!(", server {s}");
+        }
+        text += &format!(": {message}");
+        let alert = Alert {
+            event,
+            policy: policy.map(str::to_owned),
+            server,
+            message: message.to_owned(),
+            time: Utc::now(),
+            text,
+        };
+        for target in subscribed {
+            let http = self.http.clone();
+            let alert = alert.clone();
+            let attempts = self.attempts;
+            self.deliveries.spawn(async move {
+                deliver(&http, &target, &alert, attempts).await;
+            });
+        }
+    }
+
+    /// `<url>/start`, `<url>`, `<url>/fail` (healthchecks.io convention), in the background.
+    pub fn ping(&self, url: Option<&str>, ping: Ping) {
+        let Some(url) = url else { return };
+        let url = match ping {
+            Ping::Start => format!("{url}/start"),
+            Ping::Success => url.to_owned(),
+            Ping::Fail => format!("{url}/fail"),
+        };
+        let http = self.http.clone();
+        self.deliveries.spawn(async move {
+            let mut delay = Duration::from_secs(1);
+            for _ in 0..3 {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => tracing::warn!(%url, status = r.status().as_u16(), "ping refused"),
+                    Err(e) => tracing::warn!(%url, error = %e, "ping failed"),
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+        });
+    }
+}
+
+impl Alerts {
+    /// Waits (at most `bound`) for deliveries under way: for commands that exit right after.
+    pub async fn drain(&self, bound: Duration) {
+        self.deliveries.close();
+        if tokio::time::timeout(bound, self.deliveries.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some alerts or pings were not delivered before exit");
+        }
+        self.deliveries.reopen();
+    }
+}
+
+async fn deliver(http: &reqwest::Client, target: &NotifyTarget, alert: &Alert, attempts: u32) {
+    let mut delay = Duration::from_secs(1);
+    for attempt in 1..=attempts {
+        let mut request = http.post(&target.url).json(alert);
+        if let Some(token) = &target.token {
+            request = request.bearer_auth(token.expose_secret());
+        }
+        match request.send().await {
+            Ok(r) if r.status().is_success() => {
+                tracing::debug!(url = %target.url, event = alert.event.as_str(), "alert delivered");
+                return;
+            }
+            Ok(r) => {
+                tracing::warn!(url = %target.url, status = r.status().as_u16(), attempt, "alert refused; retrying")
+            }
+            Err(e) => {
+                tracing::warn!(url = %target.url, error = %e, attempt, "alert not delivered; retrying")
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 3).min(Duration::from_secs(300));
+    }
+    tracing::error!(url = %target.url, event = alert.event.as_str(), "alert dropped after {attempts} attempts");
+}
