@@ -76,6 +76,13 @@ impl Alerts {
         }
     }
 
+    /// The last recorded run of this policy on this server failed (perhaps in an earlier
+    /// process): its failure counts as reported, so a repeat stays quiet and a success
+    /// sends `recovered`.
+    pub fn already_failing(&self, policy: &str, server: ServerId) {
+        self.failing().insert((policy.to_owned(), server));
+    }
+
     /// A run succeeded: `recovered` if the last one had failed.
     pub fn success(&self, policy: &str, server: ServerId) {
         if self.failing().remove(&(policy.to_owned(), server)) {

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use sd_notify::NotifyState;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,16 @@ use crate::model::ServerId;
 use crate::policy::Policy;
 use crate::provider::Provider;
 use crate::scheduler::{self, Fire, LoopEvents, Scheduler};
+
+/// Hands the heap that start-up used (config parsing, the first listing) back to the system,
+/// so an idle daemon stays small for years. glibc keeps freed memory otherwise.
+fn release_startup_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// Sends to systemd when `NOTIFY_SOCKET` is set; does nothing otherwise.
 fn notify(states: &[NotifyState<'_>]) {
@@ -68,6 +78,7 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
         if !ready {
             notify(&[NotifyState::Ready]);
             ready = true;
+            release_startup_memory();
         }
         for (policy, next) in scheduler.next_fires(now) {
             if let Some(next) = next {
@@ -140,12 +151,12 @@ impl<P: Provider> Service<P> {
         for e in self.executor.reconcile().await {
             tracing::error!(error = %format!("{e:#}"), "a server stopped by a previous run is not settled yet; retrying in the background");
         }
-        if !self.executor.journal().entries().is_empty() {
-            tasks.spawn(retry_reconcile(
-                self.executor.clone(),
-                self.shutdown.clone(),
-            ));
-        }
+        // Also while running: a start that failed mid-run (an outage) leaves its entry, and
+        // waiting for the next restart of the daemon could mean weeks.
+        tasks.spawn(retry_reconcile(
+            self.executor.clone(),
+            self.shutdown.clone(),
+        ));
         let mut dispatcher = Dispatcher {
             executor: self.executor.clone(),
             tasks,
@@ -187,34 +198,70 @@ impl<P: Provider> Service<P> {
     }
 }
 
+/// Settles journal entries that no work in flight owns (a server whose start failed), every
+/// 30 s while there are none to settle, backing off to 10 minutes while settling fails.
 async fn retry_reconcile<P: Provider>(executor: Arc<Executor<P>>, shutdown: CancellationToken) {
-    let mut delay = Duration::from_secs(30);
-    while !executor.journal().entries().is_empty() {
+    const EVERY: Duration = Duration::from_secs(30);
+    let mut delay = EVERY;
+    loop {
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => return,
         }
-        for e in executor.reconcile().await {
-            tracing::error!(error = %format!("{e:#}"), "still cannot settle a server stopped by a previous run");
+        let orphaned = executor
+            .journal()
+            .entries()
+            .iter()
+            .any(|e| !executor.locks().is_busy(e.server));
+        if !orphaned {
+            delay = EVERY;
+            continue;
         }
-        delay = (delay * 2).min(Duration::from_secs(600));
+        let errors = executor.reconcile().await;
+        for e in &errors {
+            tracing::error!(error = %format!("{e:#}"), "still cannot settle a server this program stopped");
+        }
+        delay = if errors.is_empty() {
+            EVERY
+        } else {
+            (delay * 2).min(Duration::from_secs(600))
+        };
     }
 }
 
 /// SIGTERM/SIGINT: shut down (a second one exits at once; the journal is always consistent on
 /// disk, so the next start settles what is left). SIGHUP: reload the config.
-async fn handle_signals(
+///
+/// The handlers are installed before this returns, not inside the task: a spawned task may not
+/// have run yet when READY=1 goes out, and until then SIGHUP and SIGTERM kill the process.
+fn handle_signals(
+    shutdown: CancellationToken,
+    reload: watch::Sender<Vec<Policy>>,
+    config_path: PathBuf,
+    simulate: bool,
+    alerts: Option<Arc<Alerts>>,
+) -> impl std::future::Future<Output = ()> {
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    );
+    signal_loop(handlers, shutdown, reload, config_path, simulate, alerts)
+}
+
+async fn signal_loop(
+    handlers: (
+        std::io::Result<Signal>,
+        std::io::Result<Signal>,
+        std::io::Result<Signal>,
+    ),
     shutdown: CancellationToken,
     reload: watch::Sender<Vec<Policy>>,
     config_path: PathBuf,
     simulate: bool,
     alerts: Option<Arc<Alerts>>,
 ) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
         tracing::error!("cannot install signal handlers");
         return;
     };

@@ -1,9 +1,11 @@
 //! The integration tests: one binary, a module per capability, each driving the real binary or
 //! library against the built-in simulated provider (or wiremock for scripted answers).
 
+mod alerts;
 mod client;
 mod common;
 mod config;
 mod daemon;
 mod once;
+mod soak;
 mod systemd;

@@ -1,0 +1,501 @@
+//! Hooks, webhooks, dead-man pings and `status --nagios`: the real binary against a simulated
+//! provider served from the test and a local HTTP receiver (wiremock), asserting what the hook
+//! saw in its environment, what the receiver got, and what a monitoring system reads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use snapshot_scheduler::model::{ServerId, SnapshotStatus};
+use snapshot_scheduler::policy::snapshot_name;
+use snapshot_scheduler::simulator::{SimConfig, Simulator};
+use wiremock::matchers::any;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::common::{bin, config_with_policy, serve_sim, stderr, stdout, Scratch};
+
+const WEB: ServerId = 12345;
+
+/// January 1st: the slot stays the same for the whole test run, whatever the time of day.
+const YEARLY: &str = "0 0 1 1 *";
+
+/// Fast enough for real time, and no foreign snapshots.
+fn quick() -> SimConfig {
+    SimConfig {
+        snapshot_duration: Duration::from_millis(300),
+        power_delay: Duration::from_millis(100),
+        example_snapshots: false,
+        ..SimConfig::default()
+    }
+}
+
+/// One policy "nightly" on WEB with `extra` policy lines, then `tail` (e.g. `[[notify]]`).
+/// The API is fast and does not retry, so an unreachable provider fails at once.
+fn config_text(extra: &str, tail: &str) -> String {
+    let policy = format!(
+        "name = \"nightly\"\nschedule = \"{YEARLY}\"\nservers = [{WEB}]\nkeep = 2\n{extra}"
+    );
+    let text = config_with_policy(&policy).replacen(
+        "\n[daemon]\n",
+        "requests_per_second = 1000\nmax_retries = 0\ntimeout = \"2s\"\n\n[daemon]\n",
+        1,
+    );
+    assert!(
+        text.contains("max_retries"),
+        "config_with_policy changed shape:\n{text}"
+    );
+    format!("{text}\n{tail}\n")
+}
+
+/// A TOML string array for a hook: `["sh", "-c", script]`.
+fn sh(script: &str) -> String {
+    format!("[\"sh\", \"-c\", {}]", toml_string(script))
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+struct Setup {
+    sim: Simulator,
+    scratch: Scratch,
+    config: PathBuf,
+}
+
+impl Setup {
+    async fn new(sim: SimConfig, extra: &str, tail: &str) -> Self {
+        let (sim, base_url) = serve_sim(&[WEB], sim).await;
+        Self::with_base_url(sim, &base_url, extra, tail)
+    }
+
+    fn with_base_url(sim: Simulator, base_url: &str, extra: &str, tail: &str) -> Self {
+        let scratch = Scratch::new();
+        let text = config_text(&fill(extra, scratch.path()), tail);
+        let config = scratch.config(&text, base_url);
+        Self {
+            sim,
+            scratch,
+            config,
+        }
+    }
+
+    /// Where the hooks of `extra` write (`{dir}` in the hook scripts).
+    fn file(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
+    }
+
+    /// Runs the binary on a blocking thread, so the runtime keeps serving the simulator and
+    /// the receiver. Returns the output and how long it took.
+    async fn run(&self, args: &[&str]) -> (Output, Duration) {
+        let mut cmd: Command = bin();
+        cmd.arg("--config").arg(&self.config).args(args);
+        let started = Instant::now();
+        let out = tokio::task::spawn_blocking(move || cmd.output().expect("the binary runs"))
+            .await
+            .expect("the blocking task ends");
+        (out, started.elapsed())
+    }
+
+    fn created(&self) -> Vec<String> {
+        self.sim
+            .stats()
+            .created
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
+    }
+}
+
+/// Fills `{dir}` (the scratch directory) into a policy's extra lines.
+fn fill(extra: &str, dir: &Path) -> String {
+    extra.replace("{dir}", &dir.display().to_string())
+}
+
+fn explain(out: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", stdout(out), stderr(out))
+}
+
+/// The variables a hook wrote with `env > file`.
+fn hook_env(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("the hook did not write {}: {e}", path.display()));
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn current_name() -> String {
+    let s = snapshot_scheduler::schedule::Schedule::parse(YEARLY, chrono_tz::Tz::UTC).unwrap();
+    snapshot_name("nightly", s.slot_at(Utc::now()).unwrap())
+}
+
+/// A receiver that answers 200 to everything and records what it got.
+async fn receiver() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// (method, path) of every request the receiver got, in order.
+async fn hits(server: &MockServer) -> Vec<(String, String)> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| (r.method.to_string(), r.url.path().to_owned()))
+        .collect()
+}
+
+/// The JSON bodies the receiver got.
+async fn alerts(server: &MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("an alert is JSON"))
+        .collect()
+}
+
+// ---- hooks ----
+
+const POST_WRITES_ENV: &str = "post_hook = [\"sh\", \"-c\", \"env > {dir}/post.env\"]";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pre_hook_skips_the_snapshot_and_the_post_hook_sees_failure() {
+    let setup = Setup::new(
+        quick(),
+        &format!("pre_hook = {}\n{POST_WRITES_ENV}", sh("exit 3")),
+        "",
+    )
+    .await;
+
+    let (out, _) = setup.run(&["once"]).await;
+
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert!(
+        setup.created().is_empty(),
+        "snapshotted after a failed pre hook"
+    );
+    let summary = stdout(&out);
+    assert!(summary.contains("FAILED"), "{summary}");
+    assert!(
+        summary.contains("pre hook failed (exit status: 3); snapshot skipped"),
+        "{summary}"
+    );
+    let env = hook_env(&setup.file("post.env"));
+    let name = current_name();
+    for (key, want) in [
+        ("PHASE", "post"),
+        ("RESULT", "failure"),
+        ("SNAPSHOT_POLICY", "nightly"),
+        ("SERVER_ID", "12345"),
+        ("SERVER_NAME", "web-12345"),
+        ("SNAPSHOT_NAME", name.as_str()),
+    ] {
+        assert_eq!(
+            env.get(key).map(String::as_str),
+            Some(want),
+            "{key} in {env:?}"
+        );
+    }
+    assert!(
+        !env.contains_key("SNAPSHOT_ID"),
+        "no snapshot, no id: {env:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_pre_hook_failure_continue_takes_the_snapshot_and_the_post_hook_gets_its_id() {
+    let setup = Setup::new(
+        quick(),
+        &format!(
+            "pre_hook = {}\non_pre_hook_failure = \"continue\"\n{POST_WRITES_ENV}",
+            sh("env > {dir}/pre.env; exit 3")
+        ),
+        "",
+    )
+    .await;
+
+    let (out, _) = setup.run(&["once"]).await;
+
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let name = current_name();
+    assert_eq!(setup.created(), std::slice::from_ref(&name));
+    let pre = hook_env(&setup.file("pre.env"));
+    assert_eq!(pre.get("PHASE").map(String::as_str), Some("pre"), "{pre:?}");
+    assert!(!pre.contains_key("RESULT"), "{pre:?}");
+    let post = hook_env(&setup.file("post.env"));
+    assert_eq!(
+        post.get("RESULT").map(String::as_str),
+        Some("success"),
+        "{post:?}"
+    );
+    let id = setup
+        .sim
+        .snapshots(WEB)
+        .into_iter()
+        .find(|s| s.name == name)
+        .expect("the snapshot exists")
+        .id;
+    assert_eq!(post.get("SNAPSHOT_ID"), Some(&id.to_string()), "{post:?}");
+    assert_eq!(post.get("SNAPSHOT_NAME"), Some(&name), "{post:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_pre_hook_is_killed_at_hook_timeout() {
+    let setup = Setup::new(
+        quick(),
+        &format!("pre_hook = {}\nhook_timeout = \"1s\"", sh("sleep 30")),
+        "",
+    )
+    .await;
+
+    let (out, took) = setup.run(&["once"]).await;
+
+    assert!(took < Duration::from_secs(10), "once took {took:?}");
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert!(
+        stdout(&out).contains("killed after 1s (hook_timeout)"),
+        "{}",
+        explain(&out)
+    );
+    assert!(setup.created().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_dry_run_show_the_hooks_without_running_them() {
+    let setup = Setup::new(
+        quick(),
+        &format!(
+            "pre_hook = {}\npost_hook = {}",
+            sh("touch {dir}/pre-ran"),
+            sh("touch {dir}/post-ran")
+        ),
+        "",
+    )
+    .await;
+
+    let (plan, _) = setup.run(&["plan"]).await;
+    assert_eq!(plan.status.code(), Some(0), "{}", explain(&plan));
+    let text = stdout(&plan);
+    assert!(
+        text.contains("pre hook (not run by plan): [\"sh\", \"-c\", \"touch "),
+        "{text}"
+    );
+    assert!(text.contains("post hook (not run by plan)"), "{text}");
+
+    let (dry, _) = setup.run(&["once", "--dry-run"]).await;
+    assert_eq!(dry.status.code(), Some(0), "{}", explain(&dry));
+    let text = stdout(&dry);
+    assert!(text.contains("would run pre hook [\"sh\""), "{text}");
+    assert!(text.contains("would run post hook [\"sh\""), "{text}");
+
+    assert!(!setup.file("pre-ran").exists(), "a hook ran");
+    assert!(!setup.file("post-ran").exists(), "a hook ran");
+    assert!(setup.created().is_empty());
+}
+
+// ---- webhooks and pings ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_alerts_once_a_repeat_stays_quiet_and_a_success_sends_recovered() {
+    let hook = receiver().await;
+    let tail = format!("[[notify]]\nurl = \"{}/hooks/ops\"", hook.uri());
+    let setup = Setup::new(
+        SimConfig {
+            failure_rate: 1.0,
+            ..quick()
+        },
+        "",
+        &tail,
+    )
+    .await;
+
+    let (first, _) = setup.run(&["once"]).await;
+    assert_eq!(first.status.code(), Some(1), "{}", explain(&first));
+    let sent = alerts(&hook).await;
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    let alert = &sent[0];
+    assert_eq!(alert["event"], "failure", "{alert}");
+    assert_eq!(alert["policy"], "nightly", "{alert}");
+    assert_eq!(alert["server"], WEB, "{alert}");
+    let message = alert["message"].as_str().expect("message");
+    assert!(message.contains("ended failed"), "{alert}");
+    let time: DateTime<Utc> = alert["time"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("time is RFC 3339");
+    assert!((Utc::now() - time).num_seconds().abs() < 60, "{alert}");
+    assert_eq!(
+        alert["text"],
+        format!("snapshot-scheduler failure, policy nightly, server {WEB}: {message}"),
+        "{alert}"
+    );
+    let requests = hook.received_requests().await.unwrap_or_default();
+    assert_eq!(requests[0].method.as_str(), "POST");
+    assert_eq!(requests[0].url.path(), "/hooks/ops");
+
+    // The same failure from the next `once` (a new process) is not news.
+    let (second, _) = setup.run(&["once"]).await;
+    assert_eq!(second.status.code(), Some(1), "{}", explain(&second));
+    assert_eq!(
+        alerts(&hook).await.len(),
+        1,
+        "a repeated failure alerted again"
+    );
+
+    setup.sim.set_config(|c| c.failure_rate = 0.0);
+    let (third, _) = setup.run(&["once"]).await;
+    assert_eq!(third.status.code(), Some(0), "{}", explain(&third));
+    let sent = alerts(&hook).await;
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert_eq!(sent[1]["event"], "recovered", "{}", sent[1]);
+    assert_eq!(sent[1]["server"], WEB);
+
+    // Success after success is quiet too.
+    let (fourth, _) = setup.run(&["once"]).await;
+    assert_eq!(fourth.status.code(), Some(0), "{}", explain(&fourth));
+    assert_eq!(alerts(&hook).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_url_gets_start_then_success_or_fail() {
+    let (ok_pings, fail_pings) = tokio::join!(receiver(), receiver());
+    let ping = |r: &MockServer| format!("ping_url = \"{}/ping/abc123\"", r.uri());
+    let ok = Setup::new(quick(), &ping(&ok_pings), "").await;
+    let failing = Setup::new(
+        SimConfig {
+            failure_rate: 1.0,
+            ..quick()
+        },
+        &ping(&fail_pings),
+        "",
+    )
+    .await;
+
+    let ((ok_out, _), (failed_out, _)) = tokio::join!(ok.run(&["once"]), failing.run(&["once"]));
+
+    assert_eq!(ok_out.status.code(), Some(0), "{}", explain(&ok_out));
+    assert_eq!(
+        hits(&ok_pings).await,
+        [
+            ("GET".to_owned(), "/ping/abc123/start".to_owned()),
+            ("GET".to_owned(), "/ping/abc123".to_owned()),
+        ]
+    );
+    assert_eq!(
+        failed_out.status.code(),
+        Some(1),
+        "{}",
+        explain(&failed_out)
+    );
+    assert_eq!(
+        hits(&fail_pings).await,
+        [
+            ("GET".to_owned(), "/ping/abc123/start".to_owned()),
+            ("GET".to_owned(), "/ping/abc123/fail".to_owned()),
+        ]
+    );
+}
+
+// ---- status --nagios ----
+
+const THRESHOLDS: &str = "warn_age = \"1m\"\ncrit_age = \"1h\"";
+
+/// `status --nagios` with an own completed snapshot created `age` ago (none for `None`).
+async fn nagios_with(age: Option<chrono::Duration>) -> Output {
+    let setup = Setup::new(quick(), THRESHOLDS, "").await;
+    if let Some(age) = age {
+        let at = Utc::now() - age;
+        setup.sim.add_snapshot(
+            WEB,
+            &snapshot_name("nightly", at),
+            SnapshotStatus::Completed,
+            at,
+        );
+    }
+    setup.run(&["status", "--nagios"]).await.0
+}
+
+fn first_line(out: &Output) -> String {
+    stdout(out).lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_nagios_is_ok_right_after_once() {
+    let setup = Setup::new(quick(), THRESHOLDS, "").await;
+    let (once, _) = setup.run(&["once"]).await;
+    assert_eq!(once.status.code(), Some(0), "{}", explain(&once));
+
+    let (out, _) = setup.run(&["status", "--nagios"]).await;
+
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let line = first_line(&out);
+    assert!(
+        line.starts_with("SNAPSHOTS OK - 1 policy/server pairs fresh"),
+        "{line}"
+    );
+    assert!(line.contains("'nightly_12345'="), "{line}");
+    assert!(
+        line.ends_with(";60;3600"),
+        "perfdata with warn and crit: {line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_nagios_warns_past_warn_age_and_is_critical_past_crit_age_or_without_snapshot() {
+    let (stale, older, missing) = tokio::join!(
+        nagios_with(Some(chrono::Duration::minutes(10))),
+        nagios_with(Some(chrono::Duration::hours(2))),
+        nagios_with(None),
+    );
+    let cases = [
+        (
+            &stale,
+            1,
+            "SNAPSHOTS WARNING - nightly/12345: newest is 10m old (warning after 1m)",
+        ),
+        (
+            &older,
+            2,
+            "SNAPSHOTS CRITICAL - nightly/12345: newest is 2h00m old (critical after 1h00m)",
+        ),
+        (
+            &missing,
+            2,
+            "SNAPSHOTS CRITICAL - nightly/12345: no completed snapshot",
+        ),
+    ];
+    for (out, code, start) in cases {
+        assert_eq!(out.status.code(), Some(code), "{}", explain(out));
+        let line = first_line(out);
+        assert!(line.starts_with(start), "want {start:?}, got {line:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_nagios_is_unknown_when_the_provider_is_unreachable() {
+    // A port that was just free: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (sim, _) = serve_sim(&[WEB], quick()).await;
+    let setup = Setup::with_base_url(sim, &format!("http://{closed}/api/v1"), THRESHOLDS, "");
+
+    let (out, took) = setup.run(&["status", "--nagios"]).await;
+
+    assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
+    let line = first_line(&out);
+    assert!(line.starts_with("SNAPSHOTS UNKNOWN - "), "{line}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
