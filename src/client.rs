@@ -3,6 +3,7 @@
 //! settled by looking for the name), and answers mapped to errors a person can act on.
 //! The token lives in a `SecretString` and goes out only in a header marked sensitive.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ pub const USER_AGENT: &str = concat!("snapshot-scheduler/", env!("CARGO_PKG_VERS
 
 /// A list that pages longer than this is a provider bug, not a fleet.
 const MAX_PAGES: usize = 10_000;
+
+/// Pages of one list fetched at once when their numbers are known (DRF's `?page=N`): a fleet's
+/// listing is hundreds of pages, and one after another they cost hundreds of round trips.
+const PAGES_IN_FLIGHT: usize = 8;
 
 /// The client-side request budget shared by every caller: requests are spaced evenly at
 /// `requests_per_second`, and a 429's `Retry-After` pauses everyone, not just the caller that
@@ -111,7 +116,20 @@ impl HttpClient {
     }
 
     /// One request, no retry; the body of a 2xx answer. `what` names the operation in errors ("list snapshots").
+    /// Boxed: every request is built on this, and inline its state made each operation in
+    /// flight kilobytes, which thousands of servers waiting for their snapshots all carry.
     async fn attempt(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+        endpoint: &'static str,
+        what: &str,
+    ) -> Result<bytes::Bytes, ApiError> {
+        Box::pin(self.exchange(method, url, body, endpoint, what)).await
+    }
+
+    async fn exchange(
         &self,
         method: Method,
         url: &str,
@@ -237,6 +255,76 @@ impl HttpClient {
         decode(&answer, what)
     }
 
+    /// A `next` link as a URL to request: never off the configured host, because the token
+    /// would go along. A proxy that ends TLS may write http:// links to the same host; those
+    /// are followed over the configured scheme.
+    fn follow(&self, next: &str, what: &str) -> Result<String, ApiError> {
+        let on_our_host = reqwest::Url::parse(next).ok().and_then(|u| {
+            let ours = reqwest::Url::parse(&self.inner.origin).ok()?;
+            (u.host_str() == ours.host_str()
+                && (u.origin() == ours.origin()
+                    || u.port_or_known_default() == Some(80)
+                        && ours.port_or_known_default() == Some(443)))
+            .then(|| format!("{}{}", self.inner.origin, &u[url::Position::BeforePath..]))
+        });
+        on_our_host.ok_or_else(|| ApiError::Decode {
+            what: what.to_owned(),
+            message: format!(
+                "field next: {next:?} is not on {}; refusing to follow it",
+                self.inner.origin
+            ),
+        })
+    }
+
+    /// These pages, [`PAGES_IN_FLIGHT`] at a time, in order; with the last one's `next` (the
+    /// list grew meanwhile). A page that no longer exists (404: the list shrank) ends the list.
+    async fn fetch_pages(
+        &self,
+        urls: Vec<String>,
+        what: &str,
+    ) -> Result<(Vec<Vec<Snapshot>>, Option<String>), ApiError> {
+        let mut pages: Vec<Option<Page<Snapshot>>> = Vec::new();
+        pages.resize_with(urls.len(), || None);
+        let mut gone = urls.len();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut queued = urls.into_iter().enumerate();
+        loop {
+            while tasks.len() < PAGES_IN_FLIGHT {
+                let Some((index, url)) = queued.next() else {
+                    break;
+                };
+                let (client, what) = (self.clone(), what.to_owned());
+                tasks.spawn(async move {
+                    let page = client.get::<Page<Snapshot>>(&url, "list", &what).await;
+                    (index, page)
+                });
+            }
+            let Some(done) = tasks.join_next().await else {
+                break;
+            };
+            let (index, page) = done.map_err(|e| ApiError::Connection {
+                what: what.to_owned(),
+                message: format!("page task ended abnormally: {e}"),
+            })?;
+            match page {
+                Ok(page) => pages[index] = Some(page),
+                Err(ApiError::NotFound { .. }) => gone = gone.min(index),
+                Err(e) => return Err(e),
+            }
+        }
+        // Only the very last page's `next` can lead further: the list grew meanwhile.
+        let last_next = match pages.last() {
+            Some(Some(last)) if gone == pages.len() => last.next.clone(),
+            _ => None,
+        };
+        pages.truncate(gone);
+        let last_next = last_next.map(|n| self.follow(&n, what)).transpose()?;
+        Ok((
+            pages.into_iter().flatten().map(|p| p.results).collect(),
+            last_next,
+        ))
+    }
+
     async fn find_by_name(
         &self,
         server: ServerId,
@@ -248,6 +336,32 @@ impl HttpClient {
             .into_iter()
             .find(|s| s.name == name))
     }
+}
+
+/// The URLs of pages 2..=n when `next` is DRF's page-number link (`page=2`) and the first
+/// page's size and `count` give n; `None` for any other shape, or when there is only page 2.
+fn numbered_pages(next: &str, count: Option<u64>, per_page: usize) -> Option<Vec<String>> {
+    let count = usize::try_from(count?).ok()?;
+    let pages = count.div_ceil(per_page.max(1));
+    let url = reqwest::Url::parse(next).ok()?;
+    let is_page_two = url.query_pairs().any(|(k, v)| k == "page" && v == "2");
+    if per_page == 0 || !is_page_two || pages <= 2 || pages > MAX_PAGES {
+        return None;
+    }
+    let with_page = |n: usize| {
+        let others: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "page")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut u = url.clone();
+        u.query_pairs_mut()
+            .clear()
+            .append_pair("page", &n.to_string())
+            .extend_pairs(others);
+        u.to_string()
+    };
+    Some((2..=pages).map(with_page).collect())
 }
 
 fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> ApiError {
@@ -328,53 +442,68 @@ struct PowerAnswer {
     server: Server,
 }
 
+/// Runs `body` through every decoder the client applies to a provider's answer (a page of
+/// snapshots, a snapshot, a server, a stop/start answer, a restore answer, and the message of
+/// an error body), as the fuzz targets and the fuzz smoke tests do. Returns how many decoded;
+/// whatever the bytes, it returns (no panic, no hang).
+pub fn decode_every_answer(body: &[u8]) -> usize {
+    let what = "fuzzing";
+    let decoded = [
+        decode::<Page<Snapshot>>(body, what).is_ok(),
+        decode::<Snapshot>(body, what).is_ok(),
+        decode::<Server>(body, what).is_ok(),
+        decode::<PowerAnswer>(body, what).is_ok(),
+        decode::<RestoreStarted>(body, what).is_ok(),
+    ];
+    let _ = provider_message(body);
+    decoded.iter().filter(|ok| **ok).count()
+}
+
 impl Provider for HttpClient {
+    /// Every page, each snapshot once. After the first page, a DRF page-number list (`next`
+    /// ends in `page=2`, `count` given) has its other pages fetched [`PAGES_IN_FLIGHT`] at a
+    /// time; any other shape is followed link by link. Pages shift while snapshots are
+    /// created and deleted, so one can show up on two pages: it is kept once (counted twice,
+    /// a kept snapshot would look like one too many and be pruned).
     async fn list_snapshots(&self, server: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
         let what = match server {
             Some(id) => format!("list snapshots of server {id}"),
             None => "list snapshots".to_owned(),
         };
-        let mut url = match server {
+        let url = match server {
             Some(id) => self.url(&format!("/snapshots/?server_id={id}")),
             None => self.url("/snapshots/"),
         };
-        let mut all = Vec::new();
-        for _ in 0..MAX_PAGES {
-            let page: Page<Snapshot> = self.get(&url, "list", &what).await?;
-            all.extend(page.results);
-            match page.next {
-                None => return Ok(all),
-                Some(next) => {
-                    // Never follow a link off the configured host: the token would go along.
-                    // A proxy that ends TLS may write http:// links to the same host; those are
-                    // followed over the configured scheme.
-                    let on_our_host = reqwest::Url::parse(&next).ok().and_then(|u| {
-                        let ours = reqwest::Url::parse(&self.inner.origin).ok()?;
-                        (u.host_str() == ours.host_str()
-                            && (u.origin() == ours.origin()
-                                || u.port_or_known_default() == Some(80)
-                                    && ours.port_or_known_default() == Some(443)))
-                        .then(|| {
-                            format!("{}{}", self.inner.origin, &u[url::Position::BeforePath..])
-                        })
-                    });
-                    let Some(next) = on_our_host else {
-                        return Err(ApiError::Decode {
-                            what,
-                            message: format!(
-                                "field next: {next:?} is not on {}; refusing to follow it",
-                                self.inner.origin
-                            ),
-                        });
-                    };
-                    url = next;
-                }
-            }
+        let first: Page<Snapshot> = self.get(&url, "list", &what).await?;
+        let mut all = first.results;
+        let expected = first.count.and_then(|c| usize::try_from(c).ok());
+        all.reserve_exact(expected.unwrap_or(0).saturating_sub(all.len()));
+        let mut next = first.next.map(|n| self.follow(&n, &what)).transpose()?;
+        let mut fetched = 1;
+        let numbered = next
+            .as_deref()
+            .and_then(|n| numbered_pages(n, first.count, all.len()));
+        if let Some(urls) = numbered {
+            fetched += urls.len();
+            let (pages, last_next) = self.fetch_pages(urls, &what).await?;
+            all.extend(pages.into_iter().flatten());
+            next = last_next;
         }
-        Err(ApiError::Decode {
-            what,
-            message: format!("more than {MAX_PAGES} pages; the `next` links seem to loop"),
-        })
+        while let Some(url) = next {
+            if fetched >= MAX_PAGES {
+                return Err(ApiError::Decode {
+                    what,
+                    message: format!("more than {MAX_PAGES} pages; the `next` links seem to loop"),
+                });
+            }
+            let page: Page<Snapshot> = self.get(&url, "list", &what).await?;
+            fetched += 1;
+            all.extend(page.results);
+            next = page.next.map(|n| self.follow(&n, &what)).transpose()?;
+        }
+        let mut seen = HashSet::with_capacity(all.len());
+        all.retain(|s| seen.insert(s.id));
+        Ok(all)
     }
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
@@ -405,7 +534,8 @@ impl Provider for HttpClient {
             if error.outcome_unknown() {
                 // The create may have happened: look before trying again (or giving up).
                 tracing::warn!(error = %error, snapshot = %request.name, "create answer lost; looking for the snapshot by name");
-                if let Some(found) = self.find_by_name(request.server_id, &request.name).await? {
+                let look = Box::pin(self.find_by_name(request.server_id, &request.name));
+                if let Some(found) = look.await? {
                     return Ok(found);
                 }
             }

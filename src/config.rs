@@ -15,7 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::ServerId;
-use crate::policy::{Policy, Retention, MAX_POLICY_NAME, SERVER_CAP};
+use crate::policy::{JournalFailure, Policy, Retention, MAX_POLICY_NAME, SERVER_CAP};
 use crate::schedule::Schedule;
 
 pub const DEFAULT_PATH: &str = "/etc/snapshot-scheduler/config.toml";
@@ -258,6 +258,7 @@ struct RawPolicy {
     post_hook: Option<Spanned<Vec<String>>>,
     hook_timeout: Option<Spanned<String>>,
     on_pre_hook_failure: Option<Spanned<String>>,
+    on_journal_failure: Option<Spanned<String>>,
     ping_url: Option<Spanned<String>>,
     warn_age: Option<Spanned<String>>,
     crit_age: Option<Spanned<String>>,
@@ -833,6 +834,23 @@ fn validate_policies(
                 }
             }
         }
+        let on_journal_failure = match &p.on_journal_failure {
+            None => JournalFailure::Skip,
+            Some(v) => match v.get_ref().as_str() {
+                "skip" => JournalFailure::Skip,
+                "snapshot_running" => JournalFailure::SnapshotRunning,
+                other => {
+                    check.at(
+                        v.span(),
+                        format!("{label}.on_journal_failure"),
+                        format!(
+                            "\"{other}\" is not allowed; allowed: \"skip\" or \"snapshot_running\""
+                        ),
+                    );
+                    JournalFailure::Skip
+                }
+            },
+        };
         if let Some(schedule) = schedule {
             policies.push(Policy {
                 name: name.clone(),
@@ -849,6 +867,7 @@ fn validate_policies(
                 jitter,
                 hooks,
                 monitoring,
+                on_journal_failure,
             });
         }
     }

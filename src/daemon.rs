@@ -198,12 +198,23 @@ impl<P: Provider> Service<P> {
     }
 }
 
-/// Settles journal entries that no work in flight owns (a server whose start failed), every
-/// 30 s while there are none to settle, backing off to 10 minutes while settling fails.
+/// Settles journal entries that no work in flight owns (a server whose start failed): looks
+/// every `poll_interval` (1 to 30 s), backing off to 10 minutes while settling fails.
 async fn retry_reconcile<P: Provider>(executor: Arc<Executor<P>>, shutdown: CancellationToken) {
-    const EVERY: Duration = Duration::from_secs(30);
-    let mut delay = EVERY;
+    let every = executor
+        .settings()
+        .poll_interval
+        .clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let mut delay = every;
     loop {
+        if executor.journal().entries().is_empty() {
+            // Idle: sleep until a stop is journaled, not on a timer.
+            tokio::select! {
+                () = executor.journal().entry_recorded() => {}
+                () = shutdown.cancelled() => return,
+            }
+            delay = every;
+        }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => return,
@@ -214,7 +225,7 @@ async fn retry_reconcile<P: Provider>(executor: Arc<Executor<P>>, shutdown: Canc
             .iter()
             .any(|e| !executor.locks().is_busy(e.server));
         if !orphaned {
-            delay = EVERY;
+            delay = every;
             continue;
         }
         let errors = executor.reconcile().await;
@@ -222,7 +233,7 @@ async fn retry_reconcile<P: Provider>(executor: Arc<Executor<P>>, shutdown: Canc
             tracing::error!(error = %format!("{e:#}"), "still cannot settle a server this program stopped");
         }
         delay = if errors.is_empty() {
-            EVERY
+            every
         } else {
             (delay * 2).min(Duration::from_secs(600))
         };

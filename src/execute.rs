@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::journal::{self, Journal};
 use crate::model::{CreateSnapshot, PowerState, ServerId, Snapshot, SnapshotStatus};
 use crate::plan::{plan, Plan};
-use crate::policy::Policy;
+use crate::policy::{JournalFailure, Policy};
 use crate::provider::{ApiError, Provider};
 
 #[derive(Debug, Clone)]
@@ -104,6 +104,51 @@ impl ServerLocks {
     }
 }
 
+/// The `max_concurrent` turns: a server's operation holds one until its snapshot is requested
+/// (to the end if the server is stopped for it), not while it only waits for the snapshot to
+/// finish, so thousands of snapshots can be in progress at once while `max_concurrent`
+/// servers are worked on. Kept by server, because the step that gives a turn back is deep
+/// inside one server's run.
+#[derive(Debug)]
+struct Turns {
+    permits: Arc<Semaphore>,
+    held: Mutex<HashMap<ServerId, OwnedSemaphorePermit>>,
+}
+
+impl Turns {
+    fn new(max_concurrent: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            held: Mutex::default(),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<ServerId, OwnedSemaphorePermit>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a turn for `server` (which must hold its server lock).
+    async fn take(&self, server: ServerId) {
+        if let Ok(permit) = self.permits.clone().acquire_owned().await {
+            self.held().insert(server, permit);
+        }
+    }
+
+    /// Gives `server`'s turn back; whether it had one.
+    fn give_back(&self, server: ServerId) -> bool {
+        self.held().remove(&server).is_some()
+    }
+}
+
+/// Gives the server's turn back however its run ends (a dropped run included).
+struct TurnGuard<'a>(&'a Turns, ServerId);
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        self.0.give_back(self.1);
+    }
+}
+
 /// Snapshots on the servers, listed once at `taken_at` (monotonic).
 #[derive(Debug, Clone)]
 pub struct Listing {
@@ -116,6 +161,9 @@ impl Listing {
         let mut by_server: BTreeMap<ServerId, Vec<Snapshot>> = BTreeMap::new();
         for s in snapshots {
             by_server.entry(s.server.id).or_default().push(s);
+        }
+        for list in by_server.values_mut() {
+            list.shrink_to_fit();
         }
         Self {
             taken_at: Instant::now(),
@@ -141,6 +189,10 @@ struct Waiter {
     server: ServerId,
     name: String,
     deadline: Instant,
+    /// When this waiter next wants an answer: `poll_interval` after it joined, then later and
+    /// later (x1.5 up to 60 s) while its snapshot stays in progress.
+    due: Instant,
+    delay: Duration,
     tx: oneshot::Sender<Waited>,
 }
 
@@ -148,10 +200,19 @@ struct Waiter {
 struct WatchState {
     waiters: Vec<Waiter>,
     polling: bool,
+    /// When the newest waiter joined: while waiters keep joining, rounds are spaced further
+    /// and further apart, because each round may cost a whole account-wide listing.
+    last_joined: Option<Instant>,
 }
 
 /// The shared status poll: one task lists every server with a snapshot in flight, answers the
 /// waiters whose snapshot settled, and ends when nobody is waiting.
+///
+/// A round is held when the earliest waiter is due. While a fleet's creates are still coming
+/// in, rounds back off (1, 1.5, 2.25, ... times `poll_interval`), so a rotation of thousands
+/// of servers costs a handful of listings rather than one a second; once no waiter has joined
+/// for half a `poll_interval`, rounds follow the waiters' own due times again (at most one per
+/// half interval), so the last snapshots of a batch are answered soon after they finish.
 struct Watch<P: Provider> {
     provider: Arc<P>,
     poll_interval: Duration,
@@ -164,21 +225,46 @@ impl<P: Provider> Watch<P> {
     }
 
     async fn poll_loop(self: Arc<Self>) {
-        let mut delay = self.poll_interval;
+        let longest = self.poll_interval.max(Duration::from_secs(60));
+        let quiet = (self.poll_interval / 2).max(Duration::from_millis(10));
+        let mut spacing = self.poll_interval;
+        let mut last_round: Option<Instant> = None;
         loop {
-            tokio::time::sleep(delay).await;
-            let servers: Vec<ServerId> = {
+            let next = {
                 let mut w = self.state();
                 w.waiters.retain(|x| !x.tx.is_closed());
                 if w.waiters.is_empty() {
                     w.polling = false;
                     return;
                 }
-                let mut s: Vec<ServerId> = w.waiters.iter().map(|x| x.server).collect();
-                s.sort_unstable();
-                s.dedup();
-                s
+                let now = Instant::now();
+                let due = w.waiters.iter().map(|x| x.due).min().unwrap_or(now);
+                let joining = w.last_joined.is_some_and(|t| now < t + quiet);
+                let gap = if joining { spacing } else { quiet };
+                let at = last_round.map_or(due, |r| due.max(r + gap));
+                if now < at {
+                    // Decided again at least every `quiet`: the joining may stop meanwhile.
+                    Err((at - now).min(quiet))
+                } else {
+                    spacing = if joining {
+                        (spacing * 3 / 2).min(longest)
+                    } else {
+                        self.poll_interval
+                    };
+                    let mut s: Vec<ServerId> = w.waiters.iter().map(|x| x.server).collect();
+                    s.sort_unstable();
+                    s.dedup();
+                    Ok((now, s))
+                }
             };
+            let (round, servers) = match next {
+                Ok(round) => round,
+                Err(wait) => {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            last_round = Some(round);
             let listing = match list(&*self.provider, &servers).await {
                 Ok(l) => Some(l),
                 Err(e) => {
@@ -188,7 +274,7 @@ impl<P: Provider> Watch<P> {
             };
             let now = Instant::now();
             let mut w = self.state();
-            for waiter in std::mem::take(&mut w.waiters) {
+            for mut waiter in std::mem::take(&mut w.waiters) {
                 let found = listing.as_ref().and_then(|l| {
                     l.by_server
                         .get(&waiter.server)
@@ -205,14 +291,19 @@ impl<P: Provider> Watch<P> {
                     _ if now >= waiter.deadline => {
                         let _ = waiter.tx.send(Waited::TimedOut);
                     }
-                    _ => w.waiters.push(waiter),
+                    _ => {
+                        if waiter.due <= round {
+                            waiter.delay = (waiter.delay * 3 / 2).min(longest);
+                            waiter.due = now + waiter.delay;
+                        }
+                        w.waiters.push(waiter);
+                    }
                 }
             }
             if w.waiters.is_empty() {
                 w.polling = false;
                 return;
             }
-            delay = (delay * 3 / 2).min(self.poll_interval.max(Duration::from_secs(60)));
         }
     }
 }
@@ -224,9 +315,11 @@ pub async fn list<P: Provider>(provider: &P, servers: &[ServerId]) -> Result<Lis
         [one] => provider.list_snapshots(Some(*one)).await?,
         _ => provider.list_snapshots(None).await?,
     };
-    let mut listing = Listing::new(snapshots);
-    listing.by_server.retain(|id, _| servers.contains(id));
-    Ok(listing)
+    let mut wanted = servers.to_vec();
+    wanted.sort_unstable();
+    let mut snapshots = snapshots;
+    snapshots.retain(|s| wanted.binary_search(&s.server.id).is_ok());
+    Ok(Listing::new(snapshots))
 }
 
 pub struct Executor<P: Provider> {
@@ -235,7 +328,7 @@ pub struct Executor<P: Provider> {
     journal: Arc<Journal>,
     settings: Settings,
     locks: ServerLocks,
-    permits: Arc<Semaphore>,
+    turns: Turns,
     watch: Arc<Watch<P>>,
     /// Where failures, recoveries and servers left stopped are reported (optional).
     alerts: std::sync::OnceLock<Arc<crate::alerts::Alerts>>,
@@ -263,7 +356,7 @@ impl<P: Provider> Executor<P> {
             provider,
             clock,
             journal,
-            permits: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
+            turns: Turns::new(settings.max_concurrent),
             settings,
             locks: ServerLocks::default(),
             alerts: std::sync::OnceLock::new(),
@@ -332,8 +425,14 @@ impl<P: Provider> Executor<P> {
                 None
             }
         };
+        // One shared copy of each policy for all its servers' tasks (policy names are unique).
+        let mut shared: HashMap<String, Arc<Policy>> = HashMap::new();
         let mut tasks = tokio::task::JoinSet::new();
         for (policy, server, slot) in work {
+            let policy = shared
+                .entry(policy.name.clone())
+                .or_insert_with(|| Arc::new(policy))
+                .clone();
             let this = self.clone();
             let listing = listing.clone();
             tasks.spawn(async move {
@@ -341,10 +440,15 @@ impl<P: Provider> Executor<P> {
                     .await
             });
         }
+        drop(shared);
         let mut reports = Vec::new();
         while let Some(r) = tasks.join_next().await {
             match r {
-                Ok(report) => reports.push(report),
+                // The plan has done its job (a fleet's worth of plans is megabytes).
+                Ok(report) => reports.push(ServerReport {
+                    plan: None,
+                    ..report
+                }),
                 Err(e) => tracing::error!(error = %e, "a server task ended abnormally"),
             }
         }
@@ -370,9 +474,11 @@ impl<P: Provider> Executor<P> {
         let name = policy.snapshot_name(slot);
         let span = tracing::info_span!("rotation", policy = %policy.name, server, snapshot = %name);
         async {
-            let _permit = self.permits.acquire().await;
+            // The server lock before the turn: a run waiting for a lock holds no turn.
             let lock = self.locks.entry(server);
             let mut last_change = lock.lock().await;
+            self.turns.take(server).await;
+            let _turn = TurnGuard(&self.turns, server);
             let mut report = ServerReport {
                 policy: policy.name.clone(),
                 server,
@@ -387,7 +493,12 @@ impl<P: Provider> Executor<P> {
                 plan: None,
             };
             let fresh = listing.filter(|l| last_change.is_none_or(|t| l.taken_at > t));
-            let result = self.rotate(policy, server, slot, fresh, &mut report).await;
+            // Boxed: a run waiting for its lock or turn stays small (a fleet of them waits).
+            let fut = Box::pin(self.rotate(policy, server, slot, fresh, &mut report));
+            if std::env::var_os("PROBE_SIZE").is_some() {
+                eprintln!("PROBE rotate {}", std::mem::size_of_val(&*fut));
+            }
+            let result = fut.await;
             // A write that failed or timed out may still have changed the server (a create
             // left in progress): the next operation on it must not trust an older listing.
             let wrote = report.plan.as_ref().is_some_and(|p| !p.is_noop());
@@ -410,6 +521,13 @@ impl<P: Provider> Executor<P> {
         if self.settings.dry_run {
             return;
         }
+        // The run log outlives the process: when the last run (maybe another `once` from
+        // cron) already failed, that failure was reported then, and a success is a recovery.
+        let failed_before = self
+            .runlog
+            .get()
+            .and_then(|log| log.get(&r.policy, r.server))
+            .is_some_and(|last| last.result.is_failure());
         if let Some(log) = self.runlog.get() {
             log.record(crate::runlog::LastRun {
                 policy: r.policy.clone(),
@@ -422,6 +540,9 @@ impl<P: Provider> Executor<P> {
             });
         }
         if let Some(alerts) = self.alerts.get() {
+            if failed_before {
+                alerts.already_failing(&r.policy, r.server);
+            }
             match r.result {
                 RunResult::Failed => {
                     let event = if r.blocked {
@@ -533,9 +654,7 @@ impl<P: Provider> Executor<P> {
             .await;
         if hooks.post.is_some() {
             let completed = report.result == RunResult::Created && result.is_ok();
-            let id = report
-                .created_id
-                .filter(|_| report.created.is_some());
+            let id = report.created_id.filter(|_| report.created.is_some());
             self.post_hook(policy, &env, completed, id).await;
         }
         result
@@ -666,8 +785,7 @@ impl<P: Provider> Executor<P> {
             let state = self.provider.get_server(server).await?;
             match state.status {
                 PowerState::Running => {
-                    self.stop(policy, server, name).await?;
-                    stopped_by_us = true;
+                    stopped_by_us = self.stop(policy, server, name).await?;
                 }
                 PowerState::Stopped => {
                     tracing::info!("server is already stopped; snapshotting it as it is and leaving it stopped");
@@ -705,6 +823,14 @@ impl<P: Provider> Executor<P> {
             id = created.id,
             "snapshot requested; waiting for it to finish"
         );
+        // Waiting costs only a place in the shared poll, so the turn goes to the next server
+        // now, unless this server is stopped for the snapshot (then at most `max_concurrent`
+        // servers are down at once). What is left after the wait (a prune) is a request or
+        // two on the shared budget; queueing again behind every server not yet started would
+        // keep thousands of finished waits in memory until the end of the run.
+        if !policy.stop_server {
+            self.turns.give_back(server);
+        }
         match self.wait_for(server, name).await {
             Waited::Settled(s, listing) => Ok((s, listing)),
             Waited::TimedOut => anyhow::bail!(
@@ -719,9 +845,13 @@ impl<P: Provider> Executor<P> {
 
     /// Journal first, then stop, then wait for `stopped`. On any failure after the request,
     /// the server is started again before the error is returned.
-    async fn stop(&self, policy: &Policy, server: ServerId, name: &str) -> anyhow::Result<()> {
+    /// `Ok(false)`: the stop could not be journaled and `on_journal_failure = "snapshot_running"`,
+    /// so the server was left running (never stopped unjournaled).
+    async fn stop(&self, policy: &Policy, server: ServerId, name: &str) -> anyhow::Result<bool> {
         let now = self.clock.now();
-        let budget = self.settings.power_timeout * 2 + self.settings.snapshot_timeout;
+        // Time to stop and to take the snapshot; the start after the deadline must still fit
+        // in snapshot_timeout + 2 × power_timeout, crash or not.
+        let budget = self.settings.power_timeout + self.settings.snapshot_timeout;
         let entry = journal::Entry {
             server,
             policy: policy.name.clone(),
@@ -730,13 +860,23 @@ impl<P: Provider> Executor<P> {
             deadline: now
                 + chrono::Duration::from_std(budget).unwrap_or(chrono::Duration::hours(1)),
         };
-        self.journal.record(entry).map_err(|e| {
-            anyhow::anyhow!("refusing to stop server {server}: its stop cannot be journaled ({e})")
-        })?;
+        if let Err(e) = self.journal.record(entry) {
+            metrics::counter!("snapshot_scheduler_journal_failures_total").increment(1);
+            match policy.on_journal_failure {
+                JournalFailure::Skip => anyhow::bail!(
+                    "refusing to stop server {server}: its stop cannot be journaled ({e}); no \
+                     snapshot taken (on_journal_failure = \"skip\")"
+                ),
+                JournalFailure::SnapshotRunning => {
+                    tracing::warn!(error = %e, "refusing to stop the server: its stop cannot be journaled; snapshotting it while it runs (on_journal_failure = \"snapshot_running\")");
+                    return Ok(false);
+                }
+            }
+        }
         tracing::info!("stopping the server for a consistent snapshot");
-        let stopped = match self.provider.stop_server(server).await {
-            Ok(_) => self.wait_power(server, PowerState::Stopped).await,
-            Err(e) => Err(e.into()),
+        let stopped = match self.request_power(server, true).await {
+            Ok(()) => self.wait_power(server, PowerState::Stopped).await,
+            Err(e) => Err(e),
         };
         if let Err(e) = stopped {
             let again = self.start_again(server).await;
@@ -746,7 +886,7 @@ impl<P: Provider> Executor<P> {
                 Err(a) => e.context(format!("{a:#}")),
             });
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Brings a server this program stopped back to `running` and clears its journal entry.
@@ -761,9 +901,9 @@ impl<P: Provider> Executor<P> {
             PowerState::Running => {}
             PowerState::Stopped => {
                 tracing::info!("starting the server again");
-                let started = match self.provider.start_server(server).await {
-                    Ok(_) => self.wait_power(server, PowerState::Running).await,
-                    Err(e) => Err(e.into()),
+                let started = match self.request_power(server, false).await {
+                    Ok(()) => self.wait_power(server, PowerState::Running).await,
+                    Err(e) => Err(e),
                 };
                 if let Err(e) = started {
                     metrics::counter!("snapshot_scheduler_server_left_stopped_total").increment(1);
@@ -787,6 +927,42 @@ impl<P: Provider> Executor<P> {
         }
         self.journal.clear(server)?;
         Ok(())
+    }
+
+    /// Sends a stop or a start. After a transient failure (5xx, 429, timeout) it looks at the
+    /// server and sends the request again only while the server is still where the request
+    /// starts from (running for a stop, stopped for a start), so a lost answer never makes it
+    /// act twice. Bounded by `power_timeout`. Providers send power requests once (the client
+    /// does not retry a POST), so this is their retry.
+    async fn request_power(&self, server: ServerId, stop: bool) -> anyhow::Result<()> {
+        let from = if stop {
+            PowerState::Running
+        } else {
+            PowerState::Stopped
+        };
+        let deadline = Instant::now() + self.settings.power_timeout;
+        let mut delay = Duration::from_secs(2);
+        loop {
+            let sent = if stop {
+                self.provider.stop_server(server).await
+            } else {
+                self.provider.start_server(server).await
+            };
+            let error = match sent {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if !error.is_retryable() || Instant::now() + delay >= deadline {
+                return Err(error.into());
+            }
+            tracing::warn!(error = %error, retry_in = ?delay, "power request failed; looking at the server before sending it again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(60));
+            if self.provider.get_server(server).await?.status != from {
+                // It went through; only the answer was lost.
+                return Ok(());
+            }
+        }
     }
 
     /// Polls the server until it is in `target`, bounded by `power_timeout`.
@@ -815,12 +991,16 @@ impl<P: Provider> Executor<P> {
         let (tx, rx) = oneshot::channel();
         let start_poller = {
             let mut w = self.watch.state();
+            let now = Instant::now();
             w.waiters.push(Waiter {
                 server,
                 name: name.to_owned(),
-                deadline: Instant::now() + self.settings.snapshot_timeout,
+                deadline: now + self.settings.snapshot_timeout,
+                due: now + self.settings.poll_interval,
+                delay: self.settings.poll_interval,
                 tx,
             });
+            w.last_joined = Some(now);
             !std::mem::replace(&mut w.polling, true)
         };
         if start_poller {
@@ -839,7 +1019,7 @@ impl<P: Provider> Executor<P> {
 
     /// [`reconcile`](Self::reconcile), as one error for commands that must not act on a
     /// server a previous run left stopped.
-    pub async fn reconcile_or_fail(&self) -> anyhow::Result<()> {
+    pub async fn reconcile_or_fail(self: &Arc<Self>) -> anyhow::Result<()> {
         let errors = self.reconcile().await;
         if errors.is_empty() {
             return Ok(());
@@ -854,35 +1034,52 @@ impl<P: Provider> Executor<P> {
     /// Finishes what a previous process left: for each journaled stop, wait for its snapshot
     /// to leave `in_progress` (up to the recorded deadline), start the server if it is still
     /// stopped, clear the entry. Returns one error per server that could not be settled.
-    pub async fn reconcile(&self) -> Vec<anyhow::Error> {
-        let mut errors = Vec::new();
+    /// Holds the server's lock meanwhile, so it may run beside the scheduler: an entry of work
+    /// still in flight is settled by that work, and is gone once the lock is free.
+    pub async fn reconcile(self: &Arc<Self>) -> Vec<anyhow::Error> {
+        // All at once: one by one, the last of ten servers would wait for nine starts.
+        let mut settling = tokio::task::JoinSet::new();
         for entry in self.journal.entries() {
-            let span = tracing::info_span!("reconcile", policy = %entry.policy, server = entry.server, snapshot = %entry.snapshot);
-            let result = async {
-                tracing::warn!(stopped_at = %entry.stopped_at, "a previous run stopped this server; settling it");
-                let left = (entry.deadline - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
-                let snapshots = self.provider.list_snapshots(Some(entry.server)).await?;
-                let in_progress = snapshots
-                    .iter()
-                    .any(|s| s.name == entry.snapshot && s.status == SnapshotStatus::InProgress);
-                if in_progress && !left.is_zero() {
-                    let wait = tokio::time::timeout(left, self.wait_for(entry.server, &entry.snapshot)).await;
-                    if !matches!(wait, Ok(Waited::Settled(..))) {
-                        tracing::warn!("snapshot still not finished at its deadline; starting the server anyway");
-                    }
-                }
-                self.start_again(entry.server).await
-            }
-            .instrument(span)
-            .await;
-            if let Err(e) = result {
-                errors.push(e.context(format!(
-                    "server {} (stopped by a previous run)",
-                    entry.server
-                )));
+            let this = self.clone();
+            settling.spawn(async move { this.settle(entry).await });
+        }
+        let mut errors = Vec::new();
+        while let Some(done) = settling.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(anyhow::anyhow!("settling a server ended abnormally: {e}")),
             }
         }
         errors
+    }
+
+    /// Settles one journal entry (see [`reconcile`](Self::reconcile)).
+    async fn settle(&self, entry: journal::Entry) -> anyhow::Result<()> {
+        let lock = self.locks.entry(entry.server);
+        let _held = lock.lock().await;
+        if !self.journal.entries().contains(&entry) {
+            return Ok(());
+        }
+        let span = tracing::info_span!("reconcile", policy = %entry.policy, server = entry.server, snapshot = %entry.snapshot);
+        async {
+            tracing::warn!(stopped_at = %entry.stopped_at, "a previous run stopped this server; settling it");
+            let left = (entry.deadline - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+            let snapshots = self.provider.list_snapshots(Some(entry.server)).await?;
+            let in_progress = snapshots
+                .iter()
+                .any(|s| s.name == entry.snapshot && s.status == SnapshotStatus::InProgress);
+            if in_progress && !left.is_zero() {
+                let wait = tokio::time::timeout(left, self.wait_for(entry.server, &entry.snapshot)).await;
+                if !matches!(wait, Ok(Waited::Settled(..))) {
+                    tracing::warn!("snapshot still not finished at its deadline; starting the server anyway");
+                }
+            }
+            self.start_again(entry.server).await
+        }
+        .instrument(span)
+        .await
+        .map_err(|e| e.context(format!("server {} (stopped by a previous run)", entry.server)))
     }
 }
 
@@ -942,6 +1139,7 @@ mod tests {
             jitter: None,
             hooks: Default::default(),
             monitoring: Default::default(),
+            on_journal_failure: Default::default(),
         }
     }
 

@@ -38,6 +38,9 @@ pub struct Journal {
     path: PathBuf,
     /// The entries as on disk; the lock also serialises writers within this process.
     entries: Mutex<Vec<Entry>>,
+    /// Woken by every new entry, so whoever settles orphaned entries can sleep while there
+    /// are none instead of polling.
+    recorded: tokio::sync::Notify,
 }
 
 impl Journal {
@@ -58,6 +61,7 @@ impl Journal {
         Ok(Self {
             path,
             entries: Mutex::new(entries),
+            recorded: tokio::sync::Notify::new(),
         })
     }
 
@@ -78,7 +82,13 @@ impl Journal {
         next.push(entry);
         self.write(&next)?;
         *entries = next;
+        self.recorded.notify_one();
         Ok(())
+    }
+
+    /// Resolves once an entry has been recorded since the last call (or right away if one was).
+    pub async fn entry_recorded(&self) {
+        self.recorded.notified().await;
     }
 
     /// Forgets the entry of a server that runs again.

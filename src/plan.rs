@@ -719,6 +719,7 @@ mod tests {
             jitter: None,
             hooks: Default::default(),
             monitoring: Default::default(),
+            on_journal_failure: Default::default(),
         }
     }
 

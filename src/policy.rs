@@ -28,6 +28,20 @@ pub struct Policy {
     pub jitter: Option<Duration>,
     pub hooks: Hooks,
     pub monitoring: Monitoring,
+    /// What a `stop_server` policy does when the stop cannot be journaled first.
+    pub on_journal_failure: JournalFailure,
+}
+
+/// A server is never stopped unless the stop is in the power journal first (or a crash could
+/// leave it stopped for good). When `state_dir` cannot be written, a `stop_server` policy
+/// either skips the snapshot or takes it with the server running, and says which.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JournalFailure {
+    /// No snapshot; the run fails with the reason.
+    #[default]
+    Skip,
+    /// Snapshot the running server (crash-consistent only) and warn.
+    SnapshotRunning,
 }
 
 /// Commands run on this host around each snapshot (quiesce a database, resume it).

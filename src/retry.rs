@@ -166,7 +166,9 @@ mod tests {
             status: 503,
             message: String::new(),
         };
-        let waits: Vec<u64> = (0..9).map(|n| delay(n, &server).as_millis() as u64).collect();
+        let waits: Vec<u64> = (0..9)
+            .map(|n| delay(n, &server).as_millis() as u64)
+            .collect();
         assert_eq!(
             waits,
             [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]

@@ -3,6 +3,7 @@
 //! and the repeated hour; the offset is looked up per fire, never frozen).
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -12,7 +13,8 @@ use croner::Cron;
 #[derive(Clone)]
 pub struct Schedule {
     expr: String,
-    cron: Cron,
+    /// Shared: a parsed pattern is kilobytes, and a fleet's work items each carry the policy.
+    cron: Arc<Cron>,
     tz: Tz,
 }
 
@@ -47,7 +49,7 @@ impl Schedule {
             })?;
         let schedule = Self {
             expr: trimmed.to_owned(),
-            cron,
+            cron: Arc::new(cron),
             tz,
         };
         // A pattern that parses but never fires (e.g. 30 February) is an error too.

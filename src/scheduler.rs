@@ -163,6 +163,8 @@ pub async fn run_loop(
     for fire in startup {
         events.fire(fire);
     }
+    // Once nobody can send reloads any more, stop listening (a closed channel is always ready).
+    let mut reloads_open = true;
     loop {
         let now = clock.now();
         for fire in scheduler.due(now) {
@@ -173,8 +175,9 @@ pub async fn run_loop(
         tokio::select! {
             () = tokio::time::sleep(sleep) => {}
             () = shutdown.cancelled() => return,
-            changed = reload.changed() => {
+            changed = reload.changed(), if reloads_open => {
                 if changed.is_err() {
+                    reloads_open = false;
                     continue;
                 }
                 let policies = reload.borrow_and_update().clone();
@@ -213,6 +216,7 @@ mod tests {
             jitter: None,
             hooks: Default::default(),
             monitoring: Default::default(),
+            on_journal_failure: Default::default(),
         }
     }
 
@@ -397,6 +401,30 @@ mod tests {
         .await;
         assert!(rec.fires.is_empty());
         assert!(rec.wakes <= 61, "woke {} times in an hour", rec.wakes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_reload_channel_does_not_make_the_loop_spin() {
+        let clock = TokioClock::starting_at(utc("2025-01-15T10:00:00Z"));
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = watch::channel(Vec::new());
+        drop(tx);
+        let mut rec = Recorder::default();
+        let stop = {
+            let shutdown = shutdown.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                shutdown.cancel();
+            }
+        };
+        let clock: Arc<dyn Clock> = clock;
+        let policies = vec![policy("daily", "30 2 * * *", "UTC", false)];
+        tokio::join!(
+            run_loop(policies, clock, shutdown.clone(), rx, MAX_SLEEP, &mut rec),
+            stop
+        );
+        // 60 timer wakes, the start, and the one that noticed the channel closed.
+        assert!(rec.wakes <= 62, "woke {} times in an hour", rec.wakes);
     }
 
     #[test]

@@ -196,6 +196,7 @@ mod tests {
             jitter: None,
             hooks: Default::default(),
             monitoring: Default::default(),
+            on_journal_failure: Default::default(),
         }
     }
 

@@ -3,9 +3,12 @@
 
 mod alerts;
 mod client;
+mod commands;
 mod common;
 mod config;
 mod daemon;
+mod faults;
+mod fuzz_smoke;
 mod once;
 mod soak;
 mod systemd;

@@ -1,0 +1,445 @@
+//! The fault matrix: the real binary against a provider that misbehaves in one way per test,
+//! each test named for its fault. What a user would notice is asserted: the exit code or that
+//! the daemon keeps running, what the log says, what the provider saw (no write it should not
+//! have got, no retry storm), the power state of the server and the power journal.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use snapshot_scheduler::clock::SystemClock;
+use snapshot_scheduler::model::{PowerState, ServerId, SnapshotStatus};
+use snapshot_scheduler::simulator::{self, SimConfig, Simulator};
+use tokio::time::Instant;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::common::{bin, config_with_policy, serve_sim, stderr, stdout, Scratch, TOKEN};
+
+const WEB: ServerId = 12345;
+const EVERY_2S: &str = "*/2 * * * * *";
+/// January 1st, 03:00:00: its latest slot is in the past, so `run` fires it once at start-up
+/// (catch-up) and never again during a test.
+const YEARLY: &str = "0 0 3 1 1 *";
+/// How long any one condition may take to come true before the test fails.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn quick() -> SimConfig {
+    SimConfig {
+        snapshot_duration: Duration::from_millis(500),
+        power_delay: Duration::from_millis(300),
+        example_snapshots: false,
+        ..SimConfig::default()
+    }
+}
+
+/// A config for `policy` with a fast request budget, `api` and `daemon` lines added.
+fn config(policy: &str, api: &str, daemon: &str) -> String {
+    config_with_policy(policy)
+        .replacen(
+            "\n[daemon]\n",
+            &format!("requests_per_second = 1000\n{api}\n\n[daemon]\n"),
+            1,
+        )
+        .replacen(
+            "poll_interval = \"200ms\"\n",
+            &format!("poll_interval = \"200ms\"\n{daemon}\n"),
+            1,
+        )
+}
+
+fn policy(schedule: &str, extra: &str) -> String {
+    format!("name = \"nightly\"\nschedule = \"{schedule}\"\nservers = [{WEB}]\nkeep = 2\n{extra}")
+}
+
+/// A port nobody listens on (bound, then released).
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// The power journal as the next start would read it.
+fn journal(scratch: &Scratch) -> Vec<Value> {
+    match std::fs::read(scratch.state_dir().join("power-journal.json")) {
+        Ok(bytes) => serde_json::from_slice(&bytes).expect("the journal is JSON"),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The binary running `run`; its stderr collected. Dropping it kills the process.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Self {
+        let mut child = bin()
+            .arg("--config")
+            .arg(config)
+            .args(["--log-format", "text", "run"])
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stderr = child.stderr.take().expect("piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Polls until `done` holds; fails if the daemon exits or after [`WAIT`], with the log.
+    async fn until(&mut self, what: &str, mut done: impl FnMut(&str) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if done(&log) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("the daemon exited ({status}) while waiting until {what}\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until {what}\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("the daemon exited ({status})\n{}", self.log());
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `once`, without blocking the runtime that serves the simulated provider.
+async fn once(config: &Path) -> std::process::Output {
+    let mut cmd = bin();
+    cmd.arg("--config").arg(config).arg("once");
+    tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .expect("the binary runs")
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_unreachable_at_start_up() {
+    let addr = free_addr();
+    let scratch = Scratch::new();
+    let base_url = simulator::base_url(addr);
+    let text = config(&policy(EVERY_2S, ""), "max_retries = 1", "");
+    let mut daemon = Daemon::start(&scratch.config(&text, &base_url));
+
+    // It starts and says why nothing happens, fire after fire.
+    daemon
+        .until("two fires reported the provider unreachable", |log| {
+            log.contains("snapshot-scheduler running") && count(log, "could not reach the API") >= 2
+        })
+        .await;
+
+    // The provider comes up on that address: the next fire works, no restart needed.
+    let sim = Simulator::new(
+        SimConfig {
+            token: TOKEN.into(),
+            ..quick()
+        },
+        &[(WEB, "web-server-01".into())],
+        Arc::new(SystemClock),
+    );
+    let (_bound, _task) = simulator::serve(sim.clone(), addr).await.expect("serve");
+    daemon
+        .until("a snapshot was created and completed", |log| {
+            log.contains("created nightly-")
+                && sim
+                    .snapshots(WEB)
+                    .iter()
+                    .any(|s| s.status == SnapshotStatus::Completed)
+        })
+        .await;
+    daemon.assert_running();
+}
+
+#[tokio::test]
+async fn garbage_or_truncated_json_from_the_provider() {
+    let cases = [
+        (
+            "an HTML page",
+            "<html><body>Maintenance</body></html>".to_owned(),
+            "expected value",
+        ),
+        (
+            "truncated JSON",
+            r#"{"count": 1, "next": null, "results": [{"id": 801, "server": {"id": 12345, "na"#
+                .to_owned(),
+            "EOF while parsing",
+        ),
+        (
+            "a snapshot without its created_at",
+            r#"{"count": 1, "next": null, "results": [{"id": 801, "server": {"id": 12345},
+                "name": "x", "status": "completed"}]}"#
+                .to_owned(),
+            "results[0]",
+        ),
+    ];
+    for (what, body, says) in cases {
+        let provider = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/api/v1/snapshots/"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(body))
+            .mount(&provider)
+            .await;
+        let scratch = Scratch::new();
+        let base_url = format!("{}/api/v1", provider.uri());
+        let config = scratch.config(&config(&policy(YEARLY, ""), "", ""), &base_url);
+
+        let out = once(&config).await;
+
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(1), "{what}:\n{text}");
+        assert!(
+            text.contains("answer to list snapshots of server 12345 could not be read")
+                && text.contains(says),
+            "{what}: the error names the request and the problem:\n{text}"
+        );
+        let requests = provider.received_requests().await.expect("recorded");
+        let writes: Vec<String> = requests
+            .iter()
+            .filter(|r| r.method.as_str() != "GET")
+            .map(|r| format!("{} {}", r.method, r.url.path()))
+            .collect();
+        assert!(writes.is_empty(), "{what}: wrote after garbage: {writes:?}");
+        // A garbled answer is not retried as if the request had failed.
+        assert!(requests.len() <= 2, "{what}: {} requests", requests.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_revoked_mid_run() {
+    let (sim, base_url) = serve_sim(&[WEB], quick()).await;
+    let metrics = free_addr();
+    let scratch = Scratch::new();
+    let text = config(
+        &policy(EVERY_2S, ""),
+        "",
+        &format!("metrics_listen = \"{metrics}\""),
+    );
+    let mut daemon = Daemon::start(&scratch.config(&text, &base_url));
+    daemon
+        .until("a snapshot was created", |_| {
+            !sim.stats().created.is_empty()
+        })
+        .await;
+
+    sim.set_token("revoked");
+    let before = sim.stats().total_requests;
+    daemon
+        .until("three fires were refused", |log| {
+            count(log, "the API rejected the token") >= 3
+        })
+        .await;
+    let fires = count(&daemon.log(), "policy fired");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = daemon.log();
+    let fired = count(&log, "policy fired") - fires + 3;
+    let after = sim.stats().total_requests - before;
+
+    daemon.assert_running();
+    // A clear error that says what to check, never the token itself.
+    let path = scratch.token_path().display().to_string();
+    assert!(
+        log.contains(&format!(
+            "the API rejected the token (check token_file {path}); answer 401"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains(TOKEN));
+    // No retry storm: a fire asks at most twice (its listing, then the server's own).
+    assert!(
+        after as usize <= 2 * fired + 2,
+        "{after} requests for {fired} fires after the revocation"
+    );
+    // A metric to alert on.
+    let body = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("text");
+    let unauthorized: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("snapshot_scheduler_api_requests_total") && l.contains("\"401\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(unauthorized >= 3.0, "401s counted: {unauthorized}\n{body}");
+}
+
+/// The journal's temp file is a directory: every write of the journal fails (as root too).
+fn break_state_dir(scratch: &Scratch) {
+    let tmp = scratch.state_dir().join("power-journal.json.tmp");
+    std::fs::create_dir_all(tmp).expect("mkdir");
+}
+
+#[tokio::test]
+async fn state_dir_cannot_be_written() {
+    for (setting, code, snapshotted) in [("skip", 1, false), ("snapshot_running", 0, true)] {
+        let (sim, base_url) = serve_sim(&[WEB], quick()).await;
+        let scratch = Scratch::new();
+        let extra = format!("stop_server = true\non_journal_failure = \"{setting}\"");
+        let config = scratch.config(&config(&policy(YEARLY, &extra), "", ""), &base_url);
+        break_state_dir(&scratch);
+
+        let out = once(&config).await;
+
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(code), "{setting}:\n{text}");
+        assert!(
+            text.contains("refusing to stop")
+                && text.contains("cannot be journaled")
+                && text.contains(&format!("on_journal_failure = \"{setting}\"")),
+            "{setting}: says what it refused and why:\n{text}"
+        );
+        let stats = sim.stats();
+        assert_eq!(
+            stats.request_count("stop"),
+            0,
+            "{setting}: stopped unjournaled"
+        );
+        assert!(stats.downtime(WEB).is_empty());
+        assert_eq!(sim.server(WEB).unwrap().status, PowerState::Running);
+        let created: Vec<PowerState> = stats
+            .created
+            .iter()
+            .map(|c| c.server_status.clone())
+            .collect();
+        let want = if snapshotted {
+            vec![PowerState::Running]
+        } else {
+            vec![]
+        };
+        assert_eq!(created, want, "{setting}");
+    }
+}
+
+#[tokio::test]
+async fn server_never_reaches_stopped() {
+    let (sim, base_url) = serve_sim(
+        &[WEB],
+        SimConfig {
+            // Stopping takes an hour: as good as stuck.
+            power_delay: Duration::from_secs(3600),
+            ..quick()
+        },
+    )
+    .await;
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        &config(
+            &policy(YEARLY, "stop_server = true"),
+            "",
+            "power_timeout = \"2s\"",
+        ),
+        &base_url,
+    );
+
+    let out = once(&config).await;
+
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("server 12345 is stopping, not stopped, after power_timeout 2s"),
+        "{text}"
+    );
+    let stats = sim.stats();
+    assert!(stats.created.is_empty(), "snapshotted a server not stopped");
+    assert_eq!(stats.request_count("stop"), 1, "the stop was sent once");
+    // Still stopping: the journal keeps it for whoever runs next.
+    assert_eq!(journal(&scratch).len(), 1, "{text}");
+
+    // It stops at last; the next command settles it before anything else.
+    sim.set_server_status(WEB, PowerState::Stopped);
+    sim.set_config(|c| c.power_delay = Duration::from_millis(300));
+    let out = once(&config).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(sim.server(WEB).unwrap().status, PowerState::Running);
+    assert!(journal(&scratch).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_refused() {
+    let (sim, base_url) = serve_sim(
+        &[WEB],
+        SimConfig {
+            refuse_start: true,
+            ..quick()
+        },
+    )
+    .await;
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        &config(&policy(YEARLY, "stop_server = true"), "", ""),
+        &base_url,
+    );
+    let mut daemon = Daemon::start(&config);
+
+    daemon
+        .until("the refused start is reported", |log| {
+            log.contains("SERVER LEFT STOPPED")
+        })
+        .await;
+    let log = daemon.log();
+    assert!(
+        log.contains("server cannot be started: the account is on hold"),
+        "the provider's reason is in the log:\n{log}"
+    );
+    assert_eq!(sim.server(WEB).unwrap().status, PowerState::Stopped);
+    assert_eq!(journal(&scratch).len(), 1);
+    // A refusal is an answer, not a glitch: it is not hammered.
+    let starts = sim.stats().request_count("start");
+    assert!(starts <= 2, "{starts} starts sent");
+
+    // The provider lets it start again: the running daemon starts it, no restart needed.
+    sim.set_config(|c| c.refuse_start = false);
+    daemon
+        .until("the server runs and the journal is empty", |_| {
+            sim.server(WEB).map(|s| s.status) == Some(PowerState::Running)
+                && journal(&scratch).is_empty()
+        })
+        .await;
+    daemon.assert_running();
+    assert_eq!(
+        sim.snapshots(WEB)[0].status,
+        SnapshotStatus::Completed,
+        "the snapshot itself was taken"
+    );
+}
