@@ -74,7 +74,9 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
     };
     let mut last_status = String::new();
     let mut ready = false;
+    let ages = service.executor.clone();
     let on_wake = move |scheduler: &Scheduler, now: DateTime<Utc>| {
+        ages.export_snapshot_ages();
         if !ready {
             notify(&[NotifyState::Ready]);
             ready = true;

@@ -334,6 +334,8 @@ pub struct Executor<P: Provider> {
     alerts: std::sync::OnceLock<Arc<crate::alerts::Alerts>>,
     /// Where each run's outcome is kept for `status` (optional).
     runlog: std::sync::OnceLock<Arc<crate::runlog::RunLog>>,
+    /// The newest completed snapshot seen on each server, for the age metric.
+    newest: Mutex<HashMap<ServerId, DateTime<Utc>>>,
     /// Cancelled when waiting must end now (shutdown grace is over): servers are started
     /// again, snapshots are left to finish on their own.
     hurry: CancellationToken,
@@ -361,6 +363,7 @@ impl<P: Provider> Executor<P> {
             locks: ServerLocks::default(),
             alerts: std::sync::OnceLock::new(),
             runlog: std::sync::OnceLock::new(),
+            newest: Mutex::default(),
             hurry,
         })
     }
@@ -385,6 +388,33 @@ impl<P: Provider> Executor<P> {
 
     pub fn alerts(&self) -> Option<&Arc<crate::alerts::Alerts>> {
         self.alerts.get()
+    }
+
+    /// Remembers the newest completed snapshot of a server from a listing of it.
+    fn note_newest(&self, server: ServerId, snapshots: &[Snapshot]) {
+        let newest = snapshots
+            .iter()
+            .filter(|s| s.status == SnapshotStatus::Completed)
+            .map(|s| s.created_at)
+            .max();
+        if let Some(t) = newest {
+            self.newest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(server, t);
+            metrics::gauge!("snapshot_scheduler_newest_snapshot_age_seconds", "server" => server.to_string())
+                .set((self.clock.now() - t).num_seconds().max(0) as f64);
+        }
+    }
+
+    /// Sets `snapshot_scheduler_newest_snapshot_age_seconds{server}` for every server seen.
+    pub fn export_snapshot_ages(&self) {
+        let now = self.clock.now();
+        let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        for (server, t) in newest.iter() {
+            metrics::gauge!("snapshot_scheduler_newest_snapshot_age_seconds", "server" => server.to_string())
+                .set((now - *t).num_seconds().max(0) as f64);
+        }
     }
 
     /// Writes the run log if it changed.
@@ -582,6 +612,7 @@ impl<P: Provider> Executor<P> {
             Some(l) => l.server(server),
             None => self.provider.list_snapshots(Some(server)).await?,
         };
+        self.note_newest(server, &snapshots);
         let mut first = plan(policy, &snapshots, slot, self.clock.now());
         first.server = server;
         for note in &first.notes {
@@ -726,6 +757,7 @@ impl<P: Provider> Executor<P> {
 
         // Prune with what the provider says now: the second plan deletes what is beyond the
         // rules only because a newer snapshot has completed (or cleans up our failed one).
+        self.note_newest(server, &listing_after);
         let second = plan(policy, &listing_after, slot, self.clock.now());
         for d in second.deletes_now() {
             tracing::info!(delete = %d.name, "{}", d.reason);

@@ -631,6 +631,7 @@ async fn metrics_endpoint_serves_counters_and_healthz() {
         "snapshot_scheduler_api_requests_total",
         "snapshot_scheduler_next_fire_timestamp_seconds",
         "snapshot_scheduler_last_success_timestamp_seconds",
+        "snapshot_scheduler_newest_snapshot_age_seconds",
     ] {
         assert!(
             metrics
