@@ -97,6 +97,35 @@ poll_interval = "200ms"
     )
 }
 
+/// One `[[policy]]` body keeping 2, with `extra` lines.
+pub fn policy(name: &str, schedule: &str, servers: &[ServerId], extra: &str) -> String {
+    let ids: Vec<String> = servers.iter().map(ToString::to_string).collect();
+    format!(
+        "name = \"{name}\"\nschedule = \"{schedule}\"\nservers = [{}]\nkeep = 2\n{extra}",
+        ids.join(", ")
+    )
+}
+
+/// Like [`config_with_policy`], with a request budget that never slows a test down and extra
+/// `[daemon]` lines.
+pub fn fast_config(policies: &str, daemon: &str) -> String {
+    format!(
+        r#"[api]
+base_url = "{{base_url}}"
+token_file = "{{token_file}}"
+requests_per_second = 1000
+
+[daemon]
+state_dir = "{{state_dir}}"
+poll_interval = "200ms"
+{daemon}
+
+[[policy]]
+{policies}
+"#
+    )
+}
+
 /// A simulated provider served on 127.0.0.1:0 with the test token.
 pub async fn serve_sim(servers: &[ServerId], config: SimConfig) -> (Simulator, String) {
     let named: Vec<(ServerId, String)> = servers

@@ -18,7 +18,7 @@ use snapshot_scheduler::policy::parse_snapshot_name;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
 use tokio::time::Instant;
 
-use crate::common::{bin, config_with_policy, serve_sim, Scratch};
+use crate::common::{bin, fast_config, policy, serve_sim, Scratch};
 
 const WEB: ServerId = 12345;
 /// A server the provider does not know: every request about it answers 404.
@@ -43,35 +43,6 @@ fn quick(snapshot_duration: Duration) -> SimConfig {
     }
 }
 
-fn policy(name: &str, schedule: &str, servers: &[ServerId], extra: &str) -> String {
-    let ids: Vec<String> = servers.iter().map(ToString::to_string).collect();
-    format!(
-        "name = \"{name}\"\nschedule = \"{schedule}\"\nservers = [{}]\nkeep = 2\n{extra}",
-        ids.join(", ")
-    )
-}
-
-/// `common::config_with_policy` with a request budget that never slows a test down and extra
-/// `[daemon]` lines.
-fn config_text(policies: &str, daemon: &str) -> String {
-    let text = config_with_policy(policies);
-    let with_api = text.replacen(
-        "\n[daemon]\n",
-        "requests_per_second = 1000\n\n[daemon]\n",
-        1,
-    );
-    let with_daemon = with_api.replacen(
-        "poll_interval = \"200ms\"\n",
-        &format!("poll_interval = \"200ms\"\n{daemon}\n"),
-        1,
-    );
-    assert!(
-        with_daemon.contains("requests_per_second") && with_daemon.contains(daemon),
-        "config_with_policy changed shape:\n{text}"
-    );
-    with_daemon
-}
-
 struct Setup {
     sim: Simulator,
     scratch: Scratch,
@@ -83,7 +54,7 @@ impl Setup {
     async fn new(servers: &[ServerId], sim: SimConfig, policies: &str, daemon: &str) -> Self {
         let (sim, base_url) = serve_sim(servers, sim).await;
         let scratch = Scratch::new();
-        let config = scratch.config(&config_text(policies, daemon), &base_url);
+        let config = scratch.config(&fast_config(policies, daemon), &base_url);
         Self {
             sim,
             scratch,
@@ -357,7 +328,7 @@ async fn sighup_with_a_valid_config_changes_the_schedule() {
     daemon.running().await;
     assert!(setup.created(WEB).is_empty(), "{}", daemon.log());
 
-    setup.rewrite(&config_text(&policy("nightly", EVERY_2S, &[WEB], ""), ""));
+    setup.rewrite(&fast_config(&policy("nightly", EVERY_2S, &[WEB], ""), ""));
     daemon.signal("HUP");
 
     daemon
@@ -386,7 +357,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_one() {
         .await;
 
     // Also a new schedule, so that applying any part of this file would show.
-    let good = config_text(&nightly, "");
+    let good = fast_config(&nightly, "");
     let broken = format!(
         "{}this line is not toml\n",
         good.replace(EVERY_2S, "*/5 * * * * *")

@@ -12,7 +12,7 @@ use snapshot_scheduler::policy::snapshot_name;
 use snapshot_scheduler::schedule::Schedule;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
 
-use crate::common::{bin, config_with_policy, serve_sim, stderr, stdout, Scratch};
+use crate::common::{bin, fast_config, policy, serve_sim, stderr, stdout, Scratch};
 
 const WEB: ServerId = 12345;
 const DB: ServerId = 12346;
@@ -61,34 +61,6 @@ fn seed(sim: &Simulator, server: ServerId, names: &[&str]) {
     }
 }
 
-fn policy(name: &str, schedule: &str, servers: &[ServerId], extra: &str) -> String {
-    let ids: Vec<String> = servers.iter().map(ToString::to_string).collect();
-    format!(
-        "name = \"{name}\"\nschedule = \"{schedule}\"\nservers = [{}]\nkeep = 2\n{extra}",
-        ids.join(", ")
-    )
-}
-
-/// `common::config_with_policy` with a fast request budget and extra `[daemon]` lines.
-fn config_text(policies: &str, daemon: &str) -> String {
-    let text = config_with_policy(policies);
-    let with_api = text.replacen(
-        "\n[daemon]\n",
-        "requests_per_second = 1000\n\n[daemon]\n",
-        1,
-    );
-    let with_daemon = with_api.replacen(
-        "poll_interval = \"200ms\"\n",
-        &format!("poll_interval = \"200ms\"\n{daemon}\n"),
-        1,
-    );
-    assert!(
-        with_daemon.contains("requests_per_second") && with_daemon.contains(daemon),
-        "config_with_policy changed shape:\n{text}"
-    );
-    with_daemon
-}
-
 struct Setup {
     sim: Simulator,
     scratch: Scratch,
@@ -99,7 +71,7 @@ impl Setup {
     async fn new(servers: &[ServerId], sim: SimConfig, policies: &str, daemon: &str) -> Self {
         let (sim, base_url) = serve_sim(servers, sim).await;
         let scratch = Scratch::new();
-        let config = scratch.config(&config_text(policies, daemon), &base_url);
+        let config = scratch.config(&fast_config(policies, daemon), &base_url);
         Self {
             sim,
             scratch,
