@@ -205,6 +205,12 @@ struct WatchState {
     last_joined: Option<Instant>,
 }
 
+/// What the status poll does next: sleep, or hold a round now over these servers.
+enum Next {
+    Wait(Duration),
+    Round(Instant, Vec<ServerId>),
+}
+
 /// The shared status poll: one task lists every server with a snapshot in flight, answers the
 /// waiters whose snapshot settled, and ends when nobody is waiting.
 ///
@@ -244,7 +250,7 @@ impl<P: Provider> Watch<P> {
                 let at = last_round.map_or(due, |r| due.max(r + gap));
                 if now < at {
                     // Decided again at least every `quiet`: the joining may stop meanwhile.
-                    Err((at - now).min(quiet))
+                    Next::Wait((at - now).min(quiet))
                 } else {
                     spacing = if joining {
                         (spacing * 3 / 2).min(longest)
@@ -254,12 +260,12 @@ impl<P: Provider> Watch<P> {
                     let mut s: Vec<ServerId> = w.waiters.iter().map(|x| x.server).collect();
                     s.sort_unstable();
                     s.dedup();
-                    Ok((now, s))
+                    Next::Round(now, s)
                 }
             };
             let (round, servers) = match next {
-                Ok(round) => round,
-                Err(wait) => {
+                Next::Round(at, servers) => (at, servers),
+                Next::Wait(wait) => {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
@@ -311,13 +317,13 @@ impl<P: Provider> Watch<P> {
 /// One listing for these servers: the server's own list when there is one, else the
 /// account-wide list (one paginated call instead of one per server).
 pub async fn list<P: Provider>(provider: &P, servers: &[ServerId]) -> Result<Listing, ApiError> {
-    let snapshots = match servers {
+    let mut snapshots = match servers {
         [one] => provider.list_snapshots(Some(*one)).await?,
         _ => provider.list_snapshots(None).await?,
     };
+    // Kept before grouping: a poll for a few servers need not group a fleet's snapshots.
     let mut wanted = servers.to_vec();
     wanted.sort_unstable();
-    let mut snapshots = snapshots;
     snapshots.retain(|s| wanted.binary_search(&s.server.id).is_ok());
     Ok(Listing::new(snapshots))
 }
@@ -436,8 +442,10 @@ impl<P: Provider> Executor<P> {
         &self.locks
     }
 
-    /// Runs each (policy, server, slot) once: at most `max_concurrent` servers at a time, one
-    /// operation per server at a time, everything listed with one paginated call.
+    /// Runs each (policy, server, slot) once: at most `max_concurrent` servers worked on at a
+    /// time (a server only waiting for its snapshot gives its turn to the next, unless it is
+    /// stopped for it), one operation per server at a time, everything listed with one
+    /// paginated call, every snapshot in flight waited for by one shared poll.
     pub async fn run_all(
         self: &Arc<Self>,
         work: Vec<(Policy, ServerId, DateTime<Utc>)>,
@@ -524,11 +532,7 @@ impl<P: Provider> Executor<P> {
             };
             let fresh = listing.filter(|l| last_change.is_none_or(|t| l.taken_at > t));
             // Boxed: a run waiting for its lock or turn stays small (a fleet of them waits).
-            let fut = Box::pin(self.rotate(policy, server, slot, fresh, &mut report));
-            if std::env::var_os("PROBE_SIZE").is_some() {
-                eprintln!("PROBE rotate {}", std::mem::size_of_val(&*fut));
-            }
-            let result = fut.await;
+            let result = Box::pin(self.rotate(policy, server, slot, fresh, &mut report)).await;
             // A write that failed or timed out may still have changed the server (a create
             // left in progress): the next operation on it must not trust an older listing.
             let wrote = report.plan.as_ref().is_some_and(|p| !p.is_noop());

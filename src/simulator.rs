@@ -6,7 +6,8 @@
 //! and the same seeded faults. Transitions are lazy: each snapshot and server stores a tokio
 //! `Instant` deadline and is settled when next looked at, so `tokio::time::advance` drives them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -204,11 +205,19 @@ impl fmt::Debug for Simulator {
     }
 }
 
+/// Where a snapshot stands in a list: newest first, ties by id.
+type ListKey = Reverse<(DateTime<Utc>, SnapshotId)>;
+
 struct SimState {
     config: SimConfig,
     rng: StdRng,
     servers: BTreeMap<ServerId, SimServer>,
     snapshots: BTreeMap<SnapshotId, SimSnapshot>,
+    /// The list order (newest first) with each snapshot's server, kept as snapshots come and
+    /// go, so a page of a fleet's listing is found without sorting every snapshot again.
+    order: BTreeSet<(ListKey, ServerId)>,
+    /// The snapshots with a transition still to come: settling looks at these alone.
+    pending_snapshots: BTreeSet<SnapshotId>,
     next_id: SnapshotId,
     /// Token bucket: tokens left and when they were counted; `None` means full.
     bucket: Option<(f64, Instant)>,
@@ -363,6 +372,8 @@ impl Simulator {
             config,
             servers: BTreeMap::new(),
             snapshots: BTreeMap::new(),
+            order: BTreeSet::new(),
+            pending_snapshots: BTreeSet::new(),
             next_id: FIRST_SNAPSHOT_ID,
             bucket: None,
             next_due: None,
@@ -547,20 +558,26 @@ impl SimState {
                 }
             }
         }
-        for snap in self.snapshots.values_mut() {
+        let snapshots = &mut self.snapshots;
+        self.pending_snapshots.retain(|id| {
+            let Some(snap) = snapshots.get_mut(id) else {
+                return false;
+            };
             match snap.pending.take() {
                 Some((at, status, size_mb)) if at <= now => {
                     snap.snapshot.status = status;
                     snap.snapshot.size_mb = size_mb;
+                    false
                 }
                 pending => {
                     if let Some((at, ..)) = &pending {
                         later(*at);
                     }
                     snap.pending = pending;
+                    snap.pending.is_some()
                 }
             }
-        }
+        });
         self.next_due = next_due;
     }
 
@@ -646,37 +663,32 @@ impl SimState {
     }
 
     /// Page `page` (from 1) of [`list`](Self::list)'s order, and how many there are in all.
-    /// Only that page is sorted and cloned: a fleet's listing is hundreds of pages over tens
-    /// of thousands of snapshots, and a whole copy per page made the simulator the bottleneck.
+    /// Walks the kept order and clones only that page: a fleet's listing is hundreds of pages
+    /// over tens of thousands of snapshots, and a sorted copy per page made the simulator
+    /// the bottleneck of the rotation benchmark.
     fn list_page(
         &self,
         server: Option<ServerId>,
         page: usize,
         size: usize,
     ) -> (usize, Vec<Snapshot>) {
-        let mut all: Vec<&Snapshot> = self
-            .snapshots
-            .values()
-            .map(|s| &s.snapshot)
-            .filter(|s| server.is_none_or(|id| s.server.id == id))
-            .collect();
-        let total = all.len();
+        let matching = || {
+            self.order
+                .iter()
+                .filter(move |(_, s)| server.is_none_or(|id| *s == id))
+        };
+        let total = match server {
+            None => self.order.len(),
+            Some(_) => matching().count(),
+        };
         let start = page.saturating_sub(1).saturating_mul(size);
-        if start >= total {
-            return (total, Vec::new());
-        }
-        let key = |s: &&Snapshot| std::cmp::Reverse((s.created_at, s.id));
-        if start > 0 {
-            all.select_nth_unstable_by_key(start, key);
-        }
-        let rest = &mut all[start..];
-        if rest.len() > size {
-            rest.select_nth_unstable_by_key(size, key);
-        }
-        let end = size.min(rest.len());
-        let taken = &mut rest[..end];
-        taken.sort_unstable_by_key(key);
-        (total, taken.iter().map(|s| (*s).clone()).collect())
+        let results = matching()
+            .skip(start)
+            .take(size)
+            .filter_map(|(Reverse((_, id)), _)| self.snapshots.get(id))
+            .map(|s| s.snapshot.clone())
+            .collect();
+        (total, results)
     }
 
     /// Adds a snapshot under the next id, with no pending transition (it stays as given) and
@@ -700,6 +712,7 @@ impl SimState {
             name: server_name,
         };
         let name = name.to_owned();
+        self.order.insert((Reverse((created_at, id)), server.id));
         let snapshot = Snapshot {
             id,
             server,
@@ -772,6 +785,7 @@ impl SimState {
         snap.snapshot.description.clone_from(&request.description);
         snap.pending = Some((done_at, outcome.0, outcome.1));
         let snapshot = snap.snapshot.clone();
+        self.pending_snapshots.insert(snapshot.id);
         self.due_at(done_at);
         self.stats.created.push(CreatedSnapshot {
             id: snapshot.id,
@@ -797,6 +811,10 @@ impl SimState {
             ));
         }
         if let Some(snap) = self.snapshots.remove(&id) {
+            let s = &snap.snapshot;
+            self.order
+                .remove(&(Reverse((s.created_at, id)), s.server.id));
+            self.pending_snapshots.remove(&id);
             self.stats.deleted.push(DeletedSnapshot {
                 id,
                 name: snap.snapshot.name,

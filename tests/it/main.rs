@@ -10,5 +10,6 @@ mod daemon;
 mod faults;
 mod fuzz_smoke;
 mod once;
+mod requests;
 mod soak;
 mod systemd;
