@@ -244,7 +244,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             wait,
         } => {
             let ctx = Context::connect(config, cli.simulate).await?;
-            ctx.executor(false)?.reconcile_or_fail().await?;
+            let executor = ctx.executor(false)?;
+            if executor.journal().try_lock()? {
+                executor.reconcile_or_fail().await?;
+            } else {
+                tracing::info!("another snapshot-scheduler process owns the power journal; leaving it to that one");
+            }
             restore(&ctx, *snapshot_id, *yes, *wait).await
         }
         Command::Plan {
@@ -755,6 +760,13 @@ async fn once(
 ) -> anyhow::Result<i32> {
     let executor = ctx.executor(dry_run)?;
     if !dry_run {
+        if !executor.journal().try_lock()? {
+            bail!(
+                "another snapshot-scheduler process (the daemon, or another `once`) is acting \
+                 on state_dir {}; run `once --dry-run`, or one at a time",
+                ctx.config.daemon.state_dir.display()
+            );
+        }
         executor.reconcile_or_fail().await?;
     }
     let pinged: Vec<Policy> = {

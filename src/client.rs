@@ -22,6 +22,9 @@ use crate::provider::{ApiError, Provider};
 
 pub const USER_AGENT: &str = concat!("snapshot-scheduler/", env!("CARGO_PKG_VERSION"));
 
+/// The longest `Retry-After` honoured; longer ones are waited out in steps of this.
+const MAX_RETRY_AFTER_SECS: u64 = 300;
+
 /// A list that pages longer than this is a provider bug, not a fleet.
 const MAX_PAGES: usize = 10_000;
 
@@ -162,6 +165,9 @@ impl HttpClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
+            // A provider's word, bounded: an absurd value must not hold back starting a
+            // server this program stopped (nor overflow a deadline).
+            .map(|secs| secs.min(MAX_RETRY_AFTER_SECS))
             .map(Duration::from_secs);
         let body = response
             .bytes()
@@ -325,6 +331,12 @@ impl HttpClient {
         ))
     }
 
+    /// After a create whose answer was lost: the snapshot of that name, if it exists.
+    async fn look_for(&self, request: &CreateSnapshot) -> Result<Option<Snapshot>, ApiError> {
+        tracing::warn!(snapshot = %request.name, "create answer lost; looking for the snapshot by name");
+        Box::pin(self.find_by_name(request.server_id, &request.name)).await
+    }
+
     async fn find_by_name(
         &self,
         server: ServerId,
@@ -477,7 +489,13 @@ impl Provider for HttpClient {
         let first: Page<Snapshot> = self.get(&url, "list", &what).await?;
         let mut all = first.results;
         let expected = first.count.and_then(|c| usize::try_from(c).ok());
-        all.reserve_exact(expected.unwrap_or(0).saturating_sub(all.len()));
+        // The provider's `count` only sizes the buffer, and only up to a sane bound.
+        all.reserve_exact(
+            expected
+                .unwrap_or(0)
+                .saturating_sub(all.len())
+                .min(MAX_PAGES * 10),
+        );
         let mut next = first.next.map(|n| self.follow(&n, &what)).transpose()?;
         let mut fetched = 1;
         let numbered = next
@@ -530,18 +548,17 @@ impl Provider for HttpClient {
                 Ok(answer) => return decode(&answer, &what),
                 Err(e) => e,
             };
-            let next = backoff.next();
-            if error.outcome_unknown() {
-                // The create may have happened: look before trying again (or giving up).
-                tracing::warn!(error = %error, snapshot = %request.name, "create answer lost; looking for the snapshot by name");
-                let look = Box::pin(self.find_by_name(request.server_id, &request.name));
-                if let Some(found) = look.await? {
-                    return Ok(found);
+            let unsure = error.outcome_unknown();
+            let wait = match (&error, backoff.next()) {
+                (_, None) if unsure => {
+                    // Out of tries: one last look, the create may have happened.
+                    return match self.look_for(request).await? {
+                        Some(found) => Ok(found),
+                        None => Err(error),
+                    };
                 }
-            }
-            let wait = match (&error, next) {
                 (_, None) => return Err(error),
-                (e, Some(d)) if e.outcome_unknown() => d,
+                (_, Some(d)) if unsure => d,
                 (ApiError::RateLimited { retry_after, .. }, Some(d)) => {
                     retry_after.map_or(d, |r| r.max(d))
                 }
@@ -549,6 +566,13 @@ impl Provider for HttpClient {
             };
             tracing::warn!(error = %error, retry_in = ?wait, "create failed; trying again");
             tokio::time::sleep(wait).await;
+            // The create may have happened, and a slow provider may only show it now: look
+            // right before sending it again.
+            if unsure {
+                if let Some(found) = self.look_for(request).await? {
+                    return Ok(found);
+                }
+            }
         }
     }
 

@@ -50,6 +50,12 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
     let ctx = Context::connect(config, simulate).await?;
     let hurry = CancellationToken::new();
     let executor = ctx.executor_with(false, hurry.clone())?;
+    if !executor.journal().try_lock()? {
+        anyhow::bail!(
+            "another snapshot-scheduler process is acting on state_dir {}; one daemon per state_dir",
+            ctx.config.daemon.state_dir.display()
+        );
+    }
     if let Some(addr) = ctx.config.daemon.metrics_listen {
         serve_metrics(addr).await?;
     }
@@ -150,6 +156,7 @@ impl<P: Provider> Service<P> {
         on_wake: OnWake,
     ) -> bool {
         let mut tasks = JoinSet::new();
+        self.executor.set_stopping(self.shutdown.clone());
         for e in self.executor.reconcile().await {
             tracing::error!(error = %format!("{e:#}"), "a server stopped by a previous run is not settled yet; retrying in the background");
         }

@@ -287,7 +287,7 @@ impl<P: Provider> Watch<P> {
                         .and_then(|snaps| snaps.iter().find(|s| s.name == waiter.name))
                 });
                 match found {
-                    Some(s) if s.status != SnapshotStatus::InProgress => {
+                    Some(s) if s.status.is_settled() => {
                         let all = listing
                             .as_ref()
                             .map(|l| l.server(waiter.server))
@@ -340,6 +340,8 @@ pub struct Executor<P: Provider> {
     alerts: std::sync::OnceLock<Arc<crate::alerts::Alerts>>,
     /// Where each run's outcome is kept for `status` (optional).
     runlog: std::sync::OnceLock<Arc<crate::runlog::RunLog>>,
+    /// Once cancelled, runs still waiting for their server or turn are skipped.
+    stopping: std::sync::OnceLock<CancellationToken>,
     /// The newest completed snapshot seen on each server, for the age metric.
     newest: Mutex<HashMap<ServerId, DateTime<Utc>>>,
     /// Cancelled when waiting must end now (shutdown grace is over): servers are started
@@ -370,6 +372,7 @@ impl<P: Provider> Executor<P> {
             alerts: std::sync::OnceLock::new(),
             runlog: std::sync::OnceLock::new(),
             newest: Mutex::default(),
+            stopping: std::sync::OnceLock::new(),
             hurry,
         })
     }
@@ -421,6 +424,12 @@ impl<P: Provider> Executor<P> {
             metrics::gauge!("snapshot_scheduler_newest_snapshot_age_seconds", "server" => server.to_string())
                 .set((now - *t).num_seconds().max(0) as f64);
         }
+    }
+
+    /// After `stopping` is cancelled, runs that have not begun are skipped (the daemon's
+    /// shutdown: no server is stopped once it began).
+    pub fn set_stopping(&self, stopping: CancellationToken) {
+        let _ = self.stopping.set(stopping);
     }
 
     /// Writes the run log if it changed.
@@ -487,7 +496,23 @@ impl<P: Provider> Executor<P> {
                     plan: None,
                     ..report
                 }),
-                Err(e) => tracing::error!(error = %e, "a server task ended abnormally"),
+                Err(e) => {
+                    // Should not happen; still a failure the summary and exit code must show.
+                    tracing::error!(error = %e, "a server task ended abnormally");
+                    reports.push(ServerReport {
+                        policy: "?".into(),
+                        server: 0,
+                        slot: DateTime::<Utc>::MIN_UTC,
+                        snapshot: String::new(),
+                        result: RunResult::Failed,
+                        created: None,
+                        deleted: Vec::new(),
+                        message: format!("a server task ended abnormally: {e}"),
+                        blocked: false,
+                        created_id: None,
+                        plan: None,
+                    });
+                }
             }
         }
         reports.sort_by(|a, b| (a.server, &a.policy).cmp(&(b.server, &b.policy)));
@@ -530,6 +555,17 @@ impl<P: Provider> Executor<P> {
                 created_id: None,
                 plan: None,
             };
+            if self
+                .stopping
+                .get()
+                .is_some_and(CancellationToken::is_cancelled)
+            {
+                // Queued behind others when shutdown began: start nothing new (no stop).
+                report.result = RunResult::Skipped;
+                report.message = "shutting down; not started".into();
+                self.log_report(&report);
+                return report;
+            }
             let fresh = listing.filter(|l| last_change.is_none_or(|t| l.taken_at > t));
             // Boxed: a run waiting for its lock or turn stays small (a fleet of them waits).
             let result = Box::pin(self.rotate(policy, server, slot, fresh, &mut report)).await;
@@ -744,8 +780,22 @@ impl<P: Provider> Executor<P> {
         name: &str,
         report: &mut ServerReport,
     ) -> anyhow::Result<()> {
+        // A server in transition (restoring, starting, ...) is not snapshotted; find that out
+        // before a slot is freed, or a good snapshot would go for nothing.
+        let power = if policy.stop_server {
+            let state = self.provider.get_server(server).await?.status;
+            if !matches!(state, PowerState::Running | PowerState::Stopped) {
+                report.result = RunResult::Skipped;
+                report.message =
+                    format!("server is {state} (neither running nor stopped); not snapshotted");
+                return Ok(());
+            }
+            Some(state)
+        } else {
+            None
+        };
         self.delete_planned(policy, first, report).await?;
-        let outcome = self.snapshot(policy, server, name).await;
+        let outcome = self.snapshot(policy, server, name, power).await;
         let (settled, listing_after) = match outcome {
             Ok(Some(pair)) => pair,
             Ok(None) => {
@@ -815,11 +865,11 @@ impl<P: Provider> Executor<P> {
         policy: &Policy,
         server: ServerId,
         name: &str,
+        power: Option<PowerState>,
     ) -> anyhow::Result<Option<(Snapshot, Vec<Snapshot>)>> {
         let mut stopped_by_us = false;
-        if policy.stop_server {
-            let state = self.provider.get_server(server).await?;
-            match state.status {
+        if let Some(state) = power {
+            match state {
                 PowerState::Running => {
                     stopped_by_us = self.stop(policy, server, name).await?;
                 }
@@ -957,8 +1007,13 @@ impl<P: Provider> Executor<P> {
                     )));
                 }
             }
+            PowerState::Starting => self.wait_power(server, PowerState::Running).await?,
             other => {
-                tracing::warn!(state = %other, "server is neither running nor stopped; leaving it to the provider")
+                // Not running: the entry stays, so the journal settler tries again.
+                anyhow::bail!(
+                    "server {server} is {other}, neither running nor stopped; it stays in the \
+                     journal and is started once it can be"
+                );
             }
         }
         self.journal.clear(server)?;
@@ -1104,7 +1159,7 @@ impl<P: Provider> Executor<P> {
             let snapshots = self.provider.list_snapshots(Some(entry.server)).await?;
             let in_progress = snapshots
                 .iter()
-                .any(|s| s.name == entry.snapshot && s.status == SnapshotStatus::InProgress);
+                .any(|s| s.name == entry.snapshot && !s.status.is_settled());
             if in_progress && !left.is_zero() {
                 let wait = tokio::time::timeout(left, self.wait_for(entry.server, &entry.snapshot)).await;
                 if !matches!(wait, Ok(Waited::Settled(..))) {
@@ -1388,6 +1443,56 @@ mod tests {
             "started before the snapshot left in_progress"
         );
         assert!(rig.journal_on_disk().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_in_an_unknown_state_keeps_its_journal_entry() {
+        let rig = Rig::new(SimConfig::default());
+        rig.sim
+            .set_server_status(WEB, PowerState::Other("maintenance".into()));
+        let now: DateTime<Utc> = "2025-01-15T02:30:05Z".parse().unwrap();
+        rig.journal
+            .record(journal::Entry {
+                server: WEB,
+                policy: "nightly".into(),
+                snapshot: NAME.into(),
+                stopped_at: now,
+                deadline: now,
+            })
+            .unwrap();
+
+        let errors = rig.executor.reconcile().await;
+
+        assert_eq!(errors.len(), 1, "not running is not settled");
+        assert_eq!(
+            rig.journal_on_disk().len(),
+            1,
+            "the entry stays for a retry"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restoring_server_is_skipped_before_any_slot_is_freed() {
+        let rig = Rig::new(SimConfig::default());
+        // Full with own completed snapshots: the plan frees a slot before its create.
+        for (i, stamp) in ["20250110", "20250111", "20250112", "20250113", "20250114"]
+            .iter()
+            .enumerate()
+        {
+            let name = format!("nightly-{stamp}T023000Z");
+            let at: DateTime<Utc> = format!("2025-01-1{i}T02:31:00Z").parse().unwrap();
+            rig.sim
+                .add_snapshot(WEB, &name, SnapshotStatus::Completed, at);
+        }
+        rig.sim.set_server_status(WEB, PowerState::Restoring);
+        let mut p = policy("nightly", true);
+        p.retention.keep = 5;
+
+        let report = rig.run(&p).await;
+
+        assert_eq!(report.result, RunResult::Skipped, "{}", report.message);
+        assert!(report.deleted.is_empty(), "deleted {:?}", report.deleted);
+        assert_eq!(rig.sim.snapshots(WEB).len(), 5);
     }
 
     #[tokio::test(start_paused = true)]

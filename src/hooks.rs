@@ -8,6 +8,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+/// The variables of this process a hook sees; everything else is withheld.
+const PASSED_ON: [&str; 8] = [
+    "PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "TMPDIR",
+];
+
 /// How a hook ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookOutcome {
@@ -31,6 +36,14 @@ pub async fn run(
         };
     };
     let mut cmd = Command::new(program);
+    // A clean environment: the daemon's may hold the API token (token_env), and hooks log
+    // their output. Only what a command needs to run is passed on, plus the hook's own.
+    cmd.env_clear();
+    for key in PASSED_ON {
+        if let Some(value) = std::env::var_os(key) {
+            cmd.env(key, value);
+        }
+    }
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
@@ -144,6 +157,24 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_secs(3));
         assert!(!marker.exists(), "a child of the hook outlived the timeout");
+    }
+
+    #[tokio::test]
+    async fn a_hook_does_not_see_the_daemons_other_variables() {
+        // As if token_env = "HOOK_TEST_API_TOKEN" held the API token.
+        std::env::set_var("HOOK_TEST_API_TOKEN", "s3cret");
+        let out = run(
+            "pre",
+            &argv(&[
+                "sh",
+                "-c",
+                "test -z \"$HOOK_TEST_API_TOKEN\" && test -n \"$PATH\"",
+            ]),
+            &[],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(out.success, "the hook saw the token or lost PATH: {out:?}");
     }
 
     #[tokio::test]

@@ -41,6 +41,8 @@ pub struct Journal {
     /// Woken by every new entry, so whoever settles orphaned entries can sleep while there
     /// are none instead of polling.
     recorded: tokio::sync::Notify,
+    /// `state_dir/lock`, held (flock) by the one process allowed to act on this journal.
+    lock: std::sync::OnceLock<File>,
 }
 
 impl Journal {
@@ -62,6 +64,7 @@ impl Journal {
             path,
             entries: Mutex::new(entries),
             recorded: tokio::sync::Notify::new(),
+            lock: std::sync::OnceLock::new(),
         })
     }
 
@@ -84,6 +87,37 @@ impl Journal {
         *entries = next;
         self.recorded.notify_one();
         Ok(())
+    }
+
+    /// Takes the state directory for this process: `Ok(false)` when another process (the
+    /// daemon, another `once`) holds it. Two processes acting on one journal would each keep
+    /// their own copy and overwrite the other's entries. Where no lock file can be made (a
+    /// read-only state_dir) it goes on without one: the journal cannot be written either,
+    /// so no server will be stopped.
+    pub fn try_lock(&self) -> Result<bool, JournalError> {
+        if self.lock.get().is_some() {
+            return Ok(true);
+        }
+        let path = self.path.with_file_name("lock");
+        let file = match File::options().create(true).append(true).open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot create the state lock; going on without it");
+                return Ok(true);
+            }
+        };
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a file descriptor this function owns; no memory is involved.
+        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !taken {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(false);
+            }
+            return Err(JournalError { path, source: e });
+        }
+        let _ = self.lock.set(file);
+        Ok(true)
     }
 
     /// Resolves once an entry has been recorded since the last call (or right away if one was).
@@ -162,6 +196,20 @@ mod tests {
         j.clear(1).unwrap();
         let j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.entries(), [entry(2)]);
+    }
+
+    #[test]
+    fn only_one_journal_of_a_state_dir_acts_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Journal::open(dir.path()).unwrap();
+        let second = Journal::open(dir.path()).unwrap();
+        assert!(first.try_lock().unwrap());
+        assert!(!second.try_lock().unwrap(), "a second process must not act");
+        drop(first);
+        assert!(
+            second.try_lock().unwrap(),
+            "free again once the first is gone"
+        );
     }
 
     #[test]

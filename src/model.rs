@@ -42,6 +42,12 @@ pub enum SnapshotStatus {
 }
 
 impl SnapshotStatus {
+    /// Finished one way or the other. Anything else (in progress, or a state this program
+    /// does not know) may still be changing: not usable, not deletable, not done.
+    pub fn is_settled(&self) -> bool {
+        matches!(self, Self::Completed | Self::Failed)
+    }
+
     pub fn as_str(&self) -> &str {
         match self {
             Self::InProgress => "in_progress",
