@@ -18,7 +18,6 @@ use crate::config::{Config, ConfigError, LoadOptions, LogFormat, TokenSource, DE
 use crate::execute::{Executor, RunResult, ServerReport, Settings};
 use crate::journal::Journal;
 use crate::model::{PowerState, ServerId, Snapshot};
-use crate::plan::Action;
 use crate::policy::Policy;
 use crate::provider::Provider;
 use crate::simulator::{self, SimConfig, Simulator};
@@ -717,13 +716,7 @@ async fn show_plan(
             None => rows.push(["-".to_owned(), String::new(), p.outcome().to_owned()]),
         }
         for d in &p.decisions {
-            let action = match d.action {
-                Action::DeleteNow | Action::DeleteBeforeCreate | Action::DeleteAfterCreate => {
-                    d.action.as_str().to_owned()
-                }
-                Action::Keep => "keep".into(),
-                Action::Ignore => "ignore".into(),
-            };
+            let action = d.action.as_str().to_owned();
             rows.push([
                 action,
                 format!("{} ({})", d.name, d.status),

@@ -377,10 +377,6 @@ impl<P: Provider> Executor<P> {
         })
     }
 
-    pub fn provider(&self) -> &Arc<P> {
-        &self.provider
-    }
-
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -725,7 +721,7 @@ impl<P: Provider> Executor<P> {
             .await;
         if hooks.post.is_some() {
             let completed = report.result == RunResult::Created && result.is_ok();
-            let id = report.created_id.filter(|_| report.created.is_some());
+            let id = report.created_id;
             self.post_hook(policy, &env, completed, id).await;
         }
         result

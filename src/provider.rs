@@ -95,19 +95,4 @@ impl ApiError {
             Self::Server { .. } | Self::Timeout { .. } | Self::Connection { .. }
         )
     }
-
-    /// A short label for metrics and summaries.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Unauthorized { .. } => "unauthorized",
-            Self::BadRequest { .. } => "bad_request",
-            Self::NotFound { .. } => "not_found",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::Server { .. } => "server_error",
-            Self::Timeout { .. } => "timeout",
-            Self::Connection { .. } => "connection",
-            Self::Decode { .. } => "decode",
-            Self::Unexpected { .. } => "unexpected",
-        }
-    }
 }

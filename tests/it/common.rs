@@ -145,3 +145,43 @@ pub async fn serve_sim(servers: &[ServerId], config: SimConfig) -> (Simulator, S
         .expect("serve simulator");
     (sim, simulator::base_url(addr))
 }
+
+/// A simulated provider served for the test, a scratch directory, and a fast config naming it.
+pub struct Setup {
+    pub sim: Simulator,
+    pub scratch: Scratch,
+    pub base_url: String,
+    pub config: PathBuf,
+}
+
+impl Setup {
+    pub async fn new(servers: &[ServerId], sim: SimConfig, policies: &str, daemon: &str) -> Self {
+        let (sim, base_url) = serve_sim(servers, sim).await;
+        let scratch = Scratch::new();
+        let config = scratch.config(&fast_config(policies, daemon), &base_url);
+        Self {
+            sim,
+            scratch,
+            base_url,
+            config,
+        }
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.scratch.state_dir().join("power-journal.json")
+    }
+
+    /// The power journal's entries as the next start would read them (none without a file).
+    pub fn journal(&self) -> Vec<serde_json::Value> {
+        read_journal(&self.journal_path())
+    }
+}
+
+/// A power journal file's entries as JSON (none when the file does not exist).
+pub fn read_journal(path: &Path) -> Vec<serde_json::Value> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).expect("the journal is JSON"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("reading {}: {e}", path.display()),
+    }
+}

@@ -15,10 +15,10 @@ use chrono::Timelike;
 use serde_json::Value;
 use snapshot_scheduler::model::{PowerState, ServerId, SnapshotStatus};
 use snapshot_scheduler::policy::parse_snapshot_name;
-use snapshot_scheduler::simulator::{SimConfig, Simulator};
+use snapshot_scheduler::simulator::SimConfig;
 use tokio::time::Instant;
 
-use crate::common::{bin, fast_config, policy, serve_sim, Scratch};
+use crate::common::{bin, fast_config, policy, Setup};
 
 const WEB: ServerId = 12345;
 /// A server the provider does not know: every request about it answers 404.
@@ -43,26 +43,7 @@ fn quick(snapshot_duration: Duration) -> SimConfig {
     }
 }
 
-struct Setup {
-    sim: Simulator,
-    scratch: Scratch,
-    base_url: String,
-    config: PathBuf,
-}
-
 impl Setup {
-    async fn new(servers: &[ServerId], sim: SimConfig, policies: &str, daemon: &str) -> Self {
-        let (sim, base_url) = serve_sim(servers, sim).await;
-        let scratch = Scratch::new();
-        let config = scratch.config(&fast_config(policies, daemon), &base_url);
-        Self {
-            sim,
-            scratch,
-            base_url,
-            config,
-        }
-    }
-
     /// Replaces config.toml (as an operator would before `systemctl reload`).
     fn rewrite(&self, text: &str) {
         let written = self.scratch.config(text, &self.base_url);
@@ -71,16 +52,6 @@ impl Setup {
 
     fn start(&self, env: &[(&str, &str)]) -> Daemon {
         Daemon::start(&self.config, env)
-    }
-
-    /// The power journal's entries as the next start would read them (none without a file).
-    fn journal(&self) -> Vec<Value> {
-        let path = self.scratch.state_dir().join("power-journal.json");
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).expect("the journal is JSON"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => panic!("reading {}: {e}", path.display()),
-        }
     }
 
     /// Names of every snapshot the provider accepted for `server`, in order.

@@ -1,7 +1,6 @@
 //! once, plan and the rotation engine end to end: the real binary against a simulated provider
 //! served from the test process, asserting what the provider saw and what the operator reads.
 
-use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use snapshot_scheduler::policy::snapshot_name;
 use snapshot_scheduler::schedule::Schedule;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
 
-use crate::common::{bin, fast_config, policy, serve_sim, stderr, stdout, Scratch};
+use crate::common::{bin, policy, stderr, stdout, Setup};
 
 const WEB: ServerId = 12345;
 const DB: ServerId = 12346;
@@ -61,24 +60,7 @@ fn seed(sim: &Simulator, server: ServerId, names: &[&str]) {
     }
 }
 
-struct Setup {
-    sim: Simulator,
-    scratch: Scratch,
-    config: PathBuf,
-}
-
 impl Setup {
-    async fn new(servers: &[ServerId], sim: SimConfig, policies: &str, daemon: &str) -> Self {
-        let (sim, base_url) = serve_sim(servers, sim).await;
-        let scratch = Scratch::new();
-        let config = scratch.config(&fast_config(policies, daemon), &base_url);
-        Self {
-            sim,
-            scratch,
-            config,
-        }
-    }
-
     fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = bin();
         cmd.arg("--config").arg(&self.config).args(args);
@@ -96,15 +78,6 @@ impl Setup {
             .expect("the binary runs")
     }
 
-    fn journal_path(&self) -> PathBuf {
-        self.scratch.state_dir().join("power-journal.json")
-    }
-
-    /// The journal's entries as JSON (none when the file does not exist).
-    fn journal(&self) -> Vec<Value> {
-        read_journal(&self.journal_path())
-    }
-
     fn snapshot(&self, server: ServerId, name: &str) -> Option<Snapshot> {
         self.sim
             .snapshots(server)
@@ -118,14 +91,6 @@ impl Setup {
             .into_iter()
             .map(|s| s.name)
             .collect()
-    }
-}
-
-fn read_journal(path: &Path) -> Vec<Value> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice::<Vec<Value>>(&bytes).expect("the journal is JSON"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => panic!("reading the journal: {e}"),
     }
 }
 
