@@ -20,8 +20,8 @@ use crate::journal::Journal;
 use crate::model::{PowerState, ServerId, Snapshot};
 use crate::policy::Policy;
 use crate::provider::Provider;
+use crate::shutdown::Shutdown;
 use crate::simulator::{self, SimConfig, Simulator};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -243,13 +243,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             wait,
         } => {
             let ctx = Context::connect(config, cli.simulate).await?;
-            let executor = ctx.executor(false)?;
-            if executor.journal().try_lock()? {
-                executor.reconcile_or_fail().await?;
-            } else {
-                tracing::info!("another snapshot-scheduler process owns the power journal; leaving it to that one");
+            let result = async {
+                let executor = ctx.executor(false)?;
+                if executor.journal().try_lock()? {
+                    executor.reconcile_or_fail().await?;
+                } else {
+                    tracing::info!("another snapshot-scheduler process owns the power journal; leaving it to that one");
+                }
+                restore(&ctx, *snapshot_id, *yes, *wait).await
             }
-            restore(&ctx, *snapshot_id, *yes, *wait).await
+            .await;
+            ctx.drain_alerts().await;
+            result
         }
         Command::Plan {
             policy,
@@ -266,8 +271,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             dry_run,
         } => {
             let work = select(&config, policy.as_deref(), *server, Utc::now())?;
+            // Before anything that could stop a server: from here on SIGTERM and SIGINT
+            // start every server this run stopped instead of killing the process.
+            let shutdown = Shutdown::new();
+            let signals = tokio::spawn(shutdown.on_signals_hurry()?);
             let ctx = Context::connect(config, cli.simulate).await?;
-            once(&ctx, work, *dry_run).await
+            let result = once(&ctx, work, *dry_run, &shutdown).await;
+            ctx.drain_alerts().await;
+            signals.abort();
+            result
         }
         Command::Status {
             policy,
@@ -291,6 +303,8 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Present with `--simulate`: the provider the client talks to.
     pub simulator: Option<Simulator>,
+    /// Webhooks and pings of every executor this context makes.
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl Context {
@@ -304,6 +318,7 @@ impl Context {
                 .context("no API token was loaded")?;
             let client = HttpClient::new(&config.api, token)?;
             return Ok(Self {
+                alerts: crate::alerts::Alerts::new(config.notify.clone()),
                 config,
                 client,
                 clock,
@@ -337,6 +352,7 @@ impl Context {
         tracing::info!(base_url = %config.api.base_url, "using the simulated provider");
         let client = HttpClient::new(&config.api, SecretString::from(token))?;
         Ok(Self {
+            alerts: crate::alerts::Alerts::new(config.notify.clone()),
             config,
             client,
             clock,
@@ -344,16 +360,22 @@ impl Context {
         })
     }
 
-    /// The executor for acting commands, with the journal in `state_dir`.
-    pub fn executor(&self, dry_run: bool) -> anyhow::Result<Arc<Executor<HttpClient>>> {
-        self.executor_with(dry_run, CancellationToken::new())
+    /// Waits (bounded) for alerts and pings still being delivered: every command that can
+    /// send one calls this on every way out, errors included.
+    pub async fn drain_alerts(&self) {
+        self.alerts.drain(Duration::from_secs(30)).await;
     }
 
-    /// The executor, with `hurry` ending every wait early (the daemon's shutdown).
+    /// The executor for acting commands, with the journal in `state_dir`.
+    pub fn executor(&self, dry_run: bool) -> anyhow::Result<Arc<Executor<HttpClient>>> {
+        self.executor_with(dry_run, Shutdown::new())
+    }
+
+    /// The executor, ending its waits early when `shutdown` is hurried.
     pub fn executor_with(
         &self,
         dry_run: bool,
-        hurry: CancellationToken,
+        shutdown: Shutdown,
     ) -> anyhow::Result<Arc<Executor<HttpClient>>> {
         let journal = Journal::open(&self.config.daemon.state_dir)?;
         let executor = Executor::new(
@@ -361,9 +383,9 @@ impl Context {
             self.clock.clone(),
             Arc::new(journal),
             Settings::from_config(&self.config.daemon, dry_run),
-            hurry,
+            shutdown,
         );
-        executor.set_alerts(crate::alerts::Alerts::new(self.config.notify.clone()));
+        executor.set_alerts(self.alerts.clone());
         executor.set_runlog(Arc::new(crate::runlog::RunLog::open(
             &self.config.daemon.state_dir,
         )));
@@ -750,8 +772,9 @@ async fn once(
     ctx: &Context,
     work: Vec<(Policy, ServerId, DateTime<Utc>)>,
     dry_run: bool,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<i32> {
-    let executor = ctx.executor(dry_run)?;
+    let executor = ctx.executor_with(dry_run, shutdown.clone())?;
     if !dry_run {
         if !executor.journal().try_lock()? {
             bail!(
@@ -778,7 +801,27 @@ async fn once(
         }
     }
     let reports = executor.run_all(work).await;
+    // A server whose start failed (an outage) is still in the journal: try again, with
+    // back-off, before leaving it to the next acting command.
+    let left_stopped = if dry_run {
+        Vec::new()
+    } else {
+        executor.settle_leftovers().await
+    };
     print!("{}", summary(&reports));
+    for e in &left_stopped {
+        eprintln!("error: {e:#}");
+    }
+    if shutdown.is_stopping() {
+        eprintln!(
+            "interrupted: started no new work; every server this run stopped was started again{}",
+            if left_stopped.is_empty() {
+                ""
+            } else {
+                ", except the ones above"
+            }
+        );
+    }
     if let (Some(alerts), false) = (&alerts, dry_run) {
         for p in &pinged {
             let failed = reports
@@ -791,13 +834,15 @@ async fn once(
             };
             alerts.ping(p.monitoring.ping_url.as_deref(), ping);
         }
-        alerts.drain(Duration::from_secs(30)).await;
     }
-    Ok(if reports.iter().any(|r| r.result.is_failure()) {
-        1
-    } else {
-        0
-    })
+    let failed = reports.iter().any(|r| r.result.is_failure());
+    Ok(
+        if failed || !left_stopped.is_empty() || shutdown.is_stopping() {
+            1
+        } else {
+            0
+        },
+    )
 }
 
 /// The table `once` ends with: one line per server and policy.

@@ -26,6 +26,7 @@ use crate::model::ServerId;
 use crate::policy::Policy;
 use crate::provider::Provider;
 use crate::scheduler::{self, Fire, LoopEvents, Scheduler};
+use crate::shutdown::Shutdown;
 
 /// Hands the heap that start-up used (config parsing, the first listing) back to the system,
 /// so an idle daemon stays small for years. glibc keeps freed memory otherwise.
@@ -48,8 +49,15 @@ fn notify(states: &[NotifyState<'_>]) {
 
 pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow::Result<i32> {
     let ctx = Context::connect(config, simulate).await?;
-    let hurry = CancellationToken::new();
-    let executor = ctx.executor_with(false, hurry.clone())?;
+    let result = serve(&ctx, config_path, simulate).await;
+    // Alerts queued on the way out (a server left stopped, above all) still go out.
+    ctx.drain_alerts().await;
+    result
+}
+
+async fn serve(ctx: &Context, config_path: PathBuf, simulate: bool) -> anyhow::Result<i32> {
+    let shutdown = Shutdown::new();
+    let executor = ctx.executor_with(false, shutdown.clone())?;
     if !executor.journal().try_lock()? {
         anyhow::bail!(
             "another snapshot-scheduler process is acting on state_dir {}; one daemon per state_dir",
@@ -59,7 +67,6 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
     if let Some(addr) = ctx.config.daemon.metrics_listen {
         serve_metrics(addr).await?;
     }
-    let shutdown = CancellationToken::new();
     let (reload_tx, reload_rx) = watch::channel(ctx.config.policies.clone());
     tokio::spawn(handle_signals(
         shutdown.clone(),
@@ -74,9 +81,8 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
         executor,
         clock: ctx.clock.clone(),
         shutdown: shutdown.clone(),
-        hurry,
         shutdown_grace: ctx.config.daemon.shutdown_grace,
-        drain_bound: ctx.config.daemon.power_timeout * 2 + Duration::from_secs(30),
+        drain_bound: crate::shutdown::drain_bound(&ctx.config),
     };
     let mut last_status = String::new();
     let mut ready = false;
@@ -132,13 +138,13 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
 /// simulated time. Dropping the future of [`Service::run`] aborts all its work at once, like a
 /// crash; the journal lets the next start settle what it left.
 pub struct Service<P: Provider> {
-    /// Built with `hurry` as its hurry token.
+    /// Built with `shutdown` as its shutdown.
     pub executor: Arc<Executor<P>>,
     pub clock: Arc<dyn Clock>,
-    pub shutdown: CancellationToken,
-    pub hurry: CancellationToken,
+    pub shutdown: Shutdown,
     pub shutdown_grace: Duration,
-    /// How long hurried work may take to start servers again before giving up.
+    /// How long hurried work may take to start servers again before giving up
+    /// ([`crate::shutdown::drain_bound`]).
     pub drain_bound: Duration,
 }
 
@@ -156,7 +162,6 @@ impl<P: Provider> Service<P> {
         on_wake: OnWake,
     ) -> bool {
         let mut tasks = JoinSet::new();
-        self.executor.set_stopping(self.shutdown.clone());
         for e in self.executor.reconcile().await {
             tracing::error!(error = %format!("{e:#}"), "a server stopped by a previous run is not settled yet; retrying in the background");
         }
@@ -164,19 +169,19 @@ impl<P: Provider> Service<P> {
         // waiting for the next restart of the daemon could mean weeks.
         tasks.spawn(retry_reconcile(
             self.executor.clone(),
-            self.shutdown.clone(),
+            self.shutdown.stopping_token(),
         ));
         let mut dispatcher = Dispatcher {
             executor: self.executor.clone(),
             tasks,
-            shutdown: self.shutdown.clone(),
+            shutdown: self.shutdown.stopping_token(),
             inflight: Arc::default(),
             on_wake,
         };
         scheduler::run_loop(
             policies,
             self.clock.clone(),
-            self.shutdown.clone(),
+            self.shutdown.stopping_token(),
             reload,
             cap,
             &mut dispatcher,
@@ -197,7 +202,7 @@ impl<P: Provider> Service<P> {
              snapshots may be inconsistent",
             humantime::format_duration(self.shutdown_grace)
         );
-        self.hurry.cancel();
+        self.shutdown.hurry();
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(self.drain_bound, drain).await.is_err() {
             tracing::error!("work did not end in time; the journal lets the next start settle it");
@@ -255,7 +260,7 @@ async fn retry_reconcile<P: Provider>(executor: Arc<Executor<P>>, shutdown: Canc
 /// The handlers are installed before this returns, not inside the task: a spawned task may not
 /// have run yet when READY=1 goes out, and until then SIGHUP and SIGTERM kill the process.
 fn handle_signals(
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     reload: watch::Sender<Vec<Policy>>,
     config_path: PathBuf,
     simulate: bool,
@@ -275,7 +280,7 @@ async fn signal_loop(
         std::io::Result<Signal>,
         std::io::Result<Signal>,
     ),
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     reload: watch::Sender<Vec<Policy>>,
     config_path: PathBuf,
     simulate: bool,
@@ -294,12 +299,7 @@ async fn signal_loop(
                 continue;
             }
         };
-        if shutdown.is_cancelled() {
-            tracing::warn!("second {name}: exiting now; the next start settles any stopped server");
-            std::process::exit(1);
-        }
-        tracing::info!("{name}: finishing in-flight work, taking no new fires");
-        shutdown.cancel();
+        shutdown.signalled(name);
     }
 }
 

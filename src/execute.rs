@@ -2,15 +2,16 @@
 //! (optionally) stop the server → create → wait → start → prune. A dry run is this same path
 //! with every write refused. Waiting is shared: one listing answers every snapshot in flight.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt as _;
 use serde::Serialize;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clock::Clock;
@@ -19,6 +20,23 @@ use crate::model::{CreateSnapshot, PowerState, ServerId, Snapshot, SnapshotStatu
 use crate::plan::{plan, Plan};
 use crate::policy::{JournalFailure, Policy};
 use crate::provider::{ApiError, Provider};
+use crate::shutdown::Shutdown;
+
+/// `now + d` on tokio's clock, saturating far in the future instead of overflowing: no
+/// configured duration may panic a run that holds a server stopped.
+pub fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
+/// `t + d` in wall time, saturating instead of overflowing.
+pub fn wall_after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -174,6 +192,14 @@ impl Listing {
     pub fn server(&self, id: ServerId) -> Vec<Snapshot> {
         self.by_server.get(&id).cloned().unwrap_or_default()
     }
+}
+
+/// How the start path ended without an error.
+#[derive(Debug)]
+enum Up {
+    Running,
+    /// The provider no longer knows the server.
+    Gone(ApiError),
 }
 
 /// How waiting for one snapshot ended.
@@ -340,13 +366,13 @@ pub struct Executor<P: Provider> {
     alerts: std::sync::OnceLock<Arc<crate::alerts::Alerts>>,
     /// Where each run's outcome is kept for `status` (optional).
     runlog: std::sync::OnceLock<Arc<crate::runlog::RunLog>>,
-    /// Once cancelled, runs still waiting for their server or turn are skipped.
-    stopping: std::sync::OnceLock<CancellationToken>,
+    /// Once begun, runs still waiting for their server or turn are skipped and no server is
+    /// stopped; once hurried, waits end and stopped servers are started again.
+    shutdown: Shutdown,
     /// The newest completed snapshot seen on each server, for the age metric.
     newest: Mutex<HashMap<ServerId, DateTime<Utc>>>,
-    /// Cancelled when waiting must end now (shutdown grace is over): servers are started
-    /// again, snapshots are left to finish on their own.
-    hurry: CancellationToken,
+    /// Servers reported left stopped (or gone) and not settled since: one alert per streak.
+    alerted: Mutex<HashSet<ServerId>>,
 }
 
 impl<P: Provider> Executor<P> {
@@ -355,7 +381,7 @@ impl<P: Provider> Executor<P> {
         clock: Arc<dyn Clock>,
         journal: Arc<Journal>,
         settings: Settings,
-        hurry: CancellationToken,
+        shutdown: Shutdown,
     ) -> Arc<Self> {
         Arc::new(Self {
             watch: Arc::new(Watch {
@@ -372,8 +398,8 @@ impl<P: Provider> Executor<P> {
             alerts: std::sync::OnceLock::new(),
             runlog: std::sync::OnceLock::new(),
             newest: Mutex::default(),
-            stopping: std::sync::OnceLock::new(),
-            hurry,
+            shutdown,
+            alerted: Mutex::default(),
         })
     }
 
@@ -422,10 +448,8 @@ impl<P: Provider> Executor<P> {
         }
     }
 
-    /// After `stopping` is cancelled, runs that have not begun are skipped (the daemon's
-    /// shutdown: no server is stopped once it began).
-    pub fn set_stopping(&self, stopping: CancellationToken) {
-        let _ = self.stopping.set(stopping);
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
     }
 
     /// Writes the run log if it changed.
@@ -551,11 +575,7 @@ impl<P: Provider> Executor<P> {
                 created_id: None,
                 plan: None,
             };
-            if self
-                .stopping
-                .get()
-                .is_some_and(CancellationToken::is_cancelled)
-            {
+            if self.shutdown.is_stopping() {
                 // Queued behind others when shutdown began: start nothing new (no stop).
                 report.result = RunResult::Skipped;
                 report.message = "shutting down; not started".into();
@@ -666,6 +686,7 @@ impl<P: Provider> Executor<P> {
         }
 
         let Some(create) = &first.create else {
+            self.fail_if_stuck(&snapshots)?;
             self.delete_planned(policy, &first, report).await?;
             report.result = if first
                 .no_create
@@ -727,6 +748,37 @@ impl<P: Provider> Executor<P> {
         result
     }
 
+    /// A snapshot in progress blocks the server (nothing is created or deleted beside it).
+    /// Within `snapshot_timeout` that is a skip; past it, the snapshot is stuck, and a run
+    /// that can never create anything is a failure that names it (it is still not deleted).
+    fn fail_if_stuck(&self, snapshots: &[Snapshot]) -> anyhow::Result<()> {
+        let now = self.clock.now();
+        let stuck: Vec<String> = snapshots
+            .iter()
+            .filter(|s| !s.status.is_settled())
+            .filter(|s| wall_after(s.created_at, self.settings.snapshot_timeout) <= now)
+            .map(|s| {
+                let age = (now - s.created_at).to_std().unwrap_or_default();
+                let age = Duration::from_secs(age.as_secs() / 60 * 60);
+                format!(
+                    "{} (id {}, {} for {})",
+                    s.name,
+                    s.id,
+                    s.status,
+                    humantime::format_duration(age)
+                )
+            })
+            .collect();
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "snapshot stuck longer than snapshot_timeout {}: {}; it blocks every snapshot of              this server and is not deleted; ask the provider about it or delete it by hand",
+            humantime::format_duration(self.settings.snapshot_timeout),
+            stuck.join(", ")
+        )
+    }
+
     /// Runs the post hook with `RESULT` and, when a snapshot exists, `SNAPSHOT_ID`.
     async fn post_hook(
         &self,
@@ -776,6 +828,9 @@ impl<P: Provider> Executor<P> {
         name: &str,
         report: &mut ServerReport,
     ) -> anyhow::Result<()> {
+        if self.shutdown.is_stopping() {
+            anyhow::bail!("shutting down; no snapshot taken");
+        }
         // A server in transition (restoring, starting, ...) is not snapshotted; find that out
         // before a slot is freed, or a good snapshot would go for nothing.
         let power = if policy.stop_server {
@@ -855,7 +910,8 @@ impl<P: Provider> Executor<P> {
     }
 
     /// Stop (if asked and running) → create → wait → start. `Ok(None)`: server busy, nothing
-    /// done. Starting again happens on every path once the stop was requested.
+    /// done. Once the stop was requested, the server is started again on every way out of
+    /// this function: an error, a timeout, a shutdown, and a panic in the code between.
     async fn snapshot(
         &self,
         policy: &Policy,
@@ -863,19 +919,23 @@ impl<P: Provider> Executor<P> {
         name: &str,
         power: Option<PowerState>,
     ) -> anyhow::Result<Option<(Snapshot, Vec<Snapshot>)>> {
-        let mut stopped_by_us = false;
-        if let Some(state) = power {
-            match state {
-                PowerState::Running => {
-                    stopped_by_us = self.stop(policy, server, name).await?;
-                }
-                PowerState::Stopped => {
-                    tracing::info!("server is already stopped; snapshotting it as it is and leaving it stopped");
-                }
-                _ => return Ok(None),
+        let span = AssertUnwindSafe(self.stop_and_snapshot(policy, server, name, power))
+            .catch_unwind()
+            .await;
+        let (stopped_by_us, result) = match span {
+            Ok(done) => done,
+            Err(panic) => {
+                // Whatever unwound, the journal knows whether this server was stopped.
+                let stopped = self.journal.entries().iter().any(|e| e.server == server);
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                tracing::error!(panic = %what, "internal error during the snapshot");
+                (stopped, Err(anyhow::anyhow!("internal error: {what}")))
             }
-        }
-        let result = self.create_and_wait(policy, server, name).await;
+        };
         if stopped_by_us {
             if let Err(e) = self.start_again(server).await {
                 return Err(match result {
@@ -884,7 +944,33 @@ impl<P: Provider> Executor<P> {
                 });
             }
         }
-        result.map(Some)
+        result
+    }
+
+    /// The part of [`snapshot`](Self::snapshot) that may leave the server stopped: whether it
+    /// did, and how the snapshot went.
+    async fn stop_and_snapshot(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        name: &str,
+        power: Option<PowerState>,
+    ) -> (bool, anyhow::Result<Option<(Snapshot, Vec<Snapshot>)>>) {
+        let mut stopped_by_us = false;
+        if let Some(state) = power {
+            match state {
+                PowerState::Running => match self.stop(policy, server, name).await {
+                    Ok(stopped) => stopped_by_us = stopped,
+                    Err(e) => return (false, Err(e)),
+                },
+                PowerState::Stopped => {
+                    tracing::info!("server is already stopped; snapshotting it as it is and leaving it stopped");
+                }
+                _ => return (false, Ok(None)),
+            }
+        }
+        let result = self.create_and_wait(policy, server, name).await;
+        (stopped_by_us, result.map(Some))
     }
 
     async fn create_and_wait(
@@ -933,14 +1019,16 @@ impl<P: Provider> Executor<P> {
         let now = self.clock.now();
         // Time to stop and to take the snapshot; the start after the deadline must still fit
         // in snapshot_timeout + 2 × power_timeout, crash or not.
-        let budget = self.settings.power_timeout + self.settings.snapshot_timeout;
+        let budget = self
+            .settings
+            .power_timeout
+            .saturating_add(self.settings.snapshot_timeout);
         let entry = journal::Entry {
             server,
             policy: policy.name.clone(),
             snapshot: name.to_owned(),
             stopped_at: now,
-            deadline: now
-                + chrono::Duration::from_std(budget).unwrap_or(chrono::Duration::hours(1)),
+            deadline: wall_after(now, budget),
         };
         if let Err(e) = self.journal.record(entry) {
             metrics::counter!("snapshot_scheduler_journal_failures_total").increment(1);
@@ -956,8 +1044,8 @@ impl<P: Provider> Executor<P> {
             }
         }
         tracing::info!("stopping the server for a consistent snapshot");
-        let stopped = match self.request_power(server, true).await {
-            Ok(()) => self.wait_power(server, PowerState::Stopped).await,
+        let stopped = match self.request_stop(server).await {
+            Ok(()) => self.wait_stopped(server).await,
             Err(e) => Err(e),
         };
         if let Err(e) = stopped {
@@ -972,99 +1060,168 @@ impl<P: Provider> Executor<P> {
     }
 
     /// Brings a server this program stopped back to `running` and clears its journal entry.
-    /// Waits out a `stopping` first; leaves the entry when it cannot (the next start retries).
+    /// The whole path (wait out `stopping`, send the start, wait for `running`) is bounded by
+    /// one `power_timeout`, and transient API errors (an outage, 5xx, 429) are retried
+    /// throughout; a shutdown does not cut it short. Any way out of it without a running
+    /// server is "left stopped": a loud log line, the `server_left_stopped` alert and metric,
+    /// and the journal entry stays, so the next settle tries again. A server the provider no
+    /// longer knows (404) has nothing to start: warned once, its entry cleared.
     pub async fn start_again(&self, server: ServerId) -> anyhow::Result<()> {
-        let mut state = self.provider.get_server(server).await?.status;
-        if state == PowerState::Stopping {
-            self.wait_power(server, PowerState::Stopped).await?;
-            state = PowerState::Stopped;
-        }
-        match state {
-            PowerState::Running => {}
-            PowerState::Stopped => {
-                tracing::info!("starting the server again");
-                let started = match self.request_power(server, false).await {
-                    Ok(()) => self.wait_power(server, PowerState::Running).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = started {
-                    metrics::counter!("snapshot_scheduler_server_left_stopped_total").increment(1);
+        match self.bring_up(server).await {
+            Ok(Up::Running) => {
+                self.journal.clear(server)?;
+                self.alerted().remove(&server);
+                Ok(())
+            }
+            Ok(Up::Gone(e)) => {
+                let message = format!(
+                    "server {server} was stopped for a snapshot and the provider no longer knows \
+                     it ({e}); nothing to start, its journal entry is cleared"
+                );
+                tracing::warn!("{message}");
+                if self.alerted().insert(server) {
                     if let Some(alerts) = self.alerts.get() {
                         alerts.send(
                             crate::config::AlertEvent::ServerLeftStopped,
                             None,
                             Some(server),
-                            &format!("server {server} was stopped for a snapshot and could not be started again: {e:#}"),
+                            &message,
                         );
                     }
-                    tracing::error!(error = %format!("{e:#}"), "SERVER LEFT STOPPED: could not start it again; the next start of snapshot-scheduler retries");
-                    return Err(e.context(format!(
-                        "server {server} was stopped for a snapshot and could not be started again"
-                    )));
                 }
+                self.journal.clear(server)?;
+                self.alerted().remove(&server);
+                Ok(())
             }
-            PowerState::Starting => self.wait_power(server, PowerState::Running).await?,
-            other => {
-                // Not running: the entry stays, so the journal settler tries again.
-                anyhow::bail!(
-                    "server {server} is {other}, neither running nor stopped; it stays in the \
-                     journal and is started once it can be"
+            Err(e) => {
+                metrics::counter!("snapshot_scheduler_server_left_stopped_total").increment(1);
+                let message = format!(
+                    "server {server} was stopped for a snapshot and could not be started again: \
+                     {e:#}; it stays in the power journal and is retried"
                 );
+                tracing::error!(error = %format!("{e:#}"), "SERVER LEFT STOPPED: {message}");
+                if self.alerted().insert(server) {
+                    if let Some(alerts) = self.alerts.get() {
+                        alerts.send(
+                            crate::config::AlertEvent::ServerLeftStopped,
+                            None,
+                            Some(server),
+                            &message,
+                        );
+                    }
+                }
+                Err(e.context(format!(
+                    "server {server} was stopped for a snapshot and could not be started again"
+                )))
             }
         }
-        self.journal.clear(server)?;
-        Ok(())
     }
 
-    /// Sends a stop or a start. After a transient failure (5xx, 429, timeout) it looks at the
-    /// server and sends the request again only while the server is still where the request
-    /// starts from (running for a stop, stopped for a start), so a lost answer never makes it
-    /// act twice. Bounded by `power_timeout`. Providers send power requests once (the client
-    /// does not retry a POST), so this is their retry.
-    async fn request_power(&self, server: ServerId, stop: bool) -> anyhow::Result<()> {
-        let from = if stop {
-            PowerState::Running
-        } else {
-            PowerState::Stopped
-        };
-        let deadline = Instant::now() + self.settings.power_timeout;
+    fn alerted(&self) -> std::sync::MutexGuard<'_, HashSet<ServerId>> {
+        self.alerted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The start path of [`start_again`](Self::start_again), without its reporting.
+    async fn bring_up(&self, server: ServerId) -> anyhow::Result<Up> {
+        let timeout = self.settings.power_timeout;
+        let deadline = deadline_after(timeout);
+        let mut delay = self.settings.poll_interval.min(Duration::from_secs(2));
+        let longest = self.settings.poll_interval.max(Duration::from_secs(1));
+        // When a start was last accepted: a server still `stopped` long after that is sent
+        // another (the provider dropped it); sooner, a lagging status is waited out.
+        let mut started_at: Option<Instant> = None;
+        let mut last: String = "not looked at yet".into();
+        loop {
+            match self.provider.get_server(server).await {
+                Ok(s) => match s.status {
+                    PowerState::Running => return Ok(Up::Running),
+                    PowerState::Stopped => {
+                        let resend = started_at.is_none_or(|t| {
+                            t.elapsed() >= Duration::from_secs(60).max(longest * 4)
+                        });
+                        if resend {
+                            tracing::info!("starting the server again");
+                            match self.provider.start_server(server).await {
+                                Ok(_) => started_at = Some(Instant::now()),
+                                Err(e) if e.is_retryable() => {
+                                    tracing::warn!(error = %e, "start request failed; looking at the server before sending it again");
+                                    last = format!("stopped; the start request failed: {e}");
+                                }
+                                Err(e @ ApiError::NotFound { .. }) => return Ok(Up::Gone(e)),
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        if started_at.is_some() {
+                            last = "stopped (start requested)".into();
+                        }
+                    }
+                    other => last = other.to_string(),
+                },
+                Err(e @ ApiError::NotFound { .. }) => return Ok(Up::Gone(e)),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "cannot look at the server; trying again until power_timeout");
+                    last = format!("unknown ({e})");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                anyhow::bail!(
+                    "server {server} is {last}, not running, after power_timeout {}",
+                    humantime::format_duration(timeout)
+                );
+            }
+            tokio::time::sleep(delay.min(deadline - now)).await;
+            delay = (delay * 3 / 2).min(longest);
+        }
+    }
+
+    /// Sends the stop. After a transient failure (5xx, 429, timeout) it looks at the server
+    /// and sends the request again only while the server still runs, so a lost answer never
+    /// makes it act twice. Bounded by `power_timeout`; a shutdown ends it (no further stop is
+    /// sent). Providers send power requests once (the client does not retry a POST), so this
+    /// is their retry.
+    async fn request_stop(&self, server: ServerId) -> anyhow::Result<()> {
+        let deadline = deadline_after(self.settings.power_timeout);
         let mut delay = Duration::from_secs(2);
         loop {
-            let sent = if stop {
-                self.provider.stop_server(server).await
-            } else {
-                self.provider.start_server(server).await
-            };
-            let error = match sent {
+            let error = match self.provider.stop_server(server).await {
                 Ok(_) => return Ok(()),
                 Err(e) => e,
             };
             if !error.is_retryable() || Instant::now() + delay >= deadline {
                 return Err(error.into());
             }
-            tracing::warn!(error = %error, retry_in = ?delay, "power request failed; looking at the server before sending it again");
-            tokio::time::sleep(delay).await;
+            tracing::warn!(error = %error, retry_in = ?delay, "stop request failed; looking at the server before sending it again");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.hurried() => anyhow::bail!("shutting down; stop not sent again"),
+            }
             delay = (delay * 2).min(Duration::from_secs(60));
-            if self.provider.get_server(server).await?.status != from {
+            if self.provider.get_server(server).await?.status != PowerState::Running {
                 // It went through; only the answer was lost.
                 return Ok(());
             }
         }
     }
 
-    /// Polls the server until it is in `target`, bounded by `power_timeout`.
-    async fn wait_power(&self, server: ServerId, target: PowerState) -> anyhow::Result<()> {
-        let deadline = Instant::now() + self.settings.power_timeout;
+    /// Polls the server until it is `stopped`, bounded by `power_timeout`; a shutdown ends
+    /// the wait (the caller starts the server again).
+    async fn wait_stopped(&self, server: ServerId) -> anyhow::Result<()> {
+        let deadline = deadline_after(self.settings.power_timeout);
         let mut delay = self.settings.poll_interval.min(Duration::from_secs(2));
         loop {
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.hurried() => anyhow::bail!("shutting down before the server had stopped"),
+            }
             let state = self.provider.get_server(server).await?.status;
-            if state == target {
+            if state == PowerState::Stopped {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 anyhow::bail!(
-                    "server {server} is {state}, not {target}, after power_timeout {}",
+                    "server {server} is {state}, not stopped, after power_timeout {}",
                     humantime::format_duration(self.settings.power_timeout)
                 );
             }
@@ -1082,8 +1239,8 @@ impl<P: Provider> Executor<P> {
             w.waiters.push(Waiter {
                 server,
                 name: name.to_owned(),
-                deadline: now + self.settings.snapshot_timeout,
-                due: now + self.settings.poll_interval,
+                deadline: deadline_after(self.settings.snapshot_timeout),
+                due: deadline_after(self.settings.poll_interval),
                 delay: self.settings.poll_interval,
                 tx,
             });
@@ -1100,7 +1257,27 @@ impl<P: Provider> Executor<P> {
         }
         tokio::select! {
             r = rx => r.unwrap_or(Waited::Cancelled),
-            () = self.hurry.cancelled() => Waited::Cancelled,
+            () = self.shutdown.hurried() => Waited::Cancelled,
+        }
+    }
+
+    /// For commands that exit after their work (`once`): journal entries left behind (a
+    /// start that failed, say during an outage) are settled again with back-off for up to
+    /// `power_timeout`. Returns what still could not be settled.
+    pub async fn settle_leftovers(self: &Arc<Self>) -> Vec<anyhow::Error> {
+        let deadline = deadline_after(self.settings.power_timeout);
+        let mut delay = Duration::from_secs(5);
+        loop {
+            if self.journal.entries().is_empty() {
+                return Vec::new();
+            }
+            let errors = self.reconcile().await;
+            if errors.is_empty() || Instant::now() + delay >= deadline {
+                return errors;
+            }
+            tracing::warn!(retry_in = ?delay, "a server this run stopped is not running yet; trying again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(60));
         }
     }
 
@@ -1201,6 +1378,7 @@ mod tests {
     use crate::policy::Retention;
     use crate::schedule::Schedule;
     use crate::simulator::{SimConfig, Simulator};
+    use std::path::Path;
 
     const WEB: ServerId = 12345;
     const SLOT: &str = "2025-01-15T02:30:00Z";
@@ -1262,7 +1440,7 @@ mod tests {
                 clock,
                 journal.clone(),
                 settings(),
-                CancellationToken::new(),
+                Shutdown::new(),
             );
             Self {
                 sim,
@@ -1492,7 +1670,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_second_policy_after_a_timed_out_snapshot_sees_it_in_progress_and_skips() {
+    async fn a_second_policy_after_a_timed_out_snapshot_sees_it_stuck_and_fails_naming_it() {
         let rig = Rig::new(SimConfig {
             snapshot_duration: Duration::from_secs(2 * 3600),
             refuse_create_while_in_progress: true,
@@ -1508,12 +1686,307 @@ mod tests {
         let stats = rig.sim.stats();
         assert_eq!(stats.in_progress_refusals, 0, "{reports:#?}");
         assert_eq!(stats.created.len(), 1);
-        let mut results: Vec<RunResult> = reports.iter().map(|r| r.result).collect();
-        results.sort_by_key(|r| *r == RunResult::Skipped);
+        assert_eq!(stats.request_count("delete"), 0);
+        let results: Vec<RunResult> = reports.iter().map(|r| r.result).collect();
         assert_eq!(
             results,
-            [RunResult::Failed, RunResult::Skipped],
+            [RunResult::Failed, RunResult::Failed],
             "{reports:#?}"
         );
+        // Whichever ran second found the first one's snapshot past snapshot_timeout.
+        assert!(
+            reports.iter().any(|r| r
+                .message
+                .contains("snapshot stuck longer than snapshot_timeout 30m")
+                && r.message.contains("-20250115T023000Z")),
+            "{reports:#?}"
+        );
+    }
+
+    /// The simulator, misbehaving in one way a test asks for.
+    #[derive(Clone)]
+    struct Faulty {
+        sim: Simulator,
+        /// Once a listing has shown this snapshot completed, every request fails with 503
+        /// for this long.
+        outage_after_completed: Option<(&'static str, Duration)>,
+        outage_until: Arc<Mutex<Option<Instant>>>,
+        panic_on_create: bool,
+    }
+
+    impl Faulty {
+        fn new(sim: &Simulator) -> Self {
+            Self {
+                sim: sim.clone(),
+                outage_after_completed: None,
+                outage_until: Arc::default(),
+                panic_on_create: false,
+            }
+        }
+
+        fn down(&self) -> Result<(), ApiError> {
+            let until = *self.outage_until.lock().unwrap();
+            match until {
+                Some(t) if Instant::now() < t => Err(ApiError::Server {
+                    what: "anything".into(),
+                    status: 503,
+                    message: "outage".into(),
+                }),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    impl Provider for Faulty {
+        async fn list_snapshots(
+            &self,
+            server: Option<ServerId>,
+        ) -> Result<Vec<Snapshot>, ApiError> {
+            self.down()?;
+            let list = self.sim.list_snapshots(server).await?;
+            if let Some((name, length)) = self.outage_after_completed {
+                let done = list
+                    .iter()
+                    .any(|s| s.name == name && s.status == SnapshotStatus::Completed);
+                let mut until = self.outage_until.lock().unwrap();
+                if done && until.is_none() {
+                    *until = Some(Instant::now() + length);
+                }
+            }
+            Ok(list)
+        }
+        async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
+            self.down()?;
+            let created = self.sim.create_snapshot(request).await;
+            assert!(!self.panic_on_create, "a bug between stop and start");
+            created
+        }
+        async fn delete_snapshot(&self, id: u64) -> Result<(), ApiError> {
+            self.down()?;
+            self.sim.delete_snapshot(id).await
+        }
+        async fn restore_snapshot(
+            &self,
+            id: u64,
+        ) -> Result<crate::model::RestoreStarted, ApiError> {
+            self.down()?;
+            self.sim.restore_snapshot(id).await
+        }
+        async fn get_server(&self, id: ServerId) -> Result<crate::model::Server, ApiError> {
+            self.down()?;
+            self.sim.get_server(id).await
+        }
+        async fn stop_server(&self, id: ServerId) -> Result<crate::model::Server, ApiError> {
+            self.down()?;
+            self.sim.stop_server(id).await
+        }
+        async fn start_server(&self, id: ServerId) -> Result<crate::model::Server, ApiError> {
+            self.down()?;
+            self.sim.start_server(id).await
+        }
+    }
+
+    fn faulty_executor(faulty: &Faulty, dir: &Path) -> Arc<Executor<Faulty>> {
+        Executor::new(
+            Arc::new(faulty.clone()),
+            TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap()),
+            Arc::new(Journal::open(dir).unwrap()),
+            settings(),
+            Shutdown::new(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn provider_down_for_two_minutes_right_after_the_snapshot_completes_still_starts_the_server(
+    ) {
+        let rig = Rig::new(SimConfig {
+            snapshot_duration: Duration::from_secs(60),
+            power_delay: Duration::from_secs(10),
+            ..SimConfig::default()
+        });
+        let mut faulty = Faulty::new(&rig.sim);
+        faulty.outage_after_completed = Some((NAME, Duration::from_secs(120)));
+        let dir = tempfile::tempdir().unwrap();
+        let executor = faulty_executor(&faulty, dir.path());
+
+        let report = executor
+            .run_server(&policy("nightly", true), WEB, slot(), None)
+            .await;
+
+        assert!(
+            faulty.outage_until.lock().unwrap().is_some(),
+            "the outage never began"
+        );
+        assert_eq!(rig.status(), PowerState::Running, "{report:#?}");
+        assert_eq!(report.result, RunResult::Created, "{report:#?}");
+        assert!(Journal::open(dir.path()).unwrap().entries().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_path_that_cannot_succeed_ends_at_power_timeout_and_keeps_the_entry() {
+        let rig = Rig::new(SimConfig {
+            snapshot_duration: Duration::from_secs(60),
+            power_delay: Duration::from_secs(10),
+            ..SimConfig::default()
+        });
+        let mut faulty = Faulty::new(&rig.sim);
+        // Down for far longer than power_timeout.
+        faulty.outage_after_completed = Some((NAME, Duration::from_secs(6 * 3600)));
+        let dir = tempfile::tempdir().unwrap();
+        let executor = faulty_executor(&faulty, dir.path());
+        let started = Instant::now();
+
+        let report = executor
+            .run_server(&policy("nightly", true), WEB, slot(), None)
+            .await;
+
+        assert_eq!(report.result, RunResult::Failed);
+        assert!(
+            report.message.contains("could not be started again")
+                && report.message.contains("after power_timeout 10m"),
+            "{}",
+            report.message
+        );
+        // The snapshot (1 min) and the stop, then one power_timeout of trying: no earlier.
+        assert!(started.elapsed() >= Duration::from_secs(10 * 60));
+        assert!(started.elapsed() < Duration::from_secs(20 * 60));
+        assert_eq!(rig.status(), PowerState::Stopped);
+        assert_eq!(Journal::open(dir.path()).unwrap().entries().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_between_stop_and_start_still_starts_the_server() {
+        let rig = Rig::new(SimConfig::default());
+        let mut faulty = Faulty::new(&rig.sim);
+        faulty.panic_on_create = true;
+        let dir = tempfile::tempdir().unwrap();
+        let executor = faulty_executor(&faulty, dir.path());
+
+        let report = executor
+            .run_server(&policy("nightly", true), WEB, slot(), None)
+            .await;
+
+        assert_eq!(report.result, RunResult::Failed);
+        assert!(
+            report
+                .message
+                .contains("internal error: a bug between stop and start"),
+            "{}",
+            report.message
+        );
+        assert_eq!(rig.status(), PowerState::Running);
+        assert!(Journal::open(dir.path()).unwrap().entries().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_journal_entry_for_a_deleted_server_is_cleared_not_retried_forever() {
+        let rig = Rig::new(SimConfig::default());
+        let now: DateTime<Utc> = "2025-01-15T02:30:05Z".parse().unwrap();
+        rig.journal
+            .record(journal::Entry {
+                server: 999,
+                policy: "nightly".into(),
+                snapshot: NAME.into(),
+                stopped_at: now,
+                deadline: now,
+            })
+            .unwrap();
+
+        let errors = rig.executor.reconcile().await;
+
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(rig.journal_on_disk().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_snapshot_fails_the_run_and_names_it_but_a_young_one_is_a_skip() {
+        let rig = Rig::new(SimConfig::default());
+        let at: DateTime<Utc> = "2025-01-15T02:30:05Z".parse().unwrap();
+        // Hand-made, in progress for five hours.
+        rig.sim.add_snapshot(
+            WEB,
+            "manual-before-upgrade",
+            SnapshotStatus::InProgress,
+            at - chrono::Duration::hours(5),
+        );
+
+        let report = rig.run(&policy("nightly", false)).await;
+
+        assert_eq!(report.result, RunResult::Failed, "{report:#?}");
+        assert!(
+            report.message.contains("manual-before-upgrade")
+                && report
+                    .message
+                    .contains("stuck longer than snapshot_timeout 30m"),
+            "{}",
+            report.message
+        );
+        assert_eq!(rig.sim.stats().request_count("delete"), 0);
+        assert_eq!(
+            rig.sim.snapshots(WEB).len(),
+            1,
+            "the stuck one is never deleted"
+        );
+
+        let young = Rig::new(SimConfig::default());
+        young.sim.add_snapshot(
+            WEB,
+            "manual-before-upgrade",
+            SnapshotStatus::InProgress,
+            at - chrono::Duration::minutes(5),
+        );
+        let report = young.run(&policy("nightly", false)).await;
+        assert_eq!(report.result, RunResult::Skipped, "{report:#?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_while_the_server_is_stopped_starts_it_at_once() {
+        let rig = Rig::new(SimConfig {
+            snapshot_duration: Duration::from_secs(3600),
+            power_delay: Duration::from_secs(10),
+            ..SimConfig::default()
+        });
+        let shutdown = Shutdown::new();
+        let dir = tempfile::tempdir().unwrap();
+        let executor = Executor::new(
+            Arc::new(rig.sim.clone()),
+            TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap()),
+            Arc::new(Journal::open(dir.path()).unwrap()),
+            settings(),
+            shutdown.clone(),
+        );
+        let run = {
+            let executor = executor.clone();
+            tokio::spawn(async move {
+                executor
+                    .run_server(&policy("nightly", true), WEB, slot(), None)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(
+            rig.status(),
+            PowerState::Stopped,
+            "stopped for its snapshot"
+        );
+        let signalled = Instant::now();
+
+        shutdown.hurry();
+        let report = run.await.unwrap();
+
+        assert_eq!(rig.status(), PowerState::Running);
+        assert!(
+            signalled.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            signalled.elapsed()
+        );
+        assert_eq!(report.result, RunResult::Failed);
+        assert!(Journal::open(dir.path()).unwrap().entries().is_empty());
+        // Nothing new starts once the shutdown has begun.
+        let next = executor
+            .run_server(&policy("other", true), WEB, slot(), None)
+            .await;
+        assert_eq!(next.result, RunResult::Skipped);
+        assert_eq!(rig.sim.stats().request_count("stop"), 1);
     }
 }

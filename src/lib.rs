@@ -17,6 +17,7 @@
 //! - [`hooks`]: pre/post hooks: argv commands in their own process group, killed at the timeout.
 //! - [`journal`]: the power journal that makes "a stopped server is started again" survive crashes.
 //! - [`execute`]: the one place with effects: runs a plan (stop, create, wait, start, prune).
+//! - [`shutdown`]: SIGTERM/SIGINT for `run` and `once`: stop taking work, hurry, the time it takes.
 //! - [`status`]: freshness of each policy on each server; the Nagios line.
 //! - [`clock`]: wall time as a parameter, so tests can move it.
 //! - [`alerts`]: webhooks for events and dead-man pings, delivered in the background.
@@ -41,5 +42,6 @@ pub mod retry;
 pub mod runlog;
 pub mod schedule;
 pub mod scheduler;
+pub mod shutdown;
 pub mod simulator;
 pub mod status;

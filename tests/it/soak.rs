@@ -31,10 +31,10 @@ use snapshot_scheduler::model::{
 use snapshot_scheduler::policy::Policy;
 use snapshot_scheduler::provider::{ApiError, Provider};
 use snapshot_scheduler::retry::Retrying;
+use snapshot_scheduler::shutdown::Shutdown;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// The provider's cap, restated here on purpose (not `policy::SERVER_CAP`).
 const CAP: usize = 5;
@@ -556,9 +556,8 @@ fn service(
     clock: &Arc<TokioClock>,
     state_dir: &Path,
     settings: &Settings,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> Service<Retrying<Checked>> {
-    let hurry = CancellationToken::new();
     let clock: Arc<dyn Clock> = clock.clone();
     let journal = Journal::open(state_dir).expect("the journal opens");
     let executor = Executor::new(
@@ -566,13 +565,12 @@ fn service(
         clock.clone(),
         Arc::new(journal),
         settings.clone(),
-        hurry.clone(),
+        shutdown.clone(),
     );
     Service {
         executor,
         clock,
         shutdown,
-        hurry,
         shutdown_grace: Duration::from_secs(60),
         drain_bound: settings.power_timeout * 2 + Duration::from_secs(30),
     }
@@ -708,7 +706,7 @@ async fn soak(seed: u64, days: u64) -> Figures {
     let (_reload_tx, reload) = watch::channel(config.policies.clone());
     let mut crashed = 0;
     for (crash_at, restart_after) in crashes.iter().filter(|(t, _)| *t < end) {
-        let never = CancellationToken::new();
+        let never = Shutdown::new();
         let svc = service(&provider, &clock, state_dir.path(), &settings, never);
         let run = svc.run(
             config.policies.clone(),
@@ -725,7 +723,7 @@ async fn soak(seed: u64, days: u64) -> Figures {
         tokio::time::sleep(*restart_after).await;
     }
     // The last life ends with SIGTERM at the end of the run: in-flight work drains.
-    let shutdown = CancellationToken::new();
+    let shutdown = Shutdown::new();
     let svc = service(
         &provider,
         &clock,
@@ -735,7 +733,7 @@ async fn soak(seed: u64, days: u64) -> Figures {
     );
     let sigterm = async {
         tokio::time::sleep_until(end).await;
-        shutdown.cancel();
+        shutdown.begin();
     };
     let (clean, ()) = tokio::join!(
         svc.run(
