@@ -754,6 +754,9 @@ async fn show_plan(
         for note in &p.notes {
             println!("  note: {note}");
         }
+        for warning in &p.warnings {
+            println!("  WARNING: {warning}");
+        }
         if p.create.is_some() {
             let hooks = &policy.hooks;
             if let Some(pre) = &hooks.pre {

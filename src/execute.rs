@@ -674,6 +674,9 @@ impl<P: Provider> Executor<P> {
         for note in &first.notes {
             tracing::info!("{note}");
         }
+        for warning in &first.warnings {
+            tracing::warn!("{warning}");
+        }
         report.plan = Some(first.clone());
         if let Some(blocked) = &first.blocked {
             report.blocked = true;

@@ -41,6 +41,8 @@ pub struct Plan {
     /// Set when the plan cannot do its job (an error for the operator, not a skip).
     pub blocked: Option<Blocked>,
     pub notes: Vec<String>,
+    /// What the operator should look at (a name stamped in the future).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -199,11 +201,33 @@ impl State {
     }
 }
 
-/// A completed snapshot as retention orders it: by slot, then by creation time.
+/// A completed snapshot as retention orders it: by when the provider says it was created,
+/// then by the slot in its name. The name's stamp came from the host's clock, which can have
+/// been wrong (an RTC, an NTP step, a mistaken `date`): ordered by the stamp, one snapshot
+/// stamped in the future would outrank every real one forever and have each new one deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Point {
-    slot: DateTime<Utc>,
     created_at: DateTime<Utc>,
+    slot: DateTime<Utc>,
+    /// The time whose hour, day, week and month the calendar rules count it in: the slot,
+    /// unless the stamp is suspect (then when it was really created).
+    bucket: DateTime<Utc>,
+}
+
+/// How far a name's stamp may lie after its `created_at` (clocks of host and provider
+/// disagree a little) before the stamp is suspect. A stamp before `created_at` is normal:
+/// snapshots are made after their slot, late ones (catch-up, jitter) much later.
+pub const STAMP_SKEW: chrono::Duration = chrono::Duration::hours(1);
+
+impl Point {
+    fn of(slot: DateTime<Utc>, created_at: DateTime<Utc>) -> Self {
+        let suspect = slot > created_at + STAMP_SKEW;
+        Self {
+            created_at,
+            slot,
+            bucket: if suspect { created_at } else { slot },
+        }
+    }
 }
 
 /// The calendar rules, each with its period in the policy's timezone.
@@ -265,7 +289,7 @@ fn retain(rules: &Retention, tz: Tz, points: &[Point]) -> Vec<Vec<String>> {
             if left == 0 {
                 break;
             }
-            let label = period.label(point.slot, tz);
+            let label = period.label(point.bucket, tz);
             if last.as_deref() != Some(label.as_str()) {
                 r.push(format!("newest of {label} ({}={count})", period.key()));
                 last = Some(label);
@@ -328,17 +352,24 @@ pub fn plan(
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match (owners[i], states[i]) {
-            (Owner::Own(slot), State::Completed) => Some((
-                i,
-                Point {
-                    slot,
-                    created_at: s.created_at,
-                },
-            )),
+            (Owner::Own(slot), State::Completed) => Some((i, Point::of(slot, s.created_at))),
             _ => None,
         })
         .collect();
     own_completed.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+    let warnings: Vec<String> = own_completed
+        .iter()
+        .filter(|(_, p)| p.bucket != p.slot)
+        .map(|&(i, p)| {
+            format!(
+                "{} carries the stamp {} but was created {}: the host clock was ahead when it \
+                 was made; retention orders it by its creation time",
+                snapshots[i].name,
+                stamp(p.slot),
+                stamp(p.created_at)
+            )
+        })
+        .collect();
     let own_failed = (0..snapshots.len())
         .filter(|&i| matches!(owners[i], Owner::Own(_)) && states[i] == State::Failed)
         .count();
@@ -494,9 +525,11 @@ pub fn plan(
     });
 
     // Retention, counting the planned create as the completed snapshot it will become.
+    // The planned snapshot will be the newest of all, whatever the clocks say.
     let planned = create.as_ref().map(|_| Point {
+        created_at: DateTime::<Utc>::MAX_UTC,
         slot,
-        created_at: slot,
+        bucket: slot,
     });
     let survivors: Vec<(usize, Point)> = own_completed
         .iter()
@@ -505,7 +538,10 @@ pub fn plan(
         .collect();
     let kept = retain_own(&rules, tz, &survivors, planned);
     // Beyond-retention snapshots go only once the slot's snapshot has completed.
-    let slot_done = own_completed.first().is_some_and(|(_, p)| p.slot >= slot);
+    // Exactly this slot's snapshot, by name: not "some snapshot stamped this late or later".
+    let slot_done = snapshots
+        .iter()
+        .any(|s| s.name == new_name && State::of(&s.status) == State::Completed);
 
     let mut decisions: Vec<Decision> = snapshots
         .iter()
@@ -557,6 +593,7 @@ pub fn plan(
         decisions,
         blocked,
         notes,
+        warnings,
     }
 }
 
@@ -617,8 +654,9 @@ fn free_one_slot(
     notes: &mut Vec<String>,
 ) -> Option<(usize, String)> {
     let planned = Point {
+        created_at: DateTime::<Utc>::MAX_UTC,
         slot,
-        created_at: slot,
+        bucket: slot,
     };
     let kept = retain_own(
         &policy.retention,
@@ -1163,6 +1201,57 @@ mod tests {
         let now: Vec<SnapshotId> = second.deletes_now().map(|d| d.snapshot_id).collect();
         assert_eq!(now, deferred);
         assert!(second.create.is_none());
+    }
+
+    /// An own name stamped years ahead, made on Jan 13 by a host whose clock was wrong.
+    fn future_stamped(id: SnapshotId) -> Snapshot {
+        snap(
+            id,
+            &snapshot_name("nightly", t("2031-06-01T02:30:00Z")),
+            t(JAN13) + chrono::Duration::minutes(1),
+            Completed,
+        )
+    }
+
+    #[test]
+    fn a_future_stamped_own_snapshot_does_not_outrank_the_new_one() {
+        let p = policy(keep(1));
+        // Jan 15's snapshot has just completed: it is the one kept, the stale one goes.
+        let server = [future_stamped(1), own(2, JAN15, Completed)];
+
+        let after = plan(&p, &server, t(JAN15), t(JAN15));
+
+        let decided: Vec<(SnapshotId, Action)> = after
+            .decisions
+            .iter()
+            .map(|d| (d.snapshot_id, d.action))
+            .collect();
+        assert_eq!(decided, [(2, Keep), (1, DeleteNow)]);
+        assert_eq!(after.warnings.len(), 1, "{:?}", after.warnings);
+        assert!(after.warnings[0].contains("nightly-20310601T023000Z"));
+        assert!(after.warnings[0].contains("host clock was ahead"));
+    }
+
+    #[test]
+    fn a_future_stamp_does_not_make_a_failed_slot_count_as_done() {
+        let p = policy(keep(1));
+        // Jan 15's snapshot failed: the newest good one (Jan 14) and the older one stay.
+        let server = [
+            future_stamped(1),
+            own(2, JAN14, Completed),
+            own(3, JAN15, Failed),
+        ];
+
+        let after = plan(&p, &server, t(JAN15), t(JAN15));
+
+        assert!(after.create.is_none());
+        let deleted: Vec<SnapshotId> = after
+            .decisions
+            .iter()
+            .filter(|d| d.action.is_delete())
+            .map(|d| d.snapshot_id)
+            .collect();
+        assert_eq!(deleted, [3], "only the failed one goes: {after:#?}");
     }
 
     #[test]
