@@ -230,6 +230,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     match &cli.command {
         Command::Check => {
+            if let Some(w) = crate::shutdown::stop_bound_warning(&config) {
+                tracing::warn!("{w}");
+            }
             print!("{}", check_report(&config, Utc::now()));
             Ok(0)
         }

@@ -109,11 +109,23 @@ pub fn drain_bound(config: &Config) -> Duration {
         .map(|d| d.min(Duration::from_secs(60)))
         .fold(Duration::ZERO, Duration::saturating_add);
     let request = api.timeout.saturating_mul(attempts).saturating_add(pauses);
+    // A pre hook under way when the signal came, then the post hook.
     let hook = config
         .policies
         .iter()
-        .filter(|p| p.hooks.post.is_some())
-        .map(|p| p.hooks.timeout)
+        .map(|p| {
+            let pre = p
+                .hooks
+                .pre
+                .as_ref()
+                .map_or(Duration::ZERO, |_| p.hooks.timeout);
+            let post = p
+                .hooks
+                .post
+                .as_ref()
+                .map_or(Duration::ZERO, |_| p.hooks.timeout);
+            pre.saturating_add(post)
+        })
         .max()
         .unwrap_or(Duration::ZERO);
     request
@@ -128,4 +140,25 @@ pub fn stop_bound(config: &Config) -> Duration {
         .daemon
         .shutdown_grace
         .saturating_add(drain_bound(config))
+}
+
+/// The shipped unit's `TimeoutStopSec`: what [`stop_bound`] must stay under, or a drop-in
+/// must raise it.
+pub const UNIT_TIMEOUT_STOP: Duration = Duration::from_secs(30 * 60);
+
+/// `check`'s word on the stop bound: a warning when the shipped unit would kill the daemon
+/// before it has started every server it stopped.
+pub fn stop_bound_warning(config: &Config) -> Option<String> {
+    let bound = stop_bound(config);
+    (bound > UNIT_TIMEOUT_STOP).then(|| {
+        let minutes = bound.as_secs().div_ceil(60) + 5;
+        format!(
+            "a shutdown can take up to {} with this config (shutdown_grace, one API request \
+             with its retries, power_timeout, hooks); the shipped unit's TimeoutStopSec is {}, \
+             after which systemd kills the daemon even while it starts a server: add a drop-in \
+             (systemctl edit snapshot-scheduler) with [Service] TimeoutStopSec={minutes}min",
+            humantime::format_duration(Duration::from_secs(bound.as_secs())),
+            humantime::format_duration(UNIT_TIMEOUT_STOP),
+        )
+    })
 }

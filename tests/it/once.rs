@@ -525,3 +525,205 @@ async fn twenty_servers_are_watched_with_one_shared_listing() {
     let lists = setup.sim.stats().request_count("list");
     assert!(lists <= 8, "{lists} list requests for 20 servers");
 }
+
+// ---- SIGTERM at each phase of a stop_server run ----
+
+/// Where `once` is when the signal comes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    PreHook,
+    Stopping,
+    SnapshotInProgress,
+    Starting,
+}
+
+/// `once` on a `stop_server` policy with hooks that log to `hooks.log`, signalled with
+/// SIGTERM at `phase`: the server runs again within seconds, the journal is empty, the post
+/// hook ran, and the exit code says the run was interrupted.
+async fn sigterm_once_at(phase: Phase) {
+    let sim = SimConfig {
+        snapshot_duration: if phase == Phase::Starting {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(60)
+        },
+        power_delay: Duration::from_secs(2),
+        ..quick()
+    };
+    let scratch_log = tempfile::tempdir().unwrap();
+    let log = scratch_log.path().join("hooks.log");
+    let hooks = format!(
+        "stop_server = true\npre_hook = [\"sh\", \"-c\", \"echo pre >> {log}; sleep {pre}\"]\n\
+         post_hook = [\"sh\", \"-c\", \"echo post $RESULT >> {log}\"]",
+        log = log.display(),
+        pre = if phase == Phase::PreHook { 2 } else { 0 },
+    );
+    let setup = Setup::new(&[WEB], sim, &policy("nightly", YEARLY, &[WEB], &hooks), "").await;
+    let mut child = setup
+        .command(&["once"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let sim = setup.sim.clone();
+    let status = |want: PowerState| {
+        let sim = sim.clone();
+        move || sim.server(WEB).unwrap().status == want
+    };
+    let wait = Duration::from_secs(20);
+    match phase {
+        Phase::PreHook => {
+            let log = log.clone();
+            wait_until("the pre hook runs", wait, move || log.exists()).await
+        }
+        Phase::Stopping => {
+            wait_until("the server is stopping", wait, status(PowerState::Stopping)).await
+        }
+        Phase::SnapshotInProgress => {
+            wait_until("the server is stopped", wait, status(PowerState::Stopped)).await;
+            let sim = sim.clone();
+            wait_until("the snapshot is requested", wait, move || {
+                !sim.stats().created.is_empty()
+            })
+            .await;
+        }
+        Phase::Starting => {
+            wait_until("the server is starting", wait, status(PowerState::Starting)).await
+        }
+    }
+    let signalled = tokio::time::Instant::now();
+    // SAFETY: kill(2) on the pid of a child this test started.
+    unsafe {
+        libc::kill(child.id().expect("running") as i32, libc::SIGTERM);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        use tokio::io::AsyncReadExt;
+        let (mut o, mut e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let (_, _, status) = tokio::join!(
+            o.read_to_string(&mut stdout),
+            e.read_to_string(&mut stderr),
+            child.wait()
+        );
+        (status.expect("exit status"), stdout, stderr)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{phase:?}: once did not exit within 30 s of SIGTERM"));
+    let (exit, stdout, stderr) = out;
+    let explain = format!("{phase:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let took = signalled.elapsed();
+
+    assert_eq!(exit.code(), Some(1), "{explain}");
+    assert!(
+        took < Duration::from_secs(15),
+        "{phase:?}: exited {took:?} after SIGTERM\n{explain}"
+    );
+    assert_eq!(
+        sim.server(WEB).unwrap().status,
+        PowerState::Running,
+        "{explain}"
+    );
+    assert!(
+        setup.journal().is_empty(),
+        "{:?}\n{explain}",
+        setup.journal()
+    );
+    assert!(stderr.contains("interrupted"), "{explain}");
+    let hooks_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let expected_post = if phase == Phase::Starting {
+        "post success"
+    } else {
+        "post failure"
+    };
+    assert!(
+        hooks_log.contains(expected_post),
+        "{phase:?}: hooks log {hooks_log:?}\n{explain}"
+    );
+    let stats = sim.stats();
+    match phase {
+        Phase::PreHook => {
+            assert_eq!(stats.request_count("stop"), 0, "stopped after SIGTERM");
+            assert!(stats.created.is_empty());
+        }
+        Phase::Stopping | Phase::SnapshotInProgress | Phase::Starting => {
+            assert_eq!(stats.request_count("stop"), 1);
+        }
+    }
+    // Whatever was in flight is never deleted.
+    assert_eq!(stats.request_count("delete"), 0);
+}
+
+#[tokio::test]
+async fn sigterm_to_once_during_the_pre_hook_stops_nothing_and_runs_the_post_hook() {
+    sigterm_once_at(Phase::PreHook).await;
+}
+
+#[tokio::test]
+async fn sigterm_to_once_while_the_server_is_stopping_starts_it_again() {
+    sigterm_once_at(Phase::Stopping).await;
+}
+
+#[tokio::test]
+async fn sigterm_to_once_while_its_snapshot_is_in_progress_starts_the_server_at_once() {
+    sigterm_once_at(Phase::SnapshotInProgress).await;
+}
+
+#[tokio::test]
+async fn sigterm_to_once_while_the_server_is_starting_lets_the_start_finish() {
+    sigterm_once_at(Phase::Starting).await;
+}
+
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once_and_the_next_once_settles_the_server() {
+    let sim = SimConfig {
+        snapshot_duration: Duration::from_secs(3),
+        // Slow enough that the first signal's start is still under way at the second.
+        power_delay: Duration::from_secs(3),
+        ..quick()
+    };
+    let setup = Setup::new(
+        &[WEB],
+        sim,
+        &policy("nightly", YEARLY, &[WEB], "stop_server = true"),
+        "",
+    )
+    .await;
+    let mut child = setup
+        .command(&["once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let sim = setup.sim.clone();
+    let s = sim.clone();
+    wait_until(
+        "the server is stopped",
+        Duration::from_secs(20),
+        move || {
+            s.server(WEB).unwrap().status == PowerState::Stopped && !s.stats().created.is_empty()
+        },
+    )
+    .await;
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: kill(2) on the pid of a child this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("a second SIGTERM exits at once")
+        .unwrap();
+    assert_eq!(exit.code(), Some(1));
+
+    let out = setup.run(&["once"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    assert_eq!(sim.server(WEB).unwrap().status, PowerState::Running);
+    assert!(setup.journal().is_empty(), "{:?}", setup.journal());
+    assert_eq!(sim.stats().created.len(), 1, "a second snapshot was taken");
+}

@@ -1,7 +1,15 @@
 //! The shipped unit: hardened (systemd-analyze exposure at most 2.0) and clean under
 //! `systemd-analyze verify`. Skipped, saying so, where systemd-analyze is not installed.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
+
+use snapshot_scheduler::config::{Config, LoadOptions};
+use snapshot_scheduler::shutdown::{stop_bound, stop_bound_warning, UNIT_TIMEOUT_STOP};
+
+use crate::common::{bin, config_with_policy, policy, run, stderr, Scratch};
 
 const UNIT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -62,5 +70,81 @@ fn unit_verifies_clean() {
     assert!(
         out.status.success() && !stderr.contains("snapshot-scheduler.service"),
         "verify complained:\n{stderr}"
+    );
+}
+
+/// The unit's `TimeoutStopSec`, as systemd reads `30min`.
+fn unit_timeout_stop() -> Duration {
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let value = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("the unit sets TimeoutStopSec");
+    humantime::parse_duration(value.trim()).expect("a duration")
+}
+
+fn parse(text: &str) -> Config {
+    Config::parse(
+        Path::new("config.toml"),
+        text,
+        LoadOptions { simulate: true },
+        &BTreeMap::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_units_stop_timeout_outlasts_the_longest_shutdown_of_the_defaults_and_the_example() {
+    let timeout = unit_timeout_stop();
+    assert_eq!(
+        timeout, UNIT_TIMEOUT_STOP,
+        "check warns against the unit's real value"
+    );
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+            .unwrap();
+    let defaults_with_hooks = r#"
+[api]
+base_url = "https://admin.vps.org/api/v1"
+token_env = "X"
+
+[[policy]]
+name = "db"
+schedule = "0 3 * * *"
+servers = [1]
+stop_server = true
+pre_hook = ["true"]
+post_hook = ["true"]
+"#;
+    for (name, text) in [
+        ("example", example.as_str()),
+        ("defaults", defaults_with_hooks),
+    ] {
+        let config = parse(text);
+        let bound = stop_bound(&config);
+        assert!(
+            bound < timeout,
+            "{name}: a shutdown can take {bound:?}, the unit allows {timeout:?}"
+        );
+        assert!(stop_bound_warning(&config).is_none(), "{name}");
+    }
+}
+
+#[test]
+fn check_warns_when_power_timeout_needs_a_longer_stop_timeout_than_the_units() {
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        &config_with_policy(&policy("db", "0 3 * * *", &[1], "stop_server = true"))
+            .replace("[daemon]\n", "[daemon]\npower_timeout = \"40m\"\n"),
+        "https://admin.vps.org/api/v1",
+    );
+
+    let out = run(bin().arg("-c").arg(&config).arg("check"));
+
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("TimeoutStopSec=") && err.contains("systemctl edit snapshot-scheduler"),
+        "{err}"
     );
 }
