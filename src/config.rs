@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +21,31 @@ use crate::schedule::Schedule;
 pub const DEFAULT_PATH: &str = "/etc/snapshot-scheduler/config.toml";
 /// The file systemd's `LoadCredential=api-token:...` puts in `$CREDENTIALS_DIRECTORY`.
 pub const CREDENTIAL_NAME: &str = "api-token";
+
+// What each limit allows. The upper bounds keep every deadline computed from a value
+// (`Instant::now() + snapshot_timeout`, `power_timeout * 2 + 30 s`, a journal deadline of
+// `now + power_timeout + snapshot_timeout`, the request budget's `1 / requests_per_second`)
+// far from overflow; the lower bounds keep loops from spinning. Sub-second minimums let a
+// test against the simulated provider time out in a moment.
+const MINUTE: u64 = 60;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+const API_TIMEOUT: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(10 * MINUTE);
+const REQUESTS_PER_SECOND: RangeInclusive<f64> = 0.01..=1000.0;
+const MAX_RETRIES: Range<i64> = 0..21;
+const MAX_CONCURRENT: Range<i64> = 1..1025;
+const POLL_INTERVAL: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(HOUR);
+const SNAPSHOT_TIMEOUT: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(7 * DAY);
+const POWER_TIMEOUT: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(2 * HOUR);
+const SHUTDOWN_GRACE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(HOUR);
+const JITTER: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(DAY);
+const HOOK_TIMEOUT: RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(DAY);
+/// `warn_age` and `crit_age`.
+const AGE: RangeInclusive<Duration> = Duration::from_secs(MINUTE)..=Duration::from_secs(400 * DAY);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -210,6 +235,7 @@ struct RawConfig {
 struct RawNotify {
     url: Spanned<String>,
     token_file: Option<Spanned<String>>,
+    token_credential: Option<Spanned<String>>,
     events: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -219,6 +245,7 @@ struct RawApi {
     base_url: Spanned<String>,
     token_file: Option<Spanned<String>>,
     token_env: Option<Spanned<String>>,
+    token_credential: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     requests_per_second: Option<Spanned<f64>>,
     max_retries: Option<Spanned<i64>>,
@@ -288,12 +315,22 @@ impl Checker<'_> {
         value: &Option<Spanned<String>>,
         key: &str,
         default: Duration,
+        allowed: RangeInclusive<Duration>,
     ) -> Duration {
         let Some(v) = value else { return default };
+        let range = format!(
+            "{}..={}",
+            written(*allowed.start()),
+            written(*allowed.end())
+        );
         match humantime::parse_duration(v.get_ref()) {
-            Ok(d) if !d.is_zero() => d,
+            Ok(d) if allowed.contains(&d) => d,
             Ok(_) => {
-                self.at(v.span(), key, "must be longer than zero");
+                self.at(
+                    v.span(),
+                    key,
+                    format!("\"{}\" is out of range; allowed: {range}", v.get_ref()),
+                );
                 default
             }
             Err(e) => {
@@ -301,7 +338,8 @@ impl Checker<'_> {
                     v.span(),
                     key,
                     format!(
-                        "\"{}\" is not a duration ({e}); allowed: e.g. \"30s\", \"15m\", \"1h 30m\"",
+                        "\"{}\" is not a duration ({e}); allowed: {range}, written like \"30s\", \
+                         \"15m\" or \"1h 30m\"",
                         v.get_ref()
                     ),
                 );
@@ -327,6 +365,19 @@ impl Checker<'_> {
             );
             0
         }
+    }
+}
+
+/// A limit as an operator writes it ("100ms", "10m", "24h", "7d"); `humantime` reads it back.
+fn written(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        _ if d.subsec_nanos() != 0 => format!("{}ms", d.as_millis()),
+        0 => "0s".to_owned(),
+        s if s % DAY == 0 && s >= 2 * DAY => format!("{}d", s / DAY),
+        s if s % HOUR == 0 => format!("{}h", s / HOUR),
+        s if s % MINUTE == 0 => format!("{}m", s / MINUTE),
+        s => format!("{s}s"),
     }
 }
 
@@ -382,7 +433,7 @@ impl Config {
         let notify = raw
             .notify
             .iter()
-            .map(|n| validate_notify(&mut check, n, &mut warnings))
+            .map(|n| validate_notify(&mut check, n, env, &mut warnings))
             .collect();
         if !check.problems.is_empty() {
             return Err(invalid(check.problems));
@@ -490,19 +541,25 @@ fn validate_api(
         read_token(check, api, env, warnings)
     };
 
-    let timeout = check.duration(&raw.timeout, "api.timeout", Duration::from_secs(30));
+    let timeout = check.duration(
+        &raw.timeout,
+        "api.timeout",
+        Duration::from_secs(30),
+        API_TIMEOUT,
+    );
     let requests_per_second = match &raw.requests_per_second {
         None => 10.0,
-        Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 && *v.get_ref() <= 1000.0 => {
-            *v.get_ref()
-        }
+        Some(v) if REQUESTS_PER_SECOND.contains(v.get_ref()) => *v.get_ref(),
         Some(v) => {
+            // As written: Display would spell 1e-300 with 300 zeros.
+            let written = check.source.get(v.span()).unwrap_or_default().to_owned();
             check.at(
                 v.span(),
                 "api.requests_per_second",
                 format!(
-                    "{} is out of range; allowed: more than 0, at most 1000",
-                    v.get_ref()
+                    "{written} is out of range; allowed: {}..={}",
+                    REQUESTS_PER_SECOND.start(),
+                    REQUESTS_PER_SECOND.end()
                 ),
             );
             10.0
@@ -510,7 +567,7 @@ fn validate_api(
     };
     let max_retries = match &raw.max_retries {
         None => 5,
-        Some(_) => check.count(&raw.max_retries, "api.max_retries", 0..21),
+        Some(_) => check.count(&raw.max_retries, "api.max_retries", MAX_RETRIES),
     };
     ApiConfig {
         base_url: url_text.to_owned(),
@@ -529,59 +586,212 @@ fn read_token(
     warnings: &mut Vec<String>,
 ) -> (Option<SecretString>, TokenSource) {
     let raw = api.get_ref();
-    if let (Some(_), Some(e)) = (&raw.token_file, &raw.token_env) {
+    let sources = [
+        ("token_file", &raw.token_file),
+        ("token_env", &raw.token_env),
+        ("token_credential", &raw.token_credential),
+    ];
+    let set: Vec<(&str, &Spanned<String>)> = sources
+        .iter()
+        .filter_map(|(key, value)| value.as_ref().map(|v| (*key, v)))
+        .collect();
+    if let [(first, _), (second, value), ..] = set[..] {
         check.at(
-            e.span(),
-            "api.token_env",
-            "token_file and token_env are both set; allowed: one of them",
+            value.span(),
+            format!("api.{second}"),
+            format!(
+                "{first} and {second} are both set; allowed: one of token_file, token_env, \
+                 token_credential"
+            ),
         );
     }
     if let Some(var) = &raw.token_env {
         let source = TokenSource::Env(var.get_ref().clone());
-        return match env.get(var.get_ref()).map(|t| t.trim()) {
-            Some(t) if !t.is_empty() => (Some(SecretString::from(t.to_owned())), source),
-            _ => {
-                check.at(
-                    var.span(),
-                    "api.token_env",
-                    format!(
-                        "the environment variable {} is not set or empty",
-                        var.get_ref()
-                    ),
-                );
+        let token = match env.get(var.get_ref()) {
+            Some(t) if !t.trim().is_empty() => {
+                secret(t).map_err(|e| format!("${} {e}", var.get_ref()))
+            }
+            _ => Err(format!(
+                "the environment variable {} is not set or empty",
+                var.get_ref()
+            )),
+        };
+        return match token {
+            Ok(t) => (Some(t), source),
+            Err(e) => {
+                check.at(var.span(), "api.token_env", e);
                 (None, source)
             }
         };
     }
-    let (path, span, key) = match (&raw.token_file, env.get("CREDENTIALS_DIRECTORY")) {
-        (Some(f), _) => (PathBuf::from(f.get_ref()), f.span(), "api.token_file"),
-        (None, Some(dir)) => (Path::new(dir).join(CREDENTIAL_NAME), api.span(), "api"),
-        (None, None) => {
+    if let Some(name) = &raw.token_credential {
+        return read_credential(
+            check,
+            name.span(),
+            "api.token_credential",
+            name.get_ref(),
+            env,
+        );
+    }
+    if let Some(f) = &raw.token_file {
+        let path = PathBuf::from(f.get_ref());
+        let token = read_secret_file(
+            check,
+            f.span(),
+            "api.token_file",
+            &path,
+            CREDENTIAL_NAME,
+            warnings,
+        );
+        return (token, TokenSource::File(path));
+    }
+    if env.contains_key(CREDENTIALS_DIRECTORY) {
+        return read_credential(check, api.span(), "api", CREDENTIAL_NAME, env);
+    }
+    check.at(
+        api.span(),
+        "api",
+        "no token source; allowed: token_file = \"/etc/snapshot-scheduler/token\", \
+         token_env = \"VPS_API_TOKEN\", token_credential = \"NAME\", or none of them under \
+         systemd with LoadCredential=api-token:... ($CREDENTIALS_DIRECTORY/api-token)",
+    );
+    (None, TokenSource::Simulated)
+}
+
+/// Where systemd puts a unit's credentials (`LoadCredential=NAME:PATH` makes `NAME` there).
+const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// A secret from a systemd credential, `$CREDENTIALS_DIRECTORY/<name>`. This is how a unit
+/// whose user cannot read root's files (`DynamicUser=yes`) gets its secrets: systemd reads
+/// the file as root and hands the service a private copy. That copy's mode is systemd's
+/// (0400, or 0440 with an ACL for the service user) in a directory only the service can
+/// enter, so the token-file mode rule does not apply to it.
+fn read_credential(
+    check: &mut Checker<'_>,
+    span: Range<usize>,
+    key: &str,
+    name: &str,
+    env: &BTreeMap<String, String>,
+) -> (Option<SecretString>, TokenSource) {
+    if !valid_credential_name(name) {
+        check.at(
+            span,
+            key,
+            format!(
+                "\"{name}\" is not a credential name; allowed: 1 to 255 letters, digits, '-', \
+                 '_', '.' or '@', not starting with '.' (the NAME of LoadCredential=NAME:PATH)"
+            ),
+        );
+        return (None, TokenSource::Credential(PathBuf::from(name)));
+    }
+    let path = if name == CREDENTIAL_NAME {
+        // The file the shipped unit loads.
+        "/etc/snapshot-scheduler/token".to_owned()
+    } else {
+        format!("/etc/snapshot-scheduler/{name}")
+    };
+    let load = format!("LoadCredential={name}:{path}");
+    let Some(dir) = env.get(CREDENTIALS_DIRECTORY) else {
+        check.at(
+            span,
+            key,
+            format!(
+                "the systemd credential \"{name}\" is not available: ${CREDENTIALS_DIRECTORY} \
+                 is not set (systemd sets it for a unit that loads credentials); allowed: add \
+                 {load} to the unit (systemctl edit snapshot-scheduler), or token_file outside \
+                 systemd"
+            ),
+        );
+        return (None, TokenSource::Credential(PathBuf::from(name)));
+    };
+    let file = Path::new(dir).join(name);
+    let source = TokenSource::Credential(file.clone());
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             check.at(
-                api.span(),
-                "api",
-                "no token source; allowed: token_file = \"/etc/snapshot-scheduler/token\", \
-                 token_env = \"VPS_API_TOKEN\", or systemd LoadCredential=api-token:... \
-                 ($CREDENTIALS_DIRECTORY/api-token)",
+                span,
+                key,
+                format!(
+                    "the systemd credential \"{name}\" is missing ({}: {e}); allowed: a \
+                     credential the unit loads: add {load} to the unit (systemctl edit \
+                     snapshot-scheduler)",
+                    file.display()
+                ),
             );
-            return (None, TokenSource::Simulated);
+            return (None, source);
+        }
+        Err(e) => {
+            check.at(
+                span,
+                key,
+                format!(
+                    "cannot read the systemd credential \"{name}\" ({}): {e}",
+                    file.display()
+                ),
+            );
+            return (None, source);
         }
     };
-    let source = if key == "api" {
-        TokenSource::Credential(path.clone())
-    } else {
-        TokenSource::File(path.clone())
-    };
-    (read_secret_file(check, span, key, &path, warnings), source)
+    match secret(&text) {
+        Ok(token) => (Some(token), source),
+        Err(e) => {
+            check.at(span, key, format!("the systemd credential \"{name}\" {e}"));
+            (None, source)
+        }
+    }
+}
+
+/// systemd takes any file name; this is the safe part of that (no path, no `:` that would
+/// end the NAME in `LoadCredential=NAME:PATH`).
+fn valid_credential_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+}
+
+/// A secret as it goes into an `Authorization: Bearer` header: surrounding whitespace (a
+/// file's trailing newline) removed, and nothing left inside that a token does not hold or a
+/// header cannot carry: a line break inside would pass `check` and then fail every request.
+/// The error says what was found and where, never the secret; the caller names the source.
+fn secret(text: &str) -> Result<SecretString, String> {
+    let token = text.trim();
+    if token.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if let Some((at, c)) = token
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_graphic())
+    {
+        let what = match c {
+            '\n' | '\r' => "a line break",
+            ' ' => "a space",
+            '\t' => "a tab",
+            c if c.is_control() => "a control character",
+            _ => "a non-ASCII character",
+        };
+        return Err(format!(
+            "holds {what} at character {}; allowed: one line of printable ASCII without \
+             spaces (a trailing newline is fine)",
+            at + 1
+        ));
+    }
+    Ok(SecretString::from(token.to_owned()))
 }
 
 /// Reads a token file, refusing one readable by others and warning on group-readable (ssh's
-/// rule for private keys).
+/// rule for private keys). `credential` is the credential name to suggest when this user
+/// cannot read the file (the unit's dynamic user cannot read root's files).
 fn read_secret_file(
     check: &mut Checker<'_>,
     span: Range<usize>,
     key: &str,
     path: &Path,
+    credential: &str,
     warnings: &mut Vec<String>,
 ) -> Option<SecretString> {
     match token_file_mode(path) {
@@ -610,17 +820,30 @@ fn read_secret_file(
         )),
         Ok(_) => {}
     }
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => Some(SecretString::from(t.trim().to_owned())),
-        Ok(_) => {
-            check.at(span, key, format!("{} is empty", path.display()));
-            None
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            check.at(
+                span,
+                key,
+                format!(
+                    "cannot read {path}: {e}; allowed: a file this user can read, or (under the \
+                     systemd unit, whose dynamic user cannot read root's files) \
+                     token_credential = \"{credential}\" with \
+                     LoadCredential={credential}:{path} in the unit",
+                    path = path.display()
+                ),
+            );
+            return None;
         }
         Err(e) => {
             check.at(span, key, format!("cannot read {}: {e}", path.display()));
-            None
+            return None;
         }
-    }
+    };
+    secret(&text)
+        .map_err(|e| check.at(span, key, format!("{} {e}", path.display())))
+        .ok()
 }
 
 #[cfg(unix)]
@@ -641,7 +864,9 @@ fn validate_daemon(check: &mut Checker<'_>, raw: &RawDaemon) -> DaemonConfig {
     );
     let max_concurrent = match &raw.max_concurrent {
         None => 8,
-        Some(_) => check.count(&raw.max_concurrent, "daemon.max_concurrent", 1..1025) as usize,
+        Some(_) => {
+            check.count(&raw.max_concurrent, "daemon.max_concurrent", MAX_CONCURRENT) as usize
+        }
     };
     let log_format = match &raw.log_format {
         None => LogFormat::Auto,
@@ -672,21 +897,25 @@ fn validate_daemon(check: &mut Checker<'_>, raw: &RawDaemon) -> DaemonConfig {
             &raw.poll_interval,
             "daemon.poll_interval",
             Duration::from_secs(15),
+            POLL_INTERVAL,
         ),
         snapshot_timeout: check.duration(
             &raw.snapshot_timeout,
             "daemon.snapshot_timeout",
             Duration::from_secs(30 * 60),
+            SNAPSHOT_TIMEOUT,
         ),
         power_timeout: check.duration(
             &raw.power_timeout,
             "daemon.power_timeout",
             Duration::from_secs(600),
+            POWER_TIMEOUT,
         ),
         shutdown_grace: check.duration(
             &raw.shutdown_grace,
             "daemon.shutdown_grace",
             Duration::from_secs(60),
+            SHUTDOWN_GRACE,
         ),
         log_format,
         metrics_listen,
@@ -799,10 +1028,14 @@ fn validate_policies(
         }
 
         let retention = validate_retention(check, p, &label);
-        let jitter = p
-            .jitter
-            .as_ref()
-            .map(|_| check.duration(&p.jitter, &format!("{label}.jitter"), Duration::ZERO));
+        let jitter = p.jitter.as_ref().map(|_| {
+            check.duration(
+                &p.jitter,
+                &format!("{label}.jitter"),
+                Duration::ZERO,
+                JITTER,
+            )
+        });
         for s in &servers {
             per_server
                 .entry(*s)
@@ -810,19 +1043,19 @@ fn validate_policies(
                 .push((index, name.clone(), retention.total()));
         }
         let hooks = validate_hooks(check, p, &label);
-        let monitoring =
-            crate::policy::Monitoring {
-                ping_url: p.ping_url.as_ref().and_then(|u| {
-                    checked_url(check, u, &format!("{label}.ping_url"))
-                        .then(|| u.get_ref().trim_end_matches('/').to_owned())
-                }),
-                warn_age: p.warn_age.as_ref().map(|_| {
-                    check.duration(&p.warn_age, &format!("{label}.warn_age"), Duration::ZERO)
-                }),
-                crit_age: p.crit_age.as_ref().map(|_| {
-                    check.duration(&p.crit_age, &format!("{label}.crit_age"), Duration::ZERO)
-                }),
-            };
+        // An invalid age falls back to the end of the range that adds no warn/crit error.
+        let monitoring = crate::policy::Monitoring {
+            ping_url: p.ping_url.as_ref().and_then(|u| {
+                checked_url(check, u, &format!("{label}.ping_url"))
+                    .then(|| u.get_ref().trim_end_matches('/').to_owned())
+            }),
+            warn_age: p.warn_age.as_ref().map(|_| {
+                check.duration(&p.warn_age, &format!("{label}.warn_age"), *AGE.start(), AGE)
+            }),
+            crit_age: p.crit_age.as_ref().map(|_| {
+                check.duration(&p.crit_age, &format!("{label}.crit_age"), *AGE.end(), AGE)
+            }),
+        };
         if let (Some(w), Some(c)) = (monitoring.warn_age, monitoring.crit_age) {
             if w > c {
                 if let Some(span) = p.warn_age.as_ref().map(Spanned::span) {
@@ -981,6 +1214,7 @@ fn validate_hooks(check: &mut Checker<'_>, p: &RawPolicy, label: &str) -> crate:
             &p.hook_timeout,
             &format!("{label}.hook_timeout"),
             Duration::from_secs(300),
+            HOOK_TIMEOUT,
         ),
         continue_on_pre_failure,
     }
@@ -989,19 +1223,39 @@ fn validate_hooks(check: &mut Checker<'_>, p: &RawPolicy, label: &str) -> crate:
 fn validate_notify(
     check: &mut Checker<'_>,
     raw: &Spanned<RawNotify>,
+    env: &BTreeMap<String, String>,
     warnings: &mut Vec<String>,
 ) -> NotifyTarget {
     let n = raw.get_ref();
     checked_url(check, &n.url, "notify.url");
-    let token = n.token_file.as_ref().and_then(|f| {
-        read_secret_file(
+    if let (Some(_), Some(c)) = (&n.token_file, &n.token_credential) {
+        check.at(
+            c.span(),
+            "notify.token_credential",
+            "token_file and token_credential are both set; allowed: one of them",
+        );
+    }
+    let token = match (&n.token_credential, &n.token_file) {
+        (Some(name), _) => {
+            read_credential(
+                check,
+                name.span(),
+                "notify.token_credential",
+                name.get_ref(),
+                env,
+            )
+            .0
+        }
+        (None, Some(f)) => read_secret_file(
             check,
             f.span(),
             "notify.token_file",
             Path::new(f.get_ref()),
+            "webhook-token",
             warnings,
-        )
-    });
+        ),
+        (None, None) => None,
+    };
     let events = match &n.events {
         None => AlertEvent::ALL.to_vec(),
         Some(list) => list
@@ -1030,5 +1284,30 @@ fn validate_notify(
         url: n.url.get_ref().clone(),
         token,
         events,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_limit_is_printed_as_an_operator_can_write_it() {
+        let cases = [
+            (API_TIMEOUT, "1s", "10m"),
+            (POLL_INTERVAL, "100ms", "1h"),
+            (SNAPSHOT_TIMEOUT, "100ms", "7d"),
+            (POWER_TIMEOUT, "1s", "2h"),
+            (SHUTDOWN_GRACE, "0s", "1h"),
+            (JITTER, "0s", "24h"),
+            (HOOK_TIMEOUT, "1s", "24h"),
+            (AGE, "1m", "400d"),
+        ];
+        for (range, start, end) in cases {
+            for (bound, text) in [(*range.start(), start), (*range.end(), end)] {
+                assert_eq!(written(bound), text);
+                assert_eq!(humantime::parse_duration(text).ok(), Some(bound), "{text}");
+            }
+        }
     }
 }

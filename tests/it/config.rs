@@ -394,7 +394,7 @@ fn bad_duration_is_rejected_with_its_line() {
         &out,
         line_of(&path, "poll_interval =", 1),
         "daemon.poll_interval",
-        "allowed: e.g. \"30s\", \"15m\"",
+        "allowed: 100ms..=1h, written like \"30s\", \"15m\"",
     );
     assert!(hit.contains("\"soon\" is not a duration"), "{hit}");
 }
@@ -470,20 +470,25 @@ fn example_config_is_accepted_with_simulate_and_shows_the_next_three_fires() {
 }
 
 #[test]
-fn example_config_without_simulate_names_its_missing_token_file() {
-    // `check` builds what `run` builds: without --simulate the token must be readable.
+fn example_config_without_simulate_takes_the_token_from_the_units_credential() {
+    // `check` builds what `run` builds: without --simulate the token must be there. The
+    // example names no token source, so it is the credential the shipped unit loads.
     let out = check(&example());
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    let at = format!(
-        "config.example.toml:{}:",
-        line_of(&example(), "token_file =", 1)
-    );
+    let at = format!("config.example.toml:{}:", line_of(&example(), "[api]", 1));
     assert!(err.contains(&at), "{at} not in {err}");
-    assert!(
-        err.contains("api.token_file: cannot read /etc/snapshot-scheduler/token"),
-        "{err}"
-    );
+    assert!(err.contains("api: no token source"), "{err}");
+    assert!(err.contains("LoadCredential=api-token:"), "{err}");
+
+    let scratch = Scratch::new();
+    let creds = credentials(&scratch, &[("api-token", "from-systemd\n")]);
+    let out = run(bin()
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .arg("-c")
+        .arg(example())
+        .arg("check"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 #[test]
@@ -533,4 +538,484 @@ fn missing_config_file_is_rejected_naming_the_path() {
     );
     // The cause once, not repeated by the message and again by the error chain.
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// Where a line goes in [`config_with_policy`]'s file.
+#[derive(Clone, Copy, Debug)]
+enum Section {
+    Api,
+    Daemon,
+    Policy,
+}
+
+/// The minimal config with `line` added to `section` (a daemon key replaces `poll_interval`
+/// when it is that key).
+fn config_with_line(section: Section, line: &str) -> String {
+    let base = config_with_policy(NIGHTLY);
+    match section {
+        Section::Api => base.replace(
+            "token_file = \"{token_file}\"\n",
+            &format!("token_file = \"{{token_file}}\"\n{line}\n"),
+        ),
+        Section::Daemon if line.starts_with("poll_interval") => {
+            base.replace("poll_interval = \"200ms\"", line)
+        }
+        Section::Daemon => base.replace(
+            "poll_interval = \"200ms\"",
+            &format!("poll_interval = \"200ms\"\n{line}"),
+        ),
+        Section::Policy => config_with_policy(&format!("{NIGHTLY}\n{line}")),
+    }
+}
+
+#[test]
+fn every_duration_and_rate_key_out_of_range_is_rejected_with_its_line_and_range() {
+    // Before the fix "400000000000years" passed check and `once` panicked with the server
+    // stopped; 1e-300 requests per second passed check and every command panicked.
+    use Section::*;
+    const HUGE: &str = "\"400000000000years\"";
+    let cases = [
+        (Api, "timeout", "\"0s\"", "1s..=10m"),
+        (Api, "timeout", HUGE, "1s..=10m"),
+        (Api, "requests_per_second", "1e-300", "0.01..=1000"),
+        (Api, "requests_per_second", "1e300", "0.01..=1000"),
+        (Api, "requests_per_second", "nan", "0.01..=1000"),
+        (Api, "requests_per_second", "-1", "0.01..=1000"),
+        (Api, "max_retries", "21", "0..=20"),
+        (Api, "max_retries", "-1", "0..=20"),
+        (Daemon, "max_concurrent", "0", "1..=1024"),
+        (Daemon, "max_concurrent", "1025", "1..=1024"),
+        (Daemon, "poll_interval", "\"2h\"", "100ms..=1h"),
+        (Daemon, "poll_interval", "\"0s\"", "100ms..=1h"),
+        (Daemon, "snapshot_timeout", HUGE, "100ms..=7d"),
+        (Daemon, "snapshot_timeout", "\"8d\"", "100ms..=7d"),
+        (Daemon, "power_timeout", "\"3h\"", "1s..=2h"),
+        (Daemon, "power_timeout", "\"500ms\"", "1s..=2h"),
+        (Daemon, "shutdown_grace", "\"2h\"", "0s..=1h"),
+        (Policy, "jitter", "\"25h\"", "0s..=24h"),
+        (Policy, "hook_timeout", "\"25h\"", "1s..=24h"),
+        (Policy, "hook_timeout", "\"0s\"", "1s..=24h"),
+        (Policy, "warn_age", "\"401d\"", "1m..=400d"),
+        (Policy, "crit_age", "\"30s\"", "1m..=400d"),
+        (Policy, "crit_age", HUGE, "1m..=400d"),
+    ];
+    for (section, name, value, allowed) in cases {
+        let line = format!("{name} = {value}");
+        let key = match section {
+            Api => format!("api.{name}"),
+            Daemon => format!("daemon.{name}"),
+            Policy => format!("policy \"nightly\".{name}"),
+        };
+        let (_s, path, out) = check_body(&config_with_line(section, &line));
+        let hit = assert_rejected(
+            &out,
+            line_of(&path, &line, 1),
+            &key,
+            &format!("allowed: {allowed}"),
+        );
+        assert!(
+            hit.contains(value.trim_matches('"')),
+            "{line}: no value in {hit:?}"
+        );
+    }
+}
+
+#[test]
+fn every_duration_and_rate_key_accepts_both_ends_of_its_range() {
+    use Section::*;
+    let ends = [
+        [
+            (Api, "timeout = \"1s\""),
+            (Api, "requests_per_second = 0.01"),
+            (Api, "max_retries = 0"),
+            (Daemon, "max_concurrent = 1"),
+            (Daemon, "poll_interval = \"100ms\""),
+            (Daemon, "snapshot_timeout = \"100ms\""),
+            (Daemon, "power_timeout = \"1s\""),
+            (Daemon, "shutdown_grace = \"0s\""),
+            (Policy, "jitter = \"0s\""),
+            (Policy, "hook_timeout = \"1s\""),
+            (Policy, "warn_age = \"1m\""),
+            (Policy, "crit_age = \"1m\""),
+        ],
+        [
+            (Api, "timeout = \"10m\""),
+            (Api, "requests_per_second = 1000"),
+            (Api, "max_retries = 20"),
+            (Daemon, "max_concurrent = 1024"),
+            (Daemon, "poll_interval = \"1h\""),
+            (Daemon, "snapshot_timeout = \"7d\""),
+            (Daemon, "power_timeout = \"2h\""),
+            (Daemon, "shutdown_grace = \"1h\""),
+            (Policy, "jitter = \"24h\""),
+            (Policy, "hook_timeout = \"24h\""),
+            (Policy, "warn_age = \"400d\""),
+            (Policy, "crit_age = \"400d\""),
+        ],
+    ];
+    for lines in ends {
+        let mut body = config_with_policy(NIGHTLY);
+        for (section, line) in lines {
+            let marker = match section {
+                Api => "token_file = \"{token_file}\"",
+                Daemon => "state_dir = \"{state_dir}\"",
+                Policy => "servers = [12345]",
+            };
+            body = body.replace(marker, &format!("{marker}\n{line}"));
+        }
+        let body = body.replace("poll_interval = \"200ms\"\n", "");
+        let (_s, _path, out) = check_body(&body);
+        assert_accepted(&out);
+    }
+}
+
+#[test]
+fn crit_age_shorter_than_warn_age_is_rejected_with_its_line() {
+    let (_s, path, out) = check_policy(&format!("{NIGHTLY}\nwarn_age = \"2d\"\ncrit_age = \"1d\""));
+    assert_rejected(
+        &out,
+        line_of(&path, "warn_age =", 1),
+        "policy \"nightly\".warn_age",
+        "allowed: warn_age <= crit_age",
+    );
+}
+
+/// Parts of a token that must never show in any output.
+const SECRET_A: &str = "s3cr3tPartA";
+const SECRET_B: &str = "s3cr3tPartB";
+
+fn assert_no_secret(out: &Output) {
+    for text in [stdout(out), stderr(out)] {
+        assert!(
+            !text.contains(SECRET_A) && !text.contains(SECRET_B),
+            "the token shows in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn token_file_with_a_line_break_inside_is_rejected_naming_the_file_not_the_token() {
+    // Before the fix it passed check and every request then failed building its header.
+    for (inside, what) in [
+        ("\n", "a line break"),
+        ("\r\n", "a line break"),
+        (" ", "a space"),
+        ("\t", "a tab"),
+        ("\u{1b}", "a control character"),
+        ("\u{a0}", "a non-ASCII character"),
+    ] {
+        let scratch = Scratch::new();
+        scratch.write_token(&format!("{SECRET_A}{inside}{SECRET_B}\n"), 0o600);
+        let path = scratch.config(&config_with_policy(NIGHTLY), BASE_URL);
+        let out = check(&path);
+        let hit = assert_rejected(
+            &out,
+            line_of(&path, "token_file =", 1),
+            "api.token_file",
+            "allowed: one line of printable ASCII without spaces",
+        );
+        assert!(
+            hit.contains(&scratch.token_path().display().to_string()),
+            "{hit}"
+        );
+        assert!(hit.contains(what), "{inside:?}: {what:?} not in {hit:?}");
+        assert_no_secret(&out);
+    }
+}
+
+#[test]
+fn token_file_with_only_a_trailing_newline_is_accepted() {
+    let scratch = Scratch::new();
+    scratch.write_token(&format!("{SECRET_A}\r\n"), 0o600);
+    let out = check(&scratch.config(&config_with_policy(NIGHTLY), BASE_URL));
+    assert_accepted(&out);
+    assert_no_secret(&out);
+}
+
+#[test]
+fn token_with_a_control_character_is_rejected_from_every_source() {
+    let bad = format!("{SECRET_A}\n{SECRET_B}");
+    let var = "SNAPSHOT_SCHEDULER_TEST_TOKEN_WITH_A_LINE_BREAK";
+
+    // token_env
+    let body = config_with_policy(NIGHTLY).replace(
+        "token_file = \"{token_file}\"",
+        &format!("token_env = \"{var}\""),
+    );
+    let scratch = Scratch::new();
+    let path = scratch.config(&body, BASE_URL);
+    let out = run(bin().env(var, &bad).arg("-c").arg(&path).arg("check"));
+    let hit = assert_rejected(
+        &out,
+        line_of(&path, "token_env =", 1),
+        "api.token_env",
+        "allowed: one line of printable ASCII without spaces",
+    );
+    assert!(hit.contains(&format!("${var}")), "{hit}");
+    assert_no_secret(&out);
+
+    // the default credential, api-token
+    let scratch = Scratch::new();
+    let creds = credentials(&scratch, &[("api-token", &bad)]);
+    let body = config_with_policy(NIGHTLY).replace("token_file = \"{token_file}\"\n", "");
+    let path = scratch.config(&body, BASE_URL);
+    let out = run(bin()
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .arg("-c")
+        .arg(&path)
+        .arg("check"));
+    let hit = assert_rejected(
+        &out,
+        line_of(&path, "[api]", 1),
+        "api",
+        "allowed: one line of printable ASCII without spaces",
+    );
+    assert!(hit.contains("credential"), "{hit}");
+    assert_no_secret(&out);
+
+    // a webhook's token_file
+    let scratch = Scratch::new();
+    let webhook = scratch.path().join("webhook-token");
+    std::fs::write(&webhook, &bad).expect("write");
+    chmod(&webhook, 0o600);
+    let path = scratch.config(
+        &config_with_policy(&format!(
+            "{NIGHTLY}\n\n[[notify]]\nurl = \"https://hooks.example/x\"\ntoken_file = \"{}\"",
+            webhook.display()
+        )),
+        BASE_URL,
+    );
+    let out = check(&path);
+    let hit = assert_rejected(
+        &out,
+        line_of(&path, "token_file =", 2),
+        "notify.token_file",
+        "allowed: one line of printable ASCII without spaces",
+    );
+    assert!(hit.contains(&webhook.display().to_string()), "{hit}");
+    assert_no_secret(&out);
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .expect("chmod");
+}
+
+/// A `$CREDENTIALS_DIRECTORY` as systemd makes it: each secret a file named by its credential,
+/// mode 0400 (0440 where systemd grants the service user an ACL), directory 0500.
+fn credentials(scratch: &Scratch, secrets: &[(&str, &str)]) -> PathBuf {
+    let dir = scratch.path().join("credentials");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for (name, secret) in secrets {
+        std::fs::write(dir.join(name), secret).expect("write credential");
+        chmod(&dir.join(name), 0o400);
+    }
+    chmod(&dir, 0o500);
+    dir
+}
+
+const WEBHOOK: &str = "\n\n[[notify]]\nurl = \"https://hooks.example/x\"";
+
+#[test]
+fn webhook_token_credential_without_credentials_directory_names_the_line_to_add() {
+    let (_s, path, out) = check_policy(&format!(
+        "{NIGHTLY}{WEBHOOK}\ntoken_credential = \"webhook-token\""
+    ));
+    let hit = assert_rejected(
+        &out,
+        line_of(&path, "token_credential =", 1),
+        "notify.token_credential",
+        "LoadCredential=webhook-token:",
+    );
+    assert!(hit.contains("CREDENTIALS_DIRECTORY is not set"), "{hit}");
+    assert!(hit.contains("\"webhook-token\""), "{hit}");
+}
+
+#[test]
+fn webhook_token_credential_missing_from_the_directory_names_the_line_to_add() {
+    let scratch = Scratch::new();
+    let creds = credentials(&scratch, &[("other", "x")]);
+    let path = scratch.config(
+        &config_with_policy(&format!(
+            "{NIGHTLY}{WEBHOOK}\ntoken_credential = \"webhook-token\""
+        )),
+        BASE_URL,
+    );
+    let out = run(bin()
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .arg("-c")
+        .arg(&path)
+        .arg("check"));
+    let hit = assert_rejected(
+        &out,
+        line_of(&path, "token_credential =", 1),
+        "notify.token_credential",
+        "LoadCredential=webhook-token:",
+    );
+    assert!(hit.contains("is missing"), "{hit}");
+}
+
+#[test]
+fn api_token_from_two_sources_is_rejected_at_the_second() {
+    let body = config_with_policy(NIGHTLY).replace(
+        "token_file = \"{token_file}\"",
+        "token_file = \"{token_file}\"\ntoken_credential = \"vps-token\"",
+    );
+    let (_s, path, out) = check_body(&body);
+    assert_rejected(
+        &out,
+        line_of(&path, "token_credential =", 1),
+        "api.token_credential",
+        "allowed: one of token_file, token_env, token_credential",
+    );
+}
+
+#[test]
+fn credential_name_with_a_slash_is_rejected_with_its_line() {
+    let scratch = Scratch::new();
+    let creds = credentials(&scratch, &[("api-token", "x")]);
+    let path = scratch.config(
+        &config_with_policy(&format!(
+            "{NIGHTLY}{WEBHOOK}\ntoken_credential = \"../api-token\""
+        )),
+        BASE_URL,
+    );
+    let out = run(bin()
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .arg("-c")
+        .arg(&path)
+        .arg("check"));
+    assert_rejected(
+        &out,
+        line_of(&path, "token_credential =", 1),
+        "notify.token_credential",
+        "is not a credential name; allowed:",
+    );
+}
+
+/// The unprivileged user the tests run `check` as (`nobody`).
+const NOBODY: u32 = 65534;
+
+/// `check` as an unprivileged user, like the unit's DynamicUser: as root (CI) through
+/// `setpriv` (util-linux), which must be there; as any other user, as that user.
+fn check_unprivileged(config: &Path, credentials: Option<&Path>) -> Output {
+    let mut cmd = if running_as_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .arg("--clear-groups")
+            .arg(env!("CARGO_BIN_EXE_snapshot-scheduler"));
+        c
+    } else {
+        std::process::Command::new(env!("CARGO_BIN_EXE_snapshot-scheduler"))
+    };
+    let clean = bin();
+    for (var, _) in clean.get_envs() {
+        cmd.env_remove(var);
+    }
+    if let Some(dir) = credentials {
+        cmd.env("CREDENTIALS_DIRECTORY", dir);
+    }
+    cmd.arg("-c").arg(config).arg("check");
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?} (setpriv is in util-linux): {e}");
+    });
+    assert!(
+        !stderr(&out).contains("setpriv:"),
+        "setpriv failed:\n{}",
+        stderr(&out)
+    );
+    out
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let probe = tempfile::NamedTempFile::new().expect("temp file");
+    probe.as_file().metadata().expect("stat").uid() == 0
+}
+
+/// Makes `path` the unprivileged user's (when the tests run as root).
+fn give_to_unprivileged(path: &Path) {
+    if running_as_root() {
+        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
+}
+
+/// A scratch directory the unprivileged user can walk into and read the config from.
+fn unprivileged_scratch() -> Scratch {
+    let scratch = Scratch::new();
+    chmod(scratch.path(), 0o755);
+    scratch
+}
+
+#[test]
+fn check_as_an_unprivileged_user_reads_every_secret_from_systemd_credentials() {
+    // Before the fix a webhook's token could only come from token_file, which the unit's
+    // DynamicUser cannot read, so ExecStartPre's check failed and the service never started.
+    let scratch = unprivileged_scratch();
+    let creds = scratch.path().join("credentials");
+    std::fs::create_dir(&creds).expect("mkdir");
+    for (name, mode) in [
+        ("api-token", 0o400),
+        ("webhook-token", 0o440),
+        ("vps", 0o400),
+    ] {
+        let file = creds.join(name);
+        std::fs::write(&file, format!("{name}-{SECRET_A}\n")).expect("write credential");
+        chmod(&file, mode);
+        give_to_unprivileged(&file);
+    }
+    chmod(&creds, 0o500);
+    give_to_unprivileged(&creds);
+
+    for api in ["", "token_credential = \"vps\"\n"] {
+        let body = config_with_policy(&format!(
+            "{NIGHTLY}{WEBHOOK}\ntoken_credential = \"webhook-token\""
+        ))
+        .replace("token_file = \"{token_file}\"\n", api);
+        let path = scratch.config(&body, BASE_URL);
+        let out = check_unprivileged(&path, Some(&creds));
+        assert_accepted(&out);
+        // systemd's 0440 (an ACL for the service user) is not the operator's to fix.
+        assert!(
+            !stderr(&out).contains("readable by its group"),
+            "{}",
+            stderr(&out)
+        );
+        assert_no_secret(&out);
+    }
+}
+
+#[test]
+fn check_as_an_unprivileged_user_names_an_unreadable_webhook_token_file_and_the_credential_to_use()
+{
+    let scratch = unprivileged_scratch();
+    let creds = scratch.path().join("credentials");
+    std::fs::create_dir(&creds).expect("mkdir");
+    std::fs::write(creds.join("api-token"), SECRET_A).expect("write credential");
+    chmod(&creds.join("api-token"), 0o400);
+    give_to_unprivileged(&creds.join("api-token"));
+    give_to_unprivileged(&creds);
+    // Root's (mode 600) when the tests run as root; as anyone else, a file its owner cannot read.
+    let webhook = scratch.path().join("webhook-token");
+    std::fs::write(&webhook, SECRET_B).expect("write");
+    chmod(&webhook, if running_as_root() { 0o600 } else { 0o000 });
+
+    let body = config_with_policy(&format!(
+        "{NIGHTLY}{WEBHOOK}\ntoken_file = \"{}\"",
+        webhook.display()
+    ))
+    .replace("token_file = \"{token_file}\"\n", "");
+    let path = scratch.config(&body, BASE_URL);
+    let out = check_unprivileged(&path, Some(&creds));
+    let hit = assert_rejected(
+        &out,
+        line_of(&path, "token_file =", 1),
+        "notify.token_file",
+        "token_credential = ",
+    );
+    assert!(hit.contains("Permission denied"), "{hit}");
+    assert!(hit.contains(&webhook.display().to_string()), "{hit}");
+    assert!(hit.contains("LoadCredential="), "{hit}");
+    assert_no_secret(&out);
 }

@@ -1,15 +1,28 @@
 //! The fuzz targets' ground, briefly, in every `cargo test`: random and mutated config files
 //! and provider answers never panic (a config parses or names its error; an answer decodes or
-//! is a decode error). The real fuzzers are in `fuzz/` (see the README).
+//! is a decode error). The real fuzzers are in `fuzz/` (see the README). A config that parses
+//! runs too: what `check`, `plan`, `once --dry-run`, `once` and `status` build from it, against
+//! the in-memory simulated provider on tokio's paused clock, never panics.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use snapshot_scheduler::client::decode_every_answer;
+use snapshot_scheduler::cli::{check_report, select};
+use snapshot_scheduler::client::{decode_every_answer, HttpClient};
+use snapshot_scheduler::clock::{Clock, TokioClock};
 use snapshot_scheduler::config::{Config, ConfigError, LoadOptions};
+use snapshot_scheduler::execute::{Executor, Settings};
+use snapshot_scheduler::journal::Journal;
+use snapshot_scheduler::model::PowerState;
+use snapshot_scheduler::plan::plan;
 use snapshot_scheduler::policy::SERVER_CAP;
+use snapshot_scheduler::simulator::{SimConfig, Simulator};
+use tokio_util::sync::CancellationToken;
 
 const EXAMPLE: &str = include_str!("../../config.example.toml");
 
@@ -180,6 +193,194 @@ fn random_policy_config() -> impl Strategy<Value = String> {
         })
 }
 
+/// Any value a duration key could be given: huge, negative, zero, tiny, nonsense.
+fn wild_duration() -> impl Strategy<Value = String> {
+    let unit = prop_oneof![
+        Just("ns"),
+        Just("ms"),
+        Just("s"),
+        Just("m"),
+        Just("h"),
+        Just("d"),
+        Just("w"),
+        Just("months"),
+        Just("years"),
+    ];
+    prop_oneof![
+        Just("400000000000years".to_owned()),
+        Just("584942417355years".to_owned()),
+        Just("18446744073709551615s".to_owned()),
+        Just("0s".to_owned()),
+        Just("-1s".to_owned()),
+        Just("nan".to_owned()),
+        (any::<u64>(), unit.clone()).prop_map(|(n, u)| format!("{n}{u}")),
+        (0u64..2000, unit).prop_map(|(n, u)| format!("{n}{u}")),
+    ]
+}
+
+/// A float as TOML spells it.
+fn toml_float(f: f64) -> String {
+    match f {
+        f if f.is_nan() => "nan".to_owned(),
+        f if f == f64::INFINITY => "inf".to_owned(),
+        f if f == f64::NEG_INFINITY => "-inf".to_owned(),
+        f => format!("{f:?}"),
+    }
+}
+
+/// Any value `requests_per_second` could be given.
+fn wild_rate() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("1e-300".to_owned()),
+        Just("1e300".to_owned()),
+        Just("-1".to_owned()),
+        Just("0".to_owned()),
+        Just("nan".to_owned()),
+        Just("inf".to_owned()),
+        any::<f64>().prop_map(toml_float),
+        (-5i64..2000).prop_map(|n| n.to_string()),
+    ]
+}
+
+/// What a key holds, with the range the README documents for it.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// Milliseconds.
+    Duration(u64, u64),
+    Rate(f64, f64),
+    Count(i64, i64),
+}
+
+const S: u64 = 1000;
+const API_LIMITS: &[(&str, Limit)] = &[
+    ("timeout", Limit::Duration(S, 600 * S)),
+    ("requests_per_second", Limit::Rate(0.01, 1000.0)),
+    ("max_retries", Limit::Count(0, 20)),
+];
+const DAEMON_LIMITS: &[(&str, Limit)] = &[
+    ("poll_interval", Limit::Duration(100, 3600 * S)),
+    ("snapshot_timeout", Limit::Duration(100, 7 * 86_400 * S)),
+    ("power_timeout", Limit::Duration(S, 2 * 3600 * S)),
+    ("shutdown_grace", Limit::Duration(0, 3600 * S)),
+    ("max_concurrent", Limit::Count(1, 1024)),
+];
+const POLICY_LIMITS: &[(&str, Limit)] = &[
+    ("jitter", Limit::Duration(0, 86_400 * S)),
+    ("hook_timeout", Limit::Duration(S, 86_400 * S)),
+    ("warn_age", Limit::Duration(60 * S, 400 * 86_400 * S)),
+    ("crit_age", Limit::Duration(60 * S, 400 * 86_400 * S)),
+];
+
+/// A value for a key: mostly within its range (its ends included), sometimes anything.
+fn value_for(limit: Limit) -> BoxedStrategy<String> {
+    match limit {
+        Limit::Duration(lo, hi) => prop_oneof![
+            6 => prop_oneof![Just(lo), Just(hi), lo..=hi].prop_map(|ms| format!("\"{ms}ms\"")),
+            1 => wild_duration().prop_map(|d| format!("\"{d}\"")),
+        ]
+        .boxed(),
+        Limit::Rate(lo, hi) => prop_oneof![
+            6 => prop_oneof![Just(lo), Just(hi), lo..=hi].prop_map(toml_float),
+            1 => wild_rate(),
+        ]
+        .boxed(),
+        Limit::Count(lo, hi) => prop_oneof![
+            6 => prop_oneof![Just(lo), Just(hi), lo..=hi],
+            1 => any::<i64>(),
+        ]
+        .prop_map(|n| n.to_string())
+        .boxed(),
+    }
+}
+
+/// `key = value` lines for some of `keys`.
+fn lines(keys: &'static [(&'static str, Limit)]) -> impl Strategy<Value = String> {
+    let each: Vec<_> = keys
+        .iter()
+        .map(|(key, limit)| {
+            prop::option::of(value_for(*limit))
+                .prop_map(move |v| v.map_or_else(String::new, |v| format!("{key} = {v}\n")))
+        })
+        .collect();
+    each.prop_map(|lines| lines.concat())
+}
+
+/// A config whose every duration, rate and count key may hold any value.
+fn config_with_any_limits() -> impl Strategy<Value = String> {
+    (
+        lines(API_LIMITS),
+        lines(DAEMON_LIMITS),
+        lines(POLICY_LIMITS),
+        any::<bool>(),
+    )
+        .prop_map(|(api, daemon, policy, stop)| {
+            format!(
+                "[api]\nbase_url = \"https://admin.vps.org/api/v1\"\ntoken_env = \"VPS_API_TOKEN\"\n\
+                 {api}\n[daemon]\n{daemon}\n[[policy]]\nname = \"limits\"\n\
+                 schedule = \"* * * * *\"\nservers = [1, 2]\nkeep = 2\nstop_server = {stop}\n\
+                 {policy}"
+            )
+        })
+}
+
+/// Builds from an accepted config what `check`, `plan`, `once --dry-run`, `once` and `status`
+/// build, and runs them against the in-memory simulated provider on tokio's paused clock.
+fn run_what_the_commands_build(config: &Config) -> Result<(), TestCaseError> {
+    let now: DateTime<Utc> = "2025-01-15T02:30:05Z".parse().expect("a time");
+    check_report(config, now);
+    let token = config.api.token.clone().expect("token_env was set");
+    HttpClient::new(&config.api, token).expect("the HTTP client builds");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let clock = TokioClock::starting_at(now);
+        let sim = Simulator::with_server_ids(
+            SimConfig {
+                snapshot_duration: Duration::from_secs(2),
+                // Within the shortest power_timeout, so every stopped server starts again.
+                power_delay: Duration::from_millis(500),
+                ..SimConfig::default()
+            },
+            &config.servers(),
+            clock.clone(),
+        );
+        let work = select(config, None, None, now).expect("every policy is selected");
+        prop_assert!(!work.is_empty());
+        for (policy, server, slot) in &work {
+            plan(policy, &sim.snapshots(*server), *slot, now);
+            snapshot_scheduler::status::row(policy, *server, &sim.snapshots(*server), None, now);
+        }
+        for dry_run in [true, false] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let journal = Arc::new(Journal::open(dir.path()).expect("the journal opens"));
+            let executor = Executor::new(
+                Arc::new(sim.clone()),
+                clock.clone() as Arc<dyn Clock>,
+                journal.clone(),
+                Settings::from_config(&config.daemon, dry_run),
+                CancellationToken::new(),
+            );
+            for report in executor.run_all(work.clone()).await {
+                prop_assert!(
+                    !report.message.contains("ended abnormally"),
+                    "dry_run {dry_run}: {}",
+                    report.message
+                );
+            }
+            for server in config.servers() {
+                let status = sim.server(server).expect("a simulated server").status;
+                prop_assert_eq!(status, PowerState::Running, "server {} after once", server);
+            }
+            prop_assert!(journal.entries().is_empty(), "{:?}", journal.entries());
+        }
+        Ok(())
+    })
+}
+
 /// The answers the client decodes, as the provider sends them.
 fn sample_answers() -> Vec<Value> {
     let snapshot = json!({
@@ -270,6 +471,24 @@ proptest! {
     #[test]
     fn random_policy_values_parse_or_name_their_error(text in random_policy_config()) {
         check_outcome(&text)?;
+    }
+
+    #[test]
+    fn any_limits_are_refused_by_check_or_never_panic_in_plan_or_once(
+        text in config_with_any_limits()
+    ) {
+        // Before the fix "400000000000years" passed check and `once` panicked with the
+        // server stopped; 1e-300 requests per second passed check and every command panicked.
+        check_outcome(&text)?;
+        let env = BTreeMap::from([("VPS_API_TOKEN".to_owned(), "smoke-token".to_owned())]);
+        if let Ok(config) = Config::parse(
+            Path::new("limits.toml"),
+            &text,
+            LoadOptions { simulate: false },
+            &env,
+        ) {
+            run_what_the_commands_build(&config)?;
+        }
     }
 
     #[test]
