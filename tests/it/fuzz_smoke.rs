@@ -22,7 +22,6 @@ use snapshot_scheduler::model::PowerState;
 use snapshot_scheduler::plan::plan;
 use snapshot_scheduler::policy::SERVER_CAP;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
-use tokio_util::sync::CancellationToken;
 
 const EXAMPLE: &str = include_str!("../../config.example.toml");
 
@@ -362,7 +361,7 @@ fn run_what_the_commands_build(config: &Config) -> Result<(), TestCaseError> {
                 clock.clone() as Arc<dyn Clock>,
                 journal.clone(),
                 Settings::from_config(&config.daemon, dry_run),
-                CancellationToken::new(),
+                snapshot_scheduler::shutdown::Shutdown::new(),
             );
             for report in executor.run_all(work.clone()).await {
                 prop_assert!(
