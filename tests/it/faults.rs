@@ -443,3 +443,135 @@ async fn start_refused() {
         "the snapshot itself was taken"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_down_right_after_a_stopped_servers_snapshot_completes() {
+    // Every request waits 200 ms before it is answered, so the outage can begin between the
+    // poll that sees the snapshot completed and the start path's first look at the server.
+    let (sim, base_url) = serve_sim(
+        &[WEB],
+        SimConfig {
+            latency: Duration::from_millis(200),
+            ..quick()
+        },
+    )
+    .await;
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        &config(
+            &policy(YEARLY, "stop_server = true"),
+            "",
+            "power_timeout = \"2m\"",
+        ),
+        &base_url,
+    );
+    let outage = Duration::from_secs(30);
+    let watcher = {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            let mut lists_when_done = None;
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let done = sim
+                    .snapshots(WEB)
+                    .iter()
+                    .any(|s| s.status == SnapshotStatus::Completed);
+                let lists = sim.stats().request_count("list");
+                match lists_when_done {
+                    None if done => lists_when_done = Some(lists),
+                    // A listing after completion has been answered: the run knows.
+                    Some(n) if lists > n => break,
+                    _ => {}
+                }
+            }
+            sim.set_config(|c| c.error_rate = 1.0);
+            tokio::time::sleep(outage).await;
+            sim.set_config(|c| c.error_rate = 0.0);
+        })
+    };
+
+    let out = once(&config).await;
+
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        watcher.is_finished(),
+        "once ended before the outage did\n{text}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(sim.server(WEB).unwrap().status, PowerState::Running);
+    assert!(journal(&scratch).is_empty(), "{text}");
+    assert!(
+        text.contains("cannot look at the server; trying again until power_timeout")
+            || text.contains("api request failed; retrying"),
+        "the outage did not hit the start path:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_stuck_snapshot_fails_the_run_and_names_it() {
+    let (sim, base_url) = serve_sim(&[WEB], quick()).await;
+    sim.add_snapshot(
+        WEB,
+        "manual-before-upgrade",
+        SnapshotStatus::InProgress,
+        chrono::Utc::now() - chrono::Duration::hours(5),
+    );
+    let scratch = Scratch::new();
+    let config = scratch.config(&config(&policy(YEARLY, ""), "", ""), &base_url);
+
+    let out = once(&config).await;
+
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("snapshot stuck longer than snapshot_timeout")
+            && text.contains("manual-before-upgrade"),
+        "{text}"
+    );
+    let stats = sim.stats();
+    assert_eq!(
+        stats.request_count("delete"),
+        0,
+        "the stuck snapshot is never deleted"
+    );
+    assert!(stats.created.is_empty());
+}
+
+#[tokio::test]
+async fn a_future_stamped_own_snapshot_does_not_wipe_retention() {
+    let (sim, base_url) = serve_sim(&[WEB], quick()).await;
+    // Made two days ago by a host whose clock said 2031.
+    let stale = "nightly-20310601T023000Z";
+    sim.add_snapshot(
+        WEB,
+        stale,
+        SnapshotStatus::Completed,
+        chrono::Utc::now() - chrono::Duration::days(2),
+    );
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        &config(&policy(YEARLY, "").replace("keep = 2", "keep = 1"), "", ""),
+        &base_url,
+    );
+
+    let plan = {
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&config).arg("plan");
+        tokio::process::Command::from(cmd).output().await.unwrap()
+    };
+    let out = once(&config).await;
+
+    assert!(
+        stdout(&plan).contains("WARNING") && stdout(&plan).contains("host clock was ahead"),
+        "{}",
+        stdout(&plan)
+    );
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let left: Vec<String> = sim.snapshots(WEB).into_iter().map(|s| s.name).collect();
+    assert_eq!(left.len(), 1, "{left:?}\n{text}");
+    assert_ne!(
+        left[0], stale,
+        "the new snapshot was deleted, the stale one kept\n{text}"
+    );
+}
