@@ -15,7 +15,9 @@ use crate::client::USER_AGENT;
 use crate::config::{AlertEvent, NotifyTarget};
 use crate::model::ServerId;
 
-/// The JSON body of a webhook. `text` makes Slack and Mattermost incoming webhooks show it.
+/// The JSON body of a webhook. `text` makes Slack and Mattermost incoming webhooks show it;
+/// the message in it carries provider text (an error's detail), so chat markup in it is
+/// neutralised there ([`crate::text::chat`]): no link, no mention, no formatting from outside.
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
     pub event: AlertEvent,
@@ -119,7 +121,7 @@ impl Alerts {
         if let Some(s) = server {
             text += &format!(", server {s}");
         }
-        text += &format!(": {message}");
+        text += &format!(": {}", crate::text::chat(message));
         let alert = Alert {
             event,
             policy: policy.map(str::to_owned),

@@ -879,7 +879,8 @@ pub fn summary(reports: &[ServerReport]) -> String {
             } else {
                 r.deleted.join(",")
             },
-            r.message.clone(),
+            // Escaped again (idempotent): a hook's output or an older run's text may need it.
+            crate::text::escape(&r.message).into_owned(),
         ]);
     }
     let failed = reports.iter().filter(|r| r.result.is_failure()).count();
@@ -940,7 +941,8 @@ async fn status(
                 let mut text = format!("{:?} {} ago", l.result, format_age(now - l.finished_at))
                     .to_lowercase();
                 if l.result.is_failure() {
-                    text += &format!(": {}", l.message);
+                    // From the run log, which an older version wrote unescaped.
+                    text += &format!(": {}", crate::text::escape(&l.message));
                 }
                 text
             }),

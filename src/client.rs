@@ -2,6 +2,13 @@
 //! retried with jittered exponential backoff, creates never blindly retried (a lost answer is
 //! settled by looking for the name), and answers mapped to errors a person can act on.
 //! The token lives in a `SecretString` and goes out only in a header marked sensitive.
+//!
+//! An answer is checked before anything is done with it, because it chooses what is deleted:
+//! redirects are refused (never followed, never from https to http), an answer is read up to
+//! [`MAX_ANSWER_BYTES`], a create or power answer must be about the snapshot or server asked
+//! for, a server's listing keeps only that server's records, and a listed record is read on its
+//! own (one that does not fit is an error when it is of a server asked about, and otherwise
+//! left out with a warning). Provider text is escaped as it is read ([`crate::text`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,6 +26,7 @@ use tokio::time::Instant;
 use crate::config::ApiConfig;
 use crate::model::{CreateSnapshot, Page, RestoreStarted, Server, ServerId, Snapshot, SnapshotId};
 use crate::provider::{ApiError, Provider};
+use crate::text;
 
 pub const USER_AGENT: &str = concat!("snapshot-scheduler/", env!("CARGO_PKG_VERSION"));
 
@@ -27,6 +35,12 @@ const MAX_RETRY_AFTER_SECS: u64 = 300;
 
 /// A list that pages longer than this is a provider bug, not a fleet.
 const MAX_PAGES: usize = 10_000;
+
+/// The largest answer read: a listing of 10,000 servers at the cap is about 15 MiB.
+pub const MAX_ANSWER_BYTES: usize = 32 << 20;
+
+/// Records that could not be read, named one by one in a warning; the rest are counted.
+const UNREADABLE_NAMED: usize = 5;
 
 /// Pages of one list fetched at once when their numbers are known (DRF's `?page=N`): a fleet's
 /// listing is hundreds of pages, and one after another they cost hundreds of round trips.
@@ -94,12 +108,14 @@ impl std::fmt::Debug for HttpClient {
 
 impl HttpClient {
     pub fn new(api: &ApiConfig, token: SecretString) -> anyhow::Result<Self> {
+        let parsed = reqwest::Url::parse(&api.base_url)?;
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(api.timeout)
             .connect_timeout(api.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(parsed.scheme() == "https")
             .build()?;
-        let parsed = reqwest::Url::parse(&api.base_url)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
@@ -169,10 +185,22 @@ impl HttpClient {
             // server this program stopped (nor overflow a deadline).
             .map(|secs| secs.min(MAX_RETRY_AFTER_SECS))
             .map(Duration::from_secs);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(e, what, inner.timeout))?;
+        if status.is_redirection() {
+            metrics::counter!("snapshot_scheduler_api_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .map_or_else(
+                    || "nowhere (no Location header)".to_owned(),
+                    |l| text::message(&String::from_utf8_lossy(l.as_bytes())),
+                );
+            return Err(ApiError::Redirect {
+                what: what.to_owned(),
+                status: status.as_u16(),
+                location,
+            });
+        }
+        let body = read_body(response, what, inner.timeout).await?;
         metrics::counter!("snapshot_scheduler_api_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
         tracing::debug!(%method, endpoint, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "api request");
         if status.is_success() {
@@ -276,10 +304,17 @@ impl HttpClient {
         on_our_host.ok_or_else(|| ApiError::Decode {
             what: what.to_owned(),
             message: format!(
-                "field next: {next:?} is not on {}; refusing to follow it",
+                "field next: \"{}\" is not on {}; refusing to follow it",
+                text::message(next),
                 self.inner.origin
             ),
         })
+    }
+
+    /// A page of a listing, each record read on its own.
+    async fn page(&self, url: &str, what: &str) -> Result<ListedPage, ApiError> {
+        let answer = self.idempotent(Method::GET, url, "list", what).await?;
+        decode_page(&answer, what)
     }
 
     /// These pages, [`PAGES_IN_FLIGHT`] at a time, in order; with the last one's `next` (the
@@ -288,8 +323,8 @@ impl HttpClient {
         &self,
         urls: Vec<String>,
         what: &str,
-    ) -> Result<(Vec<Vec<Snapshot>>, Option<String>), ApiError> {
-        let mut pages: Vec<Option<Page<Snapshot>>> = Vec::new();
+    ) -> Result<(Vec<ListedPage>, Option<String>), ApiError> {
+        let mut pages: Vec<Option<ListedPage>> = Vec::new();
         pages.resize_with(urls.len(), || None);
         let mut gone = urls.len();
         let mut tasks = tokio::task::JoinSet::new();
@@ -301,7 +336,7 @@ impl HttpClient {
                 };
                 let (client, what) = (self.clone(), what.to_owned());
                 tasks.spawn(async move {
-                    let page = client.get::<Page<Snapshot>>(&url, "list", &what).await;
+                    let page = client.page(&url, &what).await;
                     (index, page)
                 });
             }
@@ -319,16 +354,93 @@ impl HttpClient {
             }
         }
         // Only the very last page's `next` can lead further: the list grew meanwhile.
-        let last_next = match pages.last() {
-            Some(Some(last)) if gone == pages.len() => last.next.clone(),
+        let complete = gone == pages.len();
+        let last_next = match pages.last_mut() {
+            Some(Some(last)) if complete => last.next.take(),
             _ => None,
         };
         pages.truncate(gone);
         let last_next = last_next.map(|n| self.follow(&n, what)).transpose()?;
-        Ok((
-            pages.into_iter().flatten().map(|p| p.results).collect(),
-            last_next,
-        ))
+        Ok((pages.into_iter().flatten().collect(), last_next))
+    }
+
+    /// Every page of the listing for `scope`: the records of the servers it is about (each
+    /// snapshot once), or an error naming a record of one of them that could not be read.
+    /// After the first page, a DRF page-number list (`next` ends in `page=2`, `count` given)
+    /// has its other pages fetched [`PAGES_IN_FLIGHT`] at a time; any other shape is followed
+    /// link by link. Pages shift while snapshots are created and deleted, so one can show up
+    /// on two pages: it is kept once (counted twice, a kept snapshot would look like one too
+    /// many and be pruned).
+    async fn list(&self, scope: Scope<'_>) -> Result<Vec<Snapshot>, ApiError> {
+        let (what, url) = match scope {
+            Scope::Server(id) => (
+                format!("list snapshots of server {id}"),
+                self.url(&format!("/snapshots/?server_id={id}")),
+            ),
+            Scope::Servers(_) | Scope::Account => {
+                ("list snapshots".to_owned(), self.url("/snapshots/"))
+            }
+        };
+        let first = self.page(&url, &what).await?;
+        let per_page = first.records;
+        let expected = first.count.and_then(|c| usize::try_from(c).ok());
+        let mut next = first.next.map(|n| self.follow(&n, &what)).transpose()?;
+        let mut all = first.snapshots;
+        let mut unreadable = first.unreadable;
+        // The provider's `count` only sizes the buffer, and only up to a sane bound.
+        all.reserve_exact(
+            expected
+                .unwrap_or(0)
+                .saturating_sub(all.len())
+                .min(MAX_PAGES * 10),
+        );
+        let mut fetched = 1;
+        let numbered = next
+            .as_deref()
+            .and_then(|n| numbered_pages(n, first.count, per_page));
+        if let Some(urls) = numbered {
+            fetched += urls.len();
+            let (pages, last_next) = self.fetch_pages(urls, &what).await?;
+            for page in pages {
+                all.extend(page.snapshots);
+                unreadable.extend(page.unreadable);
+            }
+            next = last_next;
+        }
+        while let Some(url) = next {
+            if fetched >= MAX_PAGES {
+                return Err(ApiError::Decode {
+                    what,
+                    message: format!("more than {MAX_PAGES} pages; the `next` links seem to loop"),
+                });
+            }
+            let page = self.page(&url, &what).await?;
+            fetched += 1;
+            all.extend(page.snapshots);
+            unreadable.extend(page.unreadable);
+            next = page.next.map(|n| self.follow(&n, &what)).transpose()?;
+        }
+        check_unreadable(&unreadable, scope, &what)?;
+        match scope {
+            Scope::Server(id) => {
+                // A listing asked for one server answers for that server only: a record of
+                // another one (a filter the provider ignored, a `next` link without it) is
+                // not this server's to count, keep or delete.
+                let before = all.len();
+                all.retain(|s| s.server.id == id);
+                if all.len() < before {
+                    tracing::warn!(
+                        "{what}: left out {} record(s) of other servers (the answer was not filtered by server_id={id})",
+                        before - all.len()
+                    );
+                }
+            }
+            Scope::Servers(wanted) => all.retain(|s| wanted.binary_search(&s.server.id).is_ok()),
+            Scope::Account => {}
+        }
+        let mut seen = HashSet::with_capacity(all.len());
+        all.retain(|s| seen.insert(s.id));
+        Ok(all)
     }
 
     /// After a create whose answer was lost: the snapshot of that name, if it exists.
@@ -343,11 +455,158 @@ impl HttpClient {
         name: &str,
     ) -> Result<Option<Snapshot>, ApiError> {
         Ok(self
-            .list_snapshots(Some(server))
+            .list(Scope::Server(server))
             .await?
             .into_iter()
             .find(|s| s.name == name))
     }
+}
+
+/// Whose records a listing is for: a record of one of these servers that cannot be read is an
+/// error; any other is left out with a warning.
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    /// `?server_id=`: every record is taken to be this server's, unless it says otherwise.
+    Server(ServerId),
+    /// The account-wide listing, for these servers (sorted).
+    Servers(&'a [ServerId]),
+    /// The account-wide listing, for nobody in particular (`list`, `restore`).
+    Account,
+}
+
+impl Scope<'_> {
+    /// Whether a record of `server` (`None`: its server could not be read) is asked about.
+    fn wants(self, server: Option<ServerId>) -> bool {
+        match (self, server) {
+            (Self::Server(id), Some(s)) => s == id,
+            // The provider filtered by this server: a record that does not say whose it is
+            // may well be its.
+            (Self::Server(_), None) => true,
+            (Self::Servers(wanted), Some(s)) => wanted.binary_search(&s).is_ok(),
+            (Self::Servers(_), None) | (Self::Account, _) => false,
+        }
+    }
+}
+
+/// One page of a listing: the records that could be read, and those that could not.
+struct ListedPage {
+    count: Option<u64>,
+    next: Option<String>,
+    /// How many records the page had, readable or not (the page size).
+    records: usize,
+    snapshots: Vec<Snapshot>,
+    unreadable: Vec<Unreadable>,
+}
+
+/// A listed record that did not fit, with what could be made out of it to tell whose it is.
+#[derive(Debug)]
+struct Unreadable {
+    /// Its `id` as the provider wrote it (escaped), if it had one.
+    id: Option<String>,
+    server: Option<ServerId>,
+    /// Which field and why, `results[3].created_at: ...` (escaped).
+    error: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.id, self.server) {
+            (Some(id), Some(server)) => write!(f, "snapshot {id} of server {server}")?,
+            (Some(id), None) => write!(f, "snapshot {id} (its server unreadable)")?,
+            (None, Some(server)) => write!(f, "a snapshot without an id of server {server}")?,
+            (None, None) => f.write_str("a record without an id or server")?,
+        }
+        write!(f, ", field {}", self.error)
+    }
+}
+
+/// A page of a listing, each record read on its own so that one that does not fit (a
+/// hand-made snapshot with `created_at: null`) cannot make the whole listing unreadable.
+fn decode_page(body: &[u8], what: &str) -> Result<ListedPage, ApiError> {
+    let page: Page<Box<serde_json::value::RawValue>> = decode(body, what)?;
+    let mut snapshots = Vec::with_capacity(page.results.len());
+    let mut unreadable = Vec::new();
+    for (index, raw) in page.results.iter().enumerate() {
+        let de = &mut serde_json::Deserializer::from_str(raw.get());
+        match serde_path_to_error::deserialize::<_, Snapshot>(de) {
+            Ok(snapshot) => snapshots.push(snapshot),
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    format!("results[{index}]")
+                } else {
+                    format!("results[{index}].{path}")
+                };
+                let loose: serde_json::Value =
+                    serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null);
+                unreadable.push(Unreadable {
+                    id: loose.get("id").map(|id| {
+                        text::message(&id.as_str().map_or_else(|| id.to_string(), str::to_owned))
+                    }),
+                    server: loose
+                        .get("server")
+                        .and_then(|s| s.get("id"))
+                        .and_then(serde_json::Value::as_u64),
+                    error: text::message(&format!("{field}: {}", without_position(e.inner()))),
+                });
+            }
+        }
+    }
+    Ok(ListedPage {
+        count: page.count,
+        next: page.next,
+        records: page.results.len(),
+        snapshots,
+        unreadable,
+    })
+}
+
+/// A decode error without serde_json's "at line 1 column 18", which would point into the
+/// record rather than into the answer.
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(at) if e.line() > 0 => text[..at].to_owned(),
+        _ => text,
+    }
+}
+
+/// An error naming the first unreadable record of a server `scope` asks about; else one
+/// warning naming the others (a few by name, the rest counted).
+fn check_unreadable(
+    unreadable: &[Unreadable],
+    scope: Scope<'_>,
+    what: &str,
+) -> Result<(), ApiError> {
+    if let Some(first) = unreadable.iter().find(|u| scope.wants(u.server)) {
+        let others = unreadable.iter().filter(|u| scope.wants(u.server)).count() - 1;
+        return Err(ApiError::Decode {
+            what: what.to_owned(),
+            message: format!(
+                "{first}{}",
+                match others {
+                    0 => String::new(),
+                    n => format!(" (and {n} more unreadable records of the servers asked about)"),
+                }
+            ),
+        });
+    }
+    if !unreadable.is_empty() {
+        let mut named: Vec<String> = unreadable
+            .iter()
+            .take(UNREADABLE_NAMED)
+            .map(ToString::to_string)
+            .collect();
+        if unreadable.len() > UNREADABLE_NAMED {
+            named.push(format!("and {} more", unreadable.len() - UNREADABLE_NAMED));
+        }
+        tracing::warn!(
+            "{what}: left out {} unreadable record(s), none of a server asked about: {}",
+            unreadable.len(),
+            named.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// The URLs of pages 2..=n when `next` is DRF's page-number link (`page=2`) and the first
@@ -376,6 +635,39 @@ fn numbered_pages(next: &str, count: Option<u64>, per_page: usize) -> Option<Vec
     Some((2..=pages).map(with_page).collect())
 }
 
+/// The body of an answer, read up to [`MAX_ANSWER_BYTES`]: a provider (or whatever answers
+/// in its place) cannot make the client hold an unbounded answer in memory.
+async fn read_body(
+    mut response: reqwest::Response,
+    what: &str,
+    timeout: Duration,
+) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || ApiError::Decode {
+        what: what.to_owned(),
+        message: format!(
+            "the answer is larger than {} MiB; refusing to read it",
+            MAX_ANSWER_BYTES >> 20
+        ),
+    };
+    let announced = response.content_length().unwrap_or(0);
+    if announced > MAX_ANSWER_BYTES as u64 {
+        return Err(too_large());
+    }
+    // Capacity only from a length that fits the bound; the bound is checked as chunks arrive.
+    let mut body = bytes::BytesMut::with_capacity(announced as usize);
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(e, what, timeout))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> ApiError {
     if e.is_timeout() {
         ApiError::Timeout {
@@ -391,14 +683,19 @@ fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> ApiError
         }
         ApiError::Connection {
             what: what.to_owned(),
-            message,
+            message: text::message(&message),
         }
     }
 }
 
 /// The provider's own words from an error body: DRF's `detail`, or `message`/`error`, or the
-/// text itself (shortened).
+/// text itself; escaped and shortened ([`text::message`]), as they end up in logs, the run
+/// log, the `once` summary and alerts.
 fn provider_message(body: &[u8]) -> String {
+    text::message(&provider_words(body))
+}
+
+fn provider_words(body: &[u8]) -> String {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
         for key in ["detail", "message", "error", "non_field_errors"] {
             match value.get(key) {
@@ -429,7 +726,7 @@ fn provider_message(body: &[u8]) -> String {
     if text.is_empty() {
         "no message".into()
     } else {
-        text.chars().take(200).collect()
+        text.chars().take(text::MAX_MESSAGE_CHARS + 1).collect()
     }
 }
 
@@ -440,11 +737,11 @@ fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
         let path = e.path().to_string();
         ApiError::Decode {
             what: what.to_owned(),
-            message: if path == "." {
+            message: text::message(&if path == "." {
                 e.inner().to_string()
             } else {
                 format!("field {path}: {}", e.inner())
-            },
+            }),
         }
     })
 }
@@ -454,6 +751,40 @@ struct PowerAnswer {
     server: Server,
 }
 
+/// A server answer must be about the server asked about: its state decides whether a server
+/// is taken to be stopped or running.
+fn about_server(server: Server, id: ServerId, what: &str) -> Result<Server, ApiError> {
+    if server.id == id {
+        return Ok(server);
+    }
+    Err(ApiError::Decode {
+        what: what.to_owned(),
+        message: format!(
+            "the answer is about server {} (\"{}\"), not server {id}; not acting on it",
+            server.id, server.name
+        ),
+    })
+}
+
+/// A create answer must be the snapshot asked for: its id is what is acted on.
+fn is_requested(
+    created: Snapshot,
+    request: &CreateSnapshot,
+    what: &str,
+) -> Result<Snapshot, ApiError> {
+    if created.server.id == request.server_id && created.name == request.name {
+        return Ok(created);
+    }
+    Err(ApiError::Decode {
+        what: what.to_owned(),
+        message: format!(
+            "the answer is about snapshot {} \"{}\" of server {}, not {} of server {}; not \
+             acting on it",
+            created.id, created.name, created.server.id, request.name, request.server_id
+        ),
+    })
+}
+
 /// Runs `body` through every decoder the client applies to a provider's answer (a page of
 /// snapshots, a snapshot, a server, a stop/start answer, a restore answer, and the message of
 /// an error body), as the fuzz targets and the fuzz smoke tests do. Returns how many decoded;
@@ -461,7 +792,7 @@ struct PowerAnswer {
 pub fn decode_every_answer(body: &[u8]) -> usize {
     let what = "fuzzing";
     let decoded = [
-        decode::<Page<Snapshot>>(body, what).is_ok(),
+        decode_page(body, what).is_ok(),
         decode::<Snapshot>(body, what).is_ok(),
         decode::<Server>(body, what).is_ok(),
         decode::<PowerAnswer>(body, what).is_ok(),
@@ -472,56 +803,16 @@ pub fn decode_every_answer(body: &[u8]) -> usize {
 }
 
 impl Provider for HttpClient {
-    /// Every page, each snapshot once. After the first page, a DRF page-number list (`next`
-    /// ends in `page=2`, `count` given) has its other pages fetched [`PAGES_IN_FLIGHT`] at a
-    /// time; any other shape is followed link by link. Pages shift while snapshots are
-    /// created and deleted, so one can show up on two pages: it is kept once (counted twice,
-    /// a kept snapshot would look like one too many and be pruned).
     async fn list_snapshots(&self, server: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
-        let what = match server {
-            Some(id) => format!("list snapshots of server {id}"),
-            None => "list snapshots".to_owned(),
-        };
-        let url = match server {
-            Some(id) => self.url(&format!("/snapshots/?server_id={id}")),
-            None => self.url("/snapshots/"),
-        };
-        let first: Page<Snapshot> = self.get(&url, "list", &what).await?;
-        let mut all = first.results;
-        let expected = first.count.and_then(|c| usize::try_from(c).ok());
-        // The provider's `count` only sizes the buffer, and only up to a sane bound.
-        all.reserve_exact(
-            expected
-                .unwrap_or(0)
-                .saturating_sub(all.len())
-                .min(MAX_PAGES * 10),
-        );
-        let mut next = first.next.map(|n| self.follow(&n, &what)).transpose()?;
-        let mut fetched = 1;
-        let numbered = next
-            .as_deref()
-            .and_then(|n| numbered_pages(n, first.count, all.len()));
-        if let Some(urls) = numbered {
-            fetched += urls.len();
-            let (pages, last_next) = self.fetch_pages(urls, &what).await?;
-            all.extend(pages.into_iter().flatten());
-            next = last_next;
-        }
-        while let Some(url) = next {
-            if fetched >= MAX_PAGES {
-                return Err(ApiError::Decode {
-                    what,
-                    message: format!("more than {MAX_PAGES} pages; the `next` links seem to loop"),
-                });
-            }
-            let page: Page<Snapshot> = self.get(&url, "list", &what).await?;
-            fetched += 1;
-            all.extend(page.results);
-            next = page.next.map(|n| self.follow(&n, &what)).transpose()?;
-        }
-        let mut seen = HashSet::with_capacity(all.len());
-        all.retain(|s| seen.insert(s.id));
-        Ok(all)
+        self.list(server.map_or(Scope::Account, Scope::Server))
+            .await
+    }
+
+    async fn list_snapshots_of(&self, servers: &[ServerId]) -> Result<Vec<Snapshot>, ApiError> {
+        let mut wanted = servers.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        self.list(Scope::Servers(&wanted)).await
     }
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
@@ -545,7 +836,7 @@ impl Provider for HttpClient {
                 )
                 .await;
             let error = match result {
-                Ok(answer) => return decode(&answer, &what),
+                Ok(answer) => return is_requested(decode(&answer, &what)?, request, &what),
                 Err(e) => e,
             };
             let unsure = error.outcome_unknown();
@@ -613,35 +904,26 @@ impl Provider for HttpClient {
     }
 
     async fn get_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        self.get(
-            &self.url(&format!("/servers/{id}/")),
-            "get_server",
-            &format!("get server {id}"),
-        )
-        .await
+        let what = format!("get server {id}");
+        let server = self
+            .get(&self.url(&format!("/servers/{id}/")), "get_server", &what)
+            .await?;
+        about_server(server, id, &what)
     }
 
     async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
+        let what = format!("stop server {id}");
         let a: PowerAnswer = self
-            .post_once(
-                &format!("/servers/{id}/stop/"),
-                None,
-                "stop",
-                &format!("stop server {id}"),
-            )
+            .post_once(&format!("/servers/{id}/stop/"), None, "stop", &what)
             .await?;
-        Ok(a.server)
+        about_server(a.server, id, &what)
     }
 
     async fn start_server(&self, id: ServerId) -> Result<Server, ApiError> {
+        let what = format!("start server {id}");
         let a: PowerAnswer = self
-            .post_once(
-                &format!("/servers/{id}/start/"),
-                None,
-                "start",
-                &format!("start server {id}"),
-            )
+            .post_once(&format!("/servers/{id}/start/"), None, "start", &what)
             .await?;
-        Ok(a.server)
+        about_server(a.server, id, &what)
     }
 }

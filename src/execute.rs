@@ -345,7 +345,7 @@ impl<P: Provider> Watch<P> {
 pub async fn list<P: Provider>(provider: &P, servers: &[ServerId]) -> Result<Listing, ApiError> {
     let mut snapshots = match servers {
         [one] => provider.list_snapshots(Some(*one)).await?,
-        _ => provider.list_snapshots(None).await?,
+        _ => provider.list_snapshots_of(servers).await?,
     };
     // Kept before grouping: a poll for a few servers need not group a fleet's snapshots.
     let mut wanted = servers.to_vec();

@@ -4,7 +4,9 @@
 //! Architecture map (a pure core inside an imperative shell):
 //! - [`model`]: the provider's data (snapshots, servers, states).
 //! - [`provider`]: the one boundary to the provider (a trait) and its errors.
-//! - [`client`]: that boundary over HTTP: budget, retries, idempotent create, readable errors.
+//! - [`client`]: that boundary over HTTP: budget, retries, idempotent create, readable errors;
+//!   answers checked (no redirects, bounded size, records for what was asked, bad ones skipped).
+//! - [`text`]: provider text made safe to log, print and send (controls, bidi, chat markup).
 //! - [`retry`]: the client's retry rules for a provider that does not retry itself.
 //! - [`simulator`]: the same boundary in memory, and served over HTTP, for tests and `--simulate`.
 //! - [`config`]: the TOML file, validated into domain types with file:line:column errors.
@@ -45,3 +47,4 @@ pub mod scheduler;
 pub mod shutdown;
 pub mod simulator;
 pub mod status;
+pub mod text;

@@ -14,6 +14,24 @@ pub trait Provider: Send + Sync + 'static {
         server: Option<ServerId>,
     ) -> impl Future<Output = Result<Vec<Snapshot>, ApiError>> + Send;
 
+    /// The snapshots of these servers, from one account-wide listing (one paginated call,
+    /// however many servers). A listed record that cannot be read is an error naming it when
+    /// it belongs to one of these servers (left out, it could be the snapshot being waited for,
+    /// or one that counts toward the cap); any other is left out with a warning, so one odd
+    /// hand-made snapshot elsewhere in the account does not stop the work on these.
+    fn list_snapshots_of(
+        &self,
+        servers: &[ServerId],
+    ) -> impl Future<Output = Result<Vec<Snapshot>, ApiError>> + Send {
+        async move {
+            let mut wanted = servers.to_vec();
+            wanted.sort_unstable();
+            let mut all = self.list_snapshots(None).await?;
+            all.retain(|s| wanted.binary_search(&s.server.id).is_ok());
+            Ok(all)
+        }
+    }
+
     /// Creates a snapshot. Implementations never create a second snapshot of the same name
     /// because of a retry: after a lost answer they look for the name first.
     fn create_snapshot(
@@ -61,6 +79,17 @@ pub enum ApiError {
     Connection { what: String, message: String },
     #[error("the API's answer to {what} could not be read: {message}")]
     Decode { what: String, message: String },
+    /// Never followed: the token would go along, and the answer from there would choose what
+    /// is deleted here.
+    #[error(
+        "the API answered {what} with a redirect ({status}) to {location}; redirects are refused \
+         (set base_url to the address that answers)"
+    )]
+    Redirect {
+        what: String,
+        status: u16,
+        location: String,
+    },
     #[error("the API answered {what} with unexpected status {status}: {message}")]
     Unexpected {
         what: String,

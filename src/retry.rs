@@ -72,6 +72,11 @@ impl<P: Provider> Provider for Retrying<P> {
         self.idempotent(|| self.inner.list_snapshots(server)).await
     }
 
+    async fn list_snapshots_of(&self, servers: &[ServerId]) -> Result<Vec<Snapshot>, ApiError> {
+        self.idempotent(|| self.inner.list_snapshots_of(servers))
+            .await
+    }
+
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
         let mut attempt = 0;
         loop {

@@ -499,3 +499,39 @@ async fn status_nagios_is_unknown_when_the_provider_is_unreachable() {
     assert!(line.starts_with("SNAPSHOTS UNKNOWN - "), "{line}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+#[tokio::test]
+async fn webhook_text_shows_provider_text_without_chat_links_or_mentions() {
+    let receiver = receiver().await;
+    let sender =
+        snapshot_scheduler::alerts::Alerts::new(vec![snapshot_scheduler::config::NotifyTarget {
+            url: format!("{}/hook", receiver.uri()),
+            token: None,
+            events: vec![snapshot_scheduler::config::AlertEvent::Failure],
+        }]);
+    let message =
+        "the API refused create snapshot: <!channel> @here & <https://evil.example|re-login> \
+                   [re-login](https://evil.example)\n\u{202e}";
+
+    sender.failure(
+        snapshot_scheduler::config::AlertEvent::Failure,
+        "nightly",
+        WEB,
+        message,
+    );
+    sender.drain(Duration::from_secs(10)).await;
+
+    let got = alerts(&receiver).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let text = got[0]["text"].as_str().expect("text");
+    assert_eq!(
+        text,
+        "snapshot-scheduler failure, policy nightly, server 12345: the API refused create \
+         snapshot: &lt;!channel&gt; ＠here &amp; &lt;https://evil.example|re-login&gt; \
+         [re-login] (https://evil.example)\\n\\u{202e}"
+    );
+    assert_eq!(
+        got[0]["message"], message,
+        "the message itself stays as it was"
+    );
+}

@@ -458,7 +458,7 @@ async fn decode_error_names_the_field() {
         .mount(&server)
         .await;
 
-    let err = client.list_snapshots(None).await.unwrap_err();
+    let err = client.list_snapshots(Some(WEB)).await.unwrap_err();
     assert!(matches!(err, ApiError::Decode { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("results[0].created_at"), "{text}");
@@ -561,4 +561,392 @@ async fn user_agent_names_the_program_and_its_version() {
         .await;
 
     client.list_snapshots(None).await.unwrap();
+}
+
+// ---- answers that choose what is acted on ----
+
+fn snapshot_of(server: ServerId, id: u64, name: &str) -> Value {
+    let mut s = snapshot(id, name, "completed");
+    s["server"] = json!({"id": server, "name": format!("server-{server}")});
+    s
+}
+
+#[tokio::test]
+async fn a_redirect_is_refused_and_its_target_gets_no_request() {
+    let (server, client) = mock().await;
+    let elsewhere = MockServer::start().await;
+    let location = format!("{}/api/v1/snapshots/?server_id={WEB}", elsewhere.uri());
+    Mock::given(method("GET"))
+        .and(path("/api/v1/snapshots/"))
+        .respond_with(ResponseTemplate::new(302).insert_header("Location", location.as_str()))
+        .mount(&server)
+        .await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(page(vec![snapshot(801, "a", "completed")], None)),
+        )
+        .mount(&elsewhere)
+        .await;
+
+    let err = client.list_snapshots(Some(WEB)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("redirect") && text.contains("refused") && text.contains(&location),
+        "{text}"
+    );
+    assert!(!err.is_retryable(), "{err:?}");
+    assert_eq!(received(&elsewhere, "GET").await, 0);
+    assert_eq!(
+        received(&server, "GET").await,
+        1,
+        "a redirect is not retried"
+    );
+}
+
+#[tokio::test]
+async fn a_create_answer_for_another_server_or_name_is_refused() {
+    for (server_id, name) in [(999, "nightly-20250115T030000Z"), (WEB, "someone-else")] {
+        let (server, client) = mock().await;
+        Mock::given(method("POST"))
+            .and(path("/api/v1/snapshots/"))
+            .respond_with(
+                ResponseTemplate::new(201).set_body_json(snapshot_of(server_id, 777, name)),
+            )
+            .mount(&server)
+            .await;
+
+        let err = client
+            .create_snapshot(&request("nightly-20250115T030000Z"))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ApiError::Decode { .. }), "{err:?}");
+        assert!(
+            text.contains("777") && text.contains(name) && text.contains(&server_id.to_string()),
+            "names what came back: {text}"
+        );
+        assert_eq!(received(&server, "POST").await, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_server_filtered_listing_drops_records_of_other_servers() {
+    let (server, client) = mock().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/snapshots/"))
+        .and(query_param("server_id", WEB.to_string()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(
+            vec![
+                snapshot_of(WEB, 801, "nightly-20250115T030000Z"),
+                snapshot_of(999, 901, "nightly-20250114T030000Z"),
+                snapshot_of(999, 902, "nightly-20250113T030000Z"),
+            ],
+            None,
+        )))
+        .mount(&server)
+        .await;
+
+    let listed = client.list_snapshots(Some(WEB)).await.unwrap();
+    let ids: Vec<(u64, ServerId)> = listed.iter().map(|s| (s.id, s.server.id)).collect();
+    assert_eq!(ids, [(801, WEB)]);
+}
+
+#[tokio::test]
+async fn power_and_server_answers_about_another_server_are_refused() {
+    let (server, client) = mock().await;
+    let other = json!({"id": 999, "name": "db", "status": "stopping"});
+    Mock::given(method("POST"))
+        .and(path(format!("/api/v1/servers/{WEB}/stop/")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"status": "success", "server": other})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/api/v1/servers/{WEB}/start/")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"status": "success", "server": other})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/v1/servers/{WEB}/")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(other.clone()))
+        .mount(&server)
+        .await;
+
+    for err in [
+        client.stop_server(WEB).await.unwrap_err(),
+        client.start_server(WEB).await.unwrap_err(),
+        client.get_server(WEB).await.unwrap_err(),
+    ] {
+        let text = err.to_string();
+        assert!(matches!(err, ApiError::Decode { .. }), "{err:?}");
+        assert!(
+            text.contains("server 999") && text.contains(&WEB.to_string()),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_answer_over_the_size_limit_is_refused_naming_the_limit() {
+    let (server, client) = mock().await;
+    let huge = format!(
+        r#"{{"count": 1, "next": null, "results": [], "padding": "{}"}}"#,
+        "x".repeat(33 << 20)
+    );
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(huge))
+        .mount(&server)
+        .await;
+
+    let err = client.list_snapshots(None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("32 MiB"), "{text}");
+    assert!(!err.is_retryable(), "{err:?}");
+}
+
+#[tokio::test]
+async fn provider_error_text_is_escaped_and_shortened() {
+    let (server, client) = mock().await;
+    let detail = format!(
+        "limit\n1999-01-01T00:00:00Z  INFO created nightly\u{1b}]0;x\u{7}\u{202e}{}",
+        "y".repeat(2000)
+    );
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"detail": detail})))
+        .mount(&server)
+        .await;
+
+    let err = client
+        .create_snapshot(&request("nightly"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        !text.chars().any(|c| c.is_control() || c == '\u{202e}'),
+        "{text:?}"
+    );
+    assert!(text.contains(r"limit\n1999-01-01"), "{text}");
+    assert!(
+        text.chars().count() < 500,
+        "{} characters",
+        text.chars().count()
+    );
+}
+
+// ---- one bad record ----
+
+/// The account-wide listing the status poll makes for several servers, with `bad` among
+/// good records of WEB and server 2.
+async fn account_listing_with(bad: Value) -> (MockServer, HttpClient) {
+    let (server, client) = mock().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/snapshots/"))
+        .and(query_param_is_missing("server_id"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(
+            vec![
+                snapshot_of(WEB, 801, "nightly-20250115T030000Z"),
+                bad,
+                snapshot_of(2, 802, "nightly-20250115T030000Z"),
+            ],
+            None,
+        )))
+        .mount(&server)
+        .await;
+    (server, client)
+}
+
+#[tokio::test]
+async fn a_malformed_record_of_an_unrelated_server_does_not_stop_the_listing() {
+    let bad_ones = [
+        ("created_at null", json!({"created_at": null})),
+        ("server null", json!({"server": null})),
+        ("size_mb too big", json!({"size_mb": 1e30})),
+        ("size_mb a string", json!({"size_mb": "5 GB"})),
+        ("id negative", json!({"id": -3})),
+        ("a string", json!(null)),
+    ];
+    for (what, patch) in bad_ones {
+        let mut bad = snapshot_of(999, 901, "hand-made");
+        match patch.as_object() {
+            Some(fields) => {
+                for (k, v) in fields {
+                    bad[k] = v.clone();
+                }
+            }
+            None => bad = json!("not a snapshot"),
+        }
+        let (_server, client) = account_listing_with(bad).await;
+
+        let listing = snapshot_scheduler::execute::list(&client, &[WEB, 2])
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(listing.server(WEB).len(), 1, "{what}");
+        assert_eq!(listing.server(2).len(), 1, "{what}");
+        let all = client.list_snapshots(None).await.unwrap();
+        assert_eq!(all.len(), 2, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_record_of_a_requested_server_is_an_error_naming_it() {
+    let mut bad = snapshot_of(WEB, 805, "hand-made");
+    bad["created_at"] = Value::Null;
+    let (server, client) = account_listing_with(bad.clone()).await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/snapshots/"))
+        .and(query_param("server_id", WEB.to_string()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(vec![bad], None)))
+        .mount(&server)
+        .await;
+
+    let err = snapshot_scheduler::execute::list(&client, &[WEB, 2])
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ApiError::Decode { .. }), "{err:?}");
+    assert!(
+        text.contains("805") && text.contains("created_at"),
+        "{text}"
+    );
+
+    let err = client.list_snapshots(Some(WEB)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("805") && text.contains("created_at"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_fractional_size_mb_is_accepted_and_rounded_up() {
+    let (server, client) = mock().await;
+    let mut s = snapshot(801, "a", "completed");
+    s["size_mb"] = json!(5120.5);
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(vec![s], None)))
+        .mount(&server)
+        .await;
+
+    let listed = client.list_snapshots(Some(WEB)).await.unwrap();
+    assert_eq!(listed[0].size_mb, Some(5121));
+}
+
+// ---- TLS ----
+
+/// A certificate authority made for the test, and a certificate for 127.0.0.1 it signed:
+/// (the CA in PEM, the server's certificate and key).
+fn private_ca() -> (
+    String,
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "snapshot-scheduler test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    (
+        ca.pem(),
+        server.der().clone(),
+        rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+    )
+}
+
+/// An HTTPS server on 127.0.0.1 that answers every request with one listing page.
+async fn serve_tls(
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    body: String,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_certified_by_a_ca_in_the_system_store_is_trusted() {
+    let (ca_pem, cert, key) = private_ca();
+    let body = page(
+        vec![snapshot(801, "signed-by-the-private-ca", "completed")],
+        None,
+    );
+    let addr = serve_tls(cert, key, body.to_string()).await;
+    let scratch = Scratch::new();
+    let ca_file = scratch.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let config = scratch.config(
+        &common::config_with_policy(
+            "name = \"nightly\"\nschedule = \"0 3 * * *\"\nservers = [12345]\nkeep = 3",
+        )
+        .replacen("\n[daemon]\n", "max_retries = 0\n\n[daemon]\n", 1),
+        &format!("https://{addr}/api/v1"),
+    );
+    let list = |ca: Option<&std::path::Path>| {
+        let mut cmd = common::bin();
+        cmd.arg("--config").arg(&config).arg("list");
+        match ca {
+            // The system's store, as OpenSSL and rustls-native-certs read it.
+            Some(file) => cmd.env("SSL_CERT_FILE", file),
+            None => cmd.env("SSL_CERT_FILE", scratch.path().join("no-such-bundle.pem")),
+        };
+        cmd.env_remove("SSL_CERT_DIR");
+        tokio::process::Command::from(cmd).output()
+    };
+
+    let trusted = list(Some(&ca_file)).await.unwrap();
+    let untrusted = list(None).await.unwrap();
+
+    let (out, err) = (common::stdout(&trusted), common::stderr(&trusted));
+    assert!(trusted.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("signed-by-the-private-ca"), "{out}");
+    let err = common::stderr(&untrusted);
+    assert_eq!(untrusted.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("certificate"),
+        "an unknown CA is still refused:\n{err}"
+    );
 }

@@ -9,6 +9,7 @@ mod config;
 mod daemon;
 mod faults;
 mod fuzz_smoke;
+mod hostile;
 mod once;
 mod requests;
 mod soak;
