@@ -535,3 +535,48 @@ async fn webhook_text_shows_provider_text_without_chat_links_or_mentions() {
         "the message itself stays as it was"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_left_stopped_is_delivered_before_once_and_restore_exit_on_the_settle_error() {
+    // A slow receiver: an alert still in flight at exit is lost unless the exit waits for it.
+    let hook = MockServer::start().await;
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(700)))
+        .mount(&hook)
+        .await;
+    let tail = format!(
+        "[[notify]]\nurl = \"{}/hooks/ops\"\nevents = [\"server_left_stopped\"]",
+        hook.uri()
+    );
+    let setup = Setup::new(
+        SimConfig {
+            refuse_start: true,
+            ..quick()
+        },
+        "stop_server = true",
+        &tail,
+    )
+    .await;
+    // What a killed run leaves: the server stopped, its journal entry.
+    setup
+        .sim
+        .set_server_status(WEB, snapshot_scheduler::model::PowerState::Stopped);
+    let state = setup.scratch.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    let now = Utc::now();
+    let entry = serde_json::json!([{
+        "server": WEB, "policy": "nightly", "snapshot": current_name(),
+        "stopped_at": now - chrono::Duration::hours(2), "deadline": now - chrono::Duration::hours(1),
+    }]);
+    std::fs::write(state.join("power-journal.json"), entry.to_string()).unwrap();
+
+    for args in [&["once"][..], &["restore", "1", "--yes"][..]] {
+        let before = alerts(&hook).await.len();
+        let (out, _) = setup.run(args).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", explain(&out));
+        assert!(stderr(&out).contains("could not be started again"), "{}", explain(&out));
+        let sent = alerts(&hook).await;
+        assert_eq!(sent.len(), before + 1, "{args:?}: the alert was lost at exit: {sent:#?}");
+        assert_eq!(sent[before]["event"], "server_left_stopped", "{sent:#?}");
+    }
+}
