@@ -272,6 +272,45 @@ async fn a_hanging_pre_hook_is_killed_at_hook_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_hook_that_leaves_a_lock_holder_running_takes_the_snapshot_with_the_lock_held() {
+    // `FLUSH TABLES WITH READ LOCK` kept by a background session: the pre hook exits 0 and
+    // leaves a process holding the lock until the post hook ends it. Such a hook used to be
+    // reported "killed after 5s (hook_timeout)", its holder killed and the snapshot skipped.
+    let pre = sh("sleep 30 & echo $! > {dir}/holder.pid; echo lock taken; exit 0");
+    let post = sh(
+        "pid=$(cat {dir}/holder.pid); kill -0 $pid && echo alive > {dir}/holder.state; kill $pid",
+    );
+    let setup = Setup::new(
+        quick(),
+        &format!(
+            "pre_hook = {pre}
+post_hook = {post}
+hook_timeout = \"5s\""
+        ),
+        "",
+    )
+    .await;
+
+    let (out, took) = setup.run(&["once"]).await;
+
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(setup.created(), [current_name()], "{}", explain(&out));
+    assert!(took < Duration::from_secs(4), "once took {took:?}");
+    assert!(
+        stderr(&out).contains("lock taken"),
+        "the hook's output before it exited is logged\n{}",
+        explain(&out)
+    );
+    let state = std::fs::read_to_string(setup.file("holder.state")).unwrap_or_default();
+    assert_eq!(
+        state.trim(),
+        "alive",
+        "the holder did not live until the post hook\n{}",
+        explain(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_and_dry_run_show_the_hooks_without_running_them() {
     let setup = Setup::new(
         quick(),
