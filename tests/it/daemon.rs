@@ -4,9 +4,10 @@
 //! come every few seconds; every wait is a poll with a generous deadline, never a fixed sleep.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use snapshot_scheduler::policy::parse_snapshot_name;
 use snapshot_scheduler::simulator::SimConfig;
 use tokio::time::Instant;
 
-use crate::common::{bin, fast_config, policy, Setup};
+use crate::common::{bin, bin_as_nobody, fast_config, policy, stderr, Setup, NOBODY};
 
 const WEB: ServerId = 12345;
 /// A server the provider does not know: every request about it answers 404.
@@ -75,7 +76,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path, env: &[(&str, &str)]) -> Self {
-        let mut cmd = bin();
+        Self::start_with(bin(), config, env)
+    }
+
+    /// [`Daemon::start`] with `cmd` as the binary (run as another user, with other limits).
+    fn start_with(mut cmd: Command, config: &Path, env: &[(&str, &str)]) -> Self {
         cmd.arg("--config")
             .arg(config)
             .args(["--log-format", "text", "run"])
@@ -630,4 +635,90 @@ async fn a_failing_server_does_not_stop_the_daemon() {
         .filter(|s| s.status == SnapshotStatus::Completed)
         .count();
     assert!(completed >= 1, "{:?}", setup.sim.snapshots(WEB));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_owned_lock_file_still_keeps_a_root_once_out_while_the_daemon_runs() {
+    // A root `once` leaves state_dir/lock root-owned, mode 0644. The daemon, running as
+    // another user, could not open it for writing and went on without the lock, so the next
+    // root `once` ran beside it, each with its own copy of the power journal.
+    let Some(as_nobody) = bin_as_nobody() else {
+        eprintln!("skipped: needs root and setpriv to run the daemon as another user");
+        return;
+    };
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", YEARLY, &[WEB], "catch_up = false"),
+        "",
+    )
+    .await;
+    let state = setup.scratch.state_dir();
+    std::fs::create_dir_all(&state).expect("mkdir state");
+    let lock = state.join("lock");
+    std::fs::write(&lock, "").expect("write the lock file");
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOBODY)).expect("chown state_dir");
+    std::os::unix::fs::chown(setup.scratch.token_path(), Some(NOBODY), None).expect("chown");
+    std::fs::set_permissions(setup.scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the scratch directory");
+
+    let mut daemon = Daemon::start_with(as_nobody, &setup.config, &[]);
+    daemon.running().await;
+
+    let mut once = bin();
+    once.arg("--config").arg(&setup.config).arg("once");
+    let out = tokio::task::spawn_blocking(move || once.output().expect("the binary runs"))
+        .await
+        .expect("the blocking task ends");
+    let log = daemon.log();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a root once ran beside the daemon\n{}\ndaemon:\n{log}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("another snapshot-scheduler process"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(setup.created(WEB).is_empty());
+    assert!(daemon.exited().is_none(), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_state_lock_possible_refuses_to_run_and_says_what_to_fix() {
+    // state_dir belongs to root and has no lock file yet: a daemon running as another user
+    // can neither open nor create one. It used to go on without the lock.
+    let Some(as_nobody) = bin_as_nobody() else {
+        eprintln!("skipped: needs root and setpriv to run the daemon as another user");
+        return;
+    };
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", EVERY_2S, &[WEB], ""),
+        "",
+    )
+    .await;
+    let state = setup.scratch.state_dir();
+    std::fs::create_dir_all(&state).expect("mkdir state");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(setup.scratch.token_path(), Some(NOBODY), None).expect("chown");
+    std::fs::set_permissions(setup.scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the scratch directory");
+
+    let mut daemon = Daemon::start_with(as_nobody, &setup.config, &[]);
+    let status = daemon.wait_exit(WAIT).await;
+
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let lock = state.join("lock").display().to_string();
+    assert!(
+        log.contains(&format!("state lock {lock}: Permission denied"))
+            && log.contains("does not act without it"),
+        "{log}"
+    );
+    assert!(setup.created(WEB).is_empty(), "{log}");
 }
