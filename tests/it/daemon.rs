@@ -722,3 +722,178 @@ async fn no_state_lock_possible_refuses_to_run_and_says_what_to_fix() {
     );
     assert!(setup.created(WEB).is_empty(), "{log}");
 }
+
+/// `cmd` with its open-files limit set to `soft` and `hard` in the child before it starts.
+fn with_open_files_limit(mut cmd: Command, soft: u64, hard: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// The soft and hard open-files limits of a running process, from `/proc/PID/limits`.
+fn open_files_limit(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open files limit in\n{limits}"));
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().unwrap_or_default().to_owned();
+    let hard = fields.next().unwrap_or_default().to_owned();
+    (soft, hard)
+}
+
+/// Raises this test process's own soft open-files limit to at least `need`; false where the
+/// hard limit does not allow it.
+fn raise_own_open_files_limit(need: u64) -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return false;
+        }
+        if limit.rlim_cur >= need {
+            return true;
+        }
+        if limit.rlim_max < need {
+            return false;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_raises_its_open_files_soft_limit_to_the_hard_limit() {
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", YEARLY, &[WEB], "catch_up = false"),
+        "",
+    )
+    .await;
+    let cmd = with_open_files_limit(bin(), 256, 4096);
+    let mut daemon = Daemon::start_with(cmd, &setup.config, &[]);
+    daemon.running().await;
+    assert_eq!(
+        open_files_limit(daemon.child.id()),
+        ("4096".to_owned(), "4096".to_owned()),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// Opens up to `n` connections to `port` on loopback, each sending the start of a request and
+/// then nothing. Stops early once connecting keeps failing (a listener that stopped accepting).
+fn open_idle_connections(port: u16, n: usize) -> Vec<std::net::TcpStream> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut open = Vec::new();
+    let mut failures = 0;
+    while open.len() < n && failures < 3 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(mut stream) => {
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+                open.push(stream);
+            }
+            Err(_) => failures += 1,
+        }
+    }
+    open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_metrics_connections_neither_exhaust_descriptors_nor_keep_a_server_stopped() {
+    // 1,100 half-sent requests from a local user used to take every file descriptor of the
+    // daemon: its journal and provider calls then failed with "Too many open files" while a
+    // server was stopped for its snapshot.
+    const IDLE: usize = 1_100;
+    if !raise_own_open_files_limit(IDLE as u64 + 1_000) {
+        eprintln!("skipped: this process may not open {IDLE} connections");
+        return;
+    }
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+        free.local_addr().expect("local addr").port()
+    };
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", EVERY_3S, &[WEB], "stop_server = true"),
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    )
+    .await;
+    let cmd = with_open_files_limit(bin(), 256, 256);
+    let mut daemon = Daemon::start_with(cmd, &setup.config, &[]);
+    daemon
+        .until("metrics are served", |log| log.contains("serving /metrics"))
+        .await;
+
+    let idle = tokio::task::spawn_blocking(move || open_idle_connections(port, IDLE))
+        .await
+        .expect("the blocking task ends");
+    assert!(
+        idle.len() > 300,
+        "only {} connections opened; the flood proves nothing",
+        idle.len()
+    );
+    let before = setup.sim.stats().created.len();
+    daemon
+        .until(
+            "a snapshot taken with the server stopped after the flood has completed",
+            |_| {
+                let completed: Vec<String> = setup
+                    .sim
+                    .snapshots(WEB)
+                    .into_iter()
+                    .filter(|s| s.status == SnapshotStatus::Completed)
+                    .map(|s| s.name)
+                    .collect();
+                setup.sim.stats().created[before..]
+                    .iter()
+                    .any(|c| c.server_status == PowerState::Stopped && completed.contains(&c.name))
+            },
+        )
+        .await;
+    drop(idle);
+
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match reqwest::get(&url).await {
+            Ok(r) if r.status().is_success() => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "/metrics does not answer after the idle connections are gone: {other:?}\n{}",
+                daemon.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.signal("TERM");
+    let status = daemon.wait_exit(WAIT).await;
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(
+        setup.sim.server(WEB).expect("simulated").status,
+        PowerState::Running,
+        "{log}"
+    );
+    assert!(!log.contains("Too many open files"), "{log}");
+}
