@@ -15,7 +15,9 @@ use snapshot_scheduler::simulator::{SimConfig, Simulator};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::common::{bin, config_with_policy, serve_sim, stderr, stdout, Scratch};
+use crate::common::{
+    bin, config_with_policy, serve_sim, stderr, stdout, with_open_files_limit, Scratch,
+};
 
 const WEB: ServerId = 12345;
 
@@ -308,6 +310,25 @@ hook_timeout = \"5s\""
         "the holder did not live until the post hook\n{}",
         explain(&out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_raises_its_open_files_soft_limit_to_the_hard_limit() {
+    // What the hook sees is what the process that started it had.
+    let setup = Setup::new(
+        quick(),
+        &format!("pre_hook = {}", sh("ulimit -n > {dir}/nofile")),
+        "",
+    )
+    .await;
+    let mut cmd = with_open_files_limit(bin(), 256, 4096);
+    cmd.arg("--config").arg(&setup.config).arg("once");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("the binary runs"))
+        .await
+        .expect("the blocking task ends");
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let nofile = std::fs::read_to_string(setup.file("nofile")).unwrap_or_default();
+    assert_eq!(nofile.trim(), "4096", "{}", explain(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

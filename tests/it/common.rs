@@ -44,6 +44,26 @@ pub fn bin_as_nobody() -> Option<Command> {
     Some(cmd)
 }
 
+/// `cmd` with its open-files limit set to `soft` and `hard` in the child before it starts.
+pub fn with_open_files_limit(mut cmd: Command, soft: u64, hard: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 fn clean_env(cmd: &mut Command) {
     cmd.env_remove("SNAPSHOT_SCHEDULER_CONFIG")
         .env_remove("CREDENTIALS_DIRECTORY")

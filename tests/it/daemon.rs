@@ -19,7 +19,9 @@ use snapshot_scheduler::policy::parse_snapshot_name;
 use snapshot_scheduler::simulator::SimConfig;
 use tokio::time::Instant;
 
-use crate::common::{bin, bin_as_nobody, fast_config, policy, stderr, Setup, NOBODY};
+use crate::common::{
+    bin, bin_as_nobody, fast_config, policy, stderr, with_open_files_limit, Setup, NOBODY,
+};
 
 const WEB: ServerId = 12345;
 /// A server the provider does not know: every request about it answers 404.
@@ -721,26 +723,6 @@ async fn no_state_lock_possible_refuses_to_run_and_says_what_to_fix() {
         "{log}"
     );
     assert!(setup.created(WEB).is_empty(), "{log}");
-}
-
-/// `cmd` with its open-files limit set to `soft` and `hard` in the child before it starts.
-fn with_open_files_limit(mut cmd: Command, soft: u64, hard: u64) -> Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
-    // which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: soft,
-                rlim_max: hard,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
 }
 
 /// The soft and hard open-files limits of a running process, from `/proc/PID/limits`.
