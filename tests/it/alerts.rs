@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -12,6 +13,7 @@ use serde_json::Value;
 use snapshot_scheduler::model::{ServerId, SnapshotStatus};
 use snapshot_scheduler::policy::snapshot_name;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -465,6 +467,163 @@ async fn ping_url_gets_start_then_success_or_fail() {
             ("GET".to_owned(), "/ping/abc123/fail".to_owned()),
         ]
     );
+}
+
+/// A receiver that fails each request target's first request by closing the connection
+/// unanswered, answers its second with 500 and later ones with 200. Returns its base URL and
+/// every request target it was sent, in order.
+async fn flaky_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the receiver");
+    let base = format!("http://{}", listener.local_addr().expect("local addr"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Some(target) = read_request(&mut stream).await else {
+                    return;
+                };
+                let times = {
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push(target.clone());
+                    log.iter().filter(|t| **t == target).count()
+                };
+                let status = match times {
+                    1 => return,
+                    2 => "500 Internal Server Error",
+                    _ => "200 OK",
+                };
+                let answer =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (base, seen)
+}
+
+/// Reads one request (head and body) and returns its target (path and query).
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_len = loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        request.extend_from_slice(&chunk[..n]);
+        if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..head_len]).into_owned();
+    let body_len: usize = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    while request.len() < head_len + body_len {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&chunk[..n]);
+    }
+    head.split_whitespace().nth(1).map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_and_ping_urls_are_logged_as_scheme_and_host_only() {
+    // Webhook and ping URLs are secrets (whoever has one can post to the channel or silence
+    // the check). Each delivery here fails once (connection closed), is refused once (500),
+    // then goes through, so every log line about a delivery is written, at the most verbose
+    // level.
+    let (base, seen) = flaky_receiver().await;
+    let host = base.trim_start_matches("http://");
+    let webhook =
+        format!("http://hook:SECRET-PASSWORD@{host}/hooks/SECRET-WEBHOOK?key=SECRET-QUERY");
+    let setup = Setup::new(
+        SimConfig {
+            failure_rate: 1.0,
+            ..quick()
+        },
+        &format!("ping_url = \"{base}/ping/SECRET-PING\""),
+        &format!("[[notify]]\nurl = \"{webhook}\""),
+    )
+    .await;
+
+    let (out, _) = setup.run(&["-vv", "once"]).await;
+
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for target in [
+        "/hooks/SECRET-WEBHOOK?key=SECRET-QUERY",
+        "/ping/SECRET-PING/start",
+        "/ping/SECRET-PING/fail",
+    ] {
+        assert_eq!(
+            seen.iter().filter(|t| *t == target).count(),
+            3,
+            "{target} not delivered on the third attempt: {seen:?}\n{}",
+            explain(&out)
+        );
+    }
+    let log = stderr(&out);
+    let leaks: Vec<&str> = log.lines().filter(|l| l.contains("SECRET")).collect();
+    assert!(
+        leaks.is_empty(),
+        "secrets in the log:\n{}",
+        leaks.join("\n")
+    );
+    for what in [
+        "alert refused",
+        "alert not delivered",
+        "ping refused",
+        "ping failed",
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(what) && l.contains(&base)),
+            "no {what:?} line naming {base}:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn config_errors_about_webhook_and_ping_urls_do_not_show_their_secrets() {
+    let scratch = Scratch::new();
+    let text = config_text(
+        "ping_url = \"http://hc.example.com/ping/SECRET-PING\"",
+        "[[notify]]\nurl = \"ftp://u:SECRET-PASSWORD@hooks.example.com/SECRET-PATH?k=SECRET-QUERY\"\n\n\
+         [[notify]]\nurl = \"hooks.example.com/services/SECRET-NOT-A-URL\"",
+    );
+    let config = scratch.config(&text, "http://127.0.0.1:9");
+
+    let out = bin()
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .expect("the binary runs");
+
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("SECRET"), "{err}");
+    for said in [
+        "ping_url",
+        "\"http://hc.example.com/...\"",
+        "notify.url",
+        "\"ftp://hooks.example.com/...\"",
+        "is not a URL",
+    ] {
+        assert!(err.contains(said), "{said:?} missing:\n{err}");
+    }
 }
 
 // ---- status --nagios ----
