@@ -276,7 +276,7 @@ mod tests {
         }
         assert!(out.success, "{out:?}");
         assert_eq!(out.detail, "exit status: 0");
-        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(took < Duration::from_secs(3), "took {took:?}");
         assert!(holder_alive, "the hook's background process was killed");
     }
 
@@ -287,7 +287,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("wrote-and-lived");
         let script = format!(
-            "(sleep 1.5; echo late; echo late >&2; touch {}) & exit 0",
+            "(sleep 2.5; echo late; echo late >&2; touch {}) & exit 0",
             marker.display()
         );
         let started = std::time::Instant::now();
@@ -299,7 +299,8 @@ mod tests {
         )
         .await;
         assert!(out.success, "{out:?}");
-        assert!(started.elapsed() < Duration::from_millis(1400));
+        // Returned before the holder wrote: its output went to a pipe no longer logged.
+        assert!(started.elapsed() < Duration::from_millis(2400));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !marker.exists() {
             assert!(
@@ -335,7 +336,7 @@ mod tests {
         }
         assert!(!out.success);
         assert_eq!(out.detail, "exit status: 3");
-        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(took < Duration::from_secs(3), "took {took:?}");
     }
 
     #[tokio::test]
