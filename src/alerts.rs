@@ -150,12 +150,17 @@ impl Alerts {
         };
         let http = self.http.clone();
         self.deliveries.spawn(async move {
+            let shown = loggable(&url);
             let mut delay = Duration::from_secs(1);
             for _ in 0..3 {
                 match http.get(&url).send().await {
                     Ok(r) if r.status().is_success() => return,
-                    Ok(r) => tracing::warn!(%url, status = r.status().as_u16(), "ping refused"),
-                    Err(e) => tracing::warn!(%url, error = %e, "ping failed"),
+                    Ok(r) => {
+                        tracing::warn!(url = %shown, status = r.status().as_u16(), "ping refused")
+                    }
+                    Err(e) => {
+                        tracing::warn!(url = %shown, error = %without_url(e), "ping failed")
+                    }
                 }
                 tokio::time::sleep(delay).await;
                 delay *= 4;
@@ -179,6 +184,7 @@ impl Alerts {
 }
 
 async fn deliver(http: &reqwest::Client, target: &NotifyTarget, alert: &Alert, attempts: u32) {
+    let shown = loggable(&target.url);
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=attempts {
         let mut request = http.post(&target.url).json(alert);
@@ -187,18 +193,70 @@ async fn deliver(http: &reqwest::Client, target: &NotifyTarget, alert: &Alert, a
         }
         match request.send().await {
             Ok(r) if r.status().is_success() => {
-                tracing::debug!(url = %target.url, event = alert.event.as_str(), "alert delivered");
+                tracing::debug!(url = %shown, event = alert.event.as_str(), "alert delivered");
                 return;
             }
             Ok(r) => {
-                tracing::warn!(url = %target.url, status = r.status().as_u16(), attempt, "alert refused; retrying")
+                tracing::warn!(url = %shown, status = r.status().as_u16(), attempt, "alert refused; retrying")
             }
             Err(e) => {
-                tracing::warn!(url = %target.url, error = %e, attempt, "alert not delivered; retrying")
+                tracing::warn!(url = %shown, error = %without_url(e), attempt, "alert not delivered; retrying")
             }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 3).min(Duration::from_secs(300));
     }
-    tracing::error!(url = %target.url, event = alert.event.as_str(), "alert dropped after {attempts} attempts");
+    tracing::error!(url = %shown, event = alert.event.as_str(), "alert dropped after {attempts} attempts");
+}
+
+/// What of a webhook or ping URL may be logged: its scheme, host and port. The rest (path,
+/// query, user and password) is as good as a password: whoever has it can post to the
+/// channel or silence the check.
+pub fn loggable(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{}{port}/...", u.scheme(), u.host_str().unwrap_or(""))
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
+/// A request error with its causes, without the URL reqwest puts in it.
+fn without_url(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_scheme_host_and_port_of_a_url_are_loggable() {
+        for (url, shown) in [
+            (
+                "https://hooks.slack.com/services/T000/B000/XXXX",
+                "https://hooks.slack.com/...",
+            ),
+            (
+                "https://hc-ping.com/0b6a1f7e-5f3c-4e8e-9d2a-6c1d2f3a4b5c/start",
+                "https://hc-ping.com/...",
+            ),
+            (
+                "http://user:pw@127.0.0.1:8080/hook?token=abc#frag",
+                "http://127.0.0.1:8080/...",
+            ),
+            ("https://[::1]:9/x", "https://[::1]:9/..."),
+            ("hooks.example.com/secret", "(not a URL)"),
+        ] {
+            assert_eq!(loggable(url), shown, "{url}");
+        }
+    }
 }

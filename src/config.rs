@@ -1146,17 +1146,21 @@ fn validate_retention(check: &mut Checker<'_>, p: &RawPolicy, label: &str) -> Re
 }
 
 /// `https://`, or `http://` to a loopback host, like `base_url`. Returns whether it is fine.
+/// Webhook and ping URLs are secrets: errors show only their scheme and host.
 fn checked_url(check: &mut Checker<'_>, url: &Spanned<String>, key: &str) -> bool {
     match reqwest::Url::parse(url.get_ref()) {
         Ok(u) if u.scheme() == "https" => true,
         Ok(u) if u.scheme() == "http" && is_loopback_host(&u) => true,
-        Ok(_) => {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
             check.at(
                 url.span(),
                 key,
                 format!(
-                    "\"{}\" is not allowed; allowed: https://, or http:// to a loopback host",
-                    url.get_ref()
+                    "\"{}://{}{port}/...\" is not allowed; allowed: https://, or http:// to a \
+                     loopback host",
+                    u.scheme(),
+                    u.host_str().unwrap_or("")
                 ),
             );
             false
@@ -1165,10 +1169,7 @@ fn checked_url(check: &mut Checker<'_>, url: &Spanned<String>, key: &str) -> boo
             check.at(
                 url.span(),
                 key,
-                format!(
-                    "\"{}\" is not a URL ({e}); allowed: https://...",
-                    url.get_ref()
-                ),
+                format!("is not a URL ({e}); allowed: https://..."),
             );
             false
         }

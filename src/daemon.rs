@@ -48,6 +48,10 @@ fn notify(states: &[NotifyState<'_>]) {
 }
 
 pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow::Result<i32> {
+    match raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let ctx = Context::connect(config, simulate).await?;
     let result = serve(&ctx, config_path, simulate).await;
     // Alerts queued on the way out (a server left stopped, above all) still go out.
@@ -460,6 +464,14 @@ fn jitter_delay(
     rand::rng().random_range(Duration::ZERO..bound)
 }
 
+/// At most this many metrics connections at once; more are closed as they arrive, so a flood
+/// of connections cannot take the file descriptors the journal and the provider calls need.
+const METRICS_CONNECTIONS: usize = 64;
+
+/// A metrics connection gets this long for its one request, from its first byte to the last
+/// byte of the answer (a scrape takes milliseconds); idle or slow ones are closed then.
+const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -480,10 +492,67 @@ async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on metrics_listen {addr}"))?;
     tracing::info!(%addr, "serving /metrics and /healthz");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics endpoint stopped");
-        }
-    });
+    tokio::spawn(serve_bounded(listener, app));
     Ok(())
+}
+
+/// Serves `app`, one request per connection, at most [`METRICS_CONNECTIONS`] at once, each
+/// closed after [`METRICS_CONNECTION_TIMEOUT`]. (`axum::serve` has no limit of either kind.)
+async fn serve_bounded(listener: tokio::net::TcpListener, app: axum::Router) {
+    let turns = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait instead of spinning.
+                tracing::warn!(error = %e, "the metrics endpoint cannot accept a connection");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Ok(turn) = turns.clone().try_acquire_owned() else {
+            tracing::debug!(
+                "{METRICS_CONNECTIONS} metrics connections open already; closing a new one"
+            );
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(METRICS_CONNECTION_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // Dropping the connection closes it.
+            let _ = tokio::time::timeout(METRICS_CONNECTION_TIMEOUT, connection).await;
+            drop(turn);
+        });
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, and returns that. Services
+/// and shells usually start with a soft limit of 1024, which concurrent provider connections,
+/// the metrics listener and hook pipes can reach; the hard limit (the unit's `LimitNOFILE=`) is
+/// what the operator allows.
+pub fn raise_open_files_limit() -> std::io::Result<libc::rlim_t> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_max)
 }

@@ -33,6 +33,25 @@ pub struct JournalError {
     pub source: std::io::Error,
 }
 
+/// Why the state directory could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "state lock {}: {source}; snapshot-scheduler does not act without it. The user it runs \
+         as must be able to read that file, or to create it in {}: fix the file's owner or mode, \
+         or remove it while no snapshot-scheduler runs",
+        path.display(),
+        path.parent().unwrap_or(path).display()
+    )]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
@@ -49,17 +68,11 @@ impl Journal {
     /// Opens (creating `state_dir` if needed) and reads the journal.
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
         let path = state_dir.join(FILE_NAME);
-        let err = |source| JournalError {
+        fs::create_dir_all(state_dir).map_err(|source| JournalError {
             path: path.clone(),
             source,
-        };
-        fs::create_dir_all(state_dir).map_err(err)?;
-        let entries = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(err(e)),
-        };
+        })?;
+        let entries = read_entries(&path)?;
         Ok(Self {
             path,
             entries: Mutex::new(entries),
@@ -91,21 +104,19 @@ impl Journal {
 
     /// Takes the state directory for this process: `Ok(false)` when another process (the
     /// daemon, another `once`) holds it. Two processes acting on one journal would each keep
-    /// their own copy and overwrite the other's entries. Where no lock file can be made (a
-    /// read-only state_dir) it goes on without one: the journal cannot be written either,
-    /// so no server will be stopped.
-    pub fn try_lock(&self) -> Result<bool, JournalError> {
+    /// their own copy and overwrite the other's entries, so there is no acting without the
+    /// lock: a lock file that can be neither opened nor created is an error. The entries are
+    /// read again once the lock is held, since another process may have written them after
+    /// [`Journal::open`].
+    pub fn try_lock(&self) -> Result<bool, LockError> {
         if self.lock.get().is_some() {
             return Ok(true);
         }
         let path = self.path.with_file_name("lock");
-        let file = match File::options().create(true).append(true).open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot create the state lock; going on without it");
-                return Ok(true);
-            }
-        };
+        let file = open_lock_file(&path).map_err(|source| LockError::Open {
+            path: path.clone(),
+            source,
+        })?;
         use std::os::unix::io::AsRawFd;
         // SAFETY: flock on a file descriptor this function owns; no memory is involved.
         let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
@@ -114,7 +125,13 @@ impl Journal {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 return Ok(false);
             }
-            return Err(JournalError { path, source: e });
+            return Err(LockError::Open { path, source: e });
+        }
+        let entries = read_entries(&self.path)?;
+        let found = !entries.is_empty();
+        *self.lock() = entries;
+        if found {
+            self.recorded.notify_one();
         }
         let _ = self.lock.set(file);
         Ok(true)
@@ -150,6 +167,40 @@ impl Journal {
                 path: self.path.clone(),
                 source,
             })
+    }
+}
+
+/// The entries in the journal file; none when it does not exist.
+fn read_entries(path: &Path) -> Result<Vec<Entry>, JournalError> {
+    let err = |source| JournalError {
+        path: path.to_owned(),
+        source,
+    };
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Opens the lock file read-only (flock needs no more, so a lock file another user left,
+/// such as root's 0644 one, still serves), creating it (0644) if it does not exist.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        opened => return opened,
+    }
+    match File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+    {
+        // Another process created it in between.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => File::open(path),
+        created => created,
     }
 }
 
@@ -209,6 +260,40 @@ mod tests {
         assert!(
             second.try_lock().unwrap(),
             "free again once the first is gone"
+        );
+    }
+
+    #[test]
+    fn entries_written_by_another_process_before_the_lock_are_seen_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // Opened (and read) while the journal was empty...
+        let late = Journal::open(dir.path()).unwrap();
+        {
+            // ...then another process stops a server and exits before crashing or settling.
+            let other = Journal::open(dir.path()).unwrap();
+            assert!(other.try_lock().unwrap());
+            other.record(entry(7)).unwrap();
+        }
+        assert!(late.try_lock().unwrap());
+        assert_eq!(
+            late.entries(),
+            [entry(7)],
+            "a stop journaled by another process was not seen: its server would stay stopped"
+        );
+    }
+
+    #[test]
+    fn no_lock_file_possible_is_an_error_naming_it_not_a_run_without_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        // A dangling link into a directory that does not exist: the lock can be neither
+        // opened nor created, by any user.
+        std::os::unix::fs::symlink(dir.path().join("gone/lock"), dir.path().join("lock")).unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let err = j.try_lock().expect_err("went on without a lock");
+        let text = err.to_string();
+        assert!(
+            text.contains(&dir.path().join("lock").display().to_string()),
+            "{text}"
         );
     }
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -12,10 +13,13 @@ use serde_json::Value;
 use snapshot_scheduler::model::{ServerId, SnapshotStatus};
 use snapshot_scheduler::policy::snapshot_name;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::any;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::common::{bin, config_with_policy, serve_sim, stderr, stdout, Scratch};
+use crate::common::{
+    bin, config_with_policy, serve_sim, stderr, stdout, with_open_files_limit, Scratch,
+};
 
 const WEB: ServerId = 12345;
 
@@ -272,6 +276,63 @@ async fn a_hanging_pre_hook_is_killed_at_hook_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_hook_that_leaves_a_lock_holder_running_takes_the_snapshot_with_the_lock_held() {
+    // `FLUSH TABLES WITH READ LOCK` kept by a background session: the pre hook exits 0 and
+    // leaves a process holding the lock until the post hook ends it. Such a hook used to be
+    // reported "killed after 5s (hook_timeout)", its holder killed and the snapshot skipped.
+    let pre = sh("sleep 30 & echo $! > {dir}/holder.pid; echo lock taken; exit 0");
+    let post = sh(
+        "pid=$(cat {dir}/holder.pid); kill -0 $pid && echo alive > {dir}/holder.state; kill $pid",
+    );
+    let setup = Setup::new(
+        quick(),
+        &format!("pre_hook = {pre}\npost_hook = {post}\nhook_timeout = \"20s\""),
+        "",
+    )
+    .await;
+
+    let (out, took) = setup.run(&["once"]).await;
+
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(setup.created(), [current_name()], "{}", explain(&out));
+    assert!(
+        took < Duration::from_secs(10),
+        "once took {took:?}: waited for the holder"
+    );
+    assert!(
+        stderr(&out).contains("lock taken"),
+        "the hook's output before it exited is logged\n{}",
+        explain(&out)
+    );
+    let state = std::fs::read_to_string(setup.file("holder.state")).unwrap_or_default();
+    assert_eq!(
+        state.trim(),
+        "alive",
+        "the holder did not live until the post hook\n{}",
+        explain(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_raises_its_open_files_soft_limit_to_the_hard_limit() {
+    // What the hook sees is what the process that started it had.
+    let setup = Setup::new(
+        quick(),
+        &format!("pre_hook = {}", sh("ulimit -n > {dir}/nofile")),
+        "",
+    )
+    .await;
+    let mut cmd = with_open_files_limit(bin(), 256, 4096);
+    cmd.arg("--config").arg(&setup.config).arg("once");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("the binary runs"))
+        .await
+        .expect("the blocking task ends");
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let nofile = std::fs::read_to_string(setup.file("nofile")).unwrap_or_default();
+    assert_eq!(nofile.trim(), "4096", "{}", explain(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_and_dry_run_show_the_hooks_without_running_them() {
     let setup = Setup::new(
         quick(),
@@ -405,6 +466,163 @@ async fn ping_url_gets_start_then_success_or_fail() {
             ("GET".to_owned(), "/ping/abc123/fail".to_owned()),
         ]
     );
+}
+
+/// A receiver that fails each request target's first request by closing the connection
+/// unanswered, answers its second with 500 and later ones with 200. Returns its base URL and
+/// every request target it was sent, in order.
+async fn flaky_receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the receiver");
+    let base = format!("http://{}", listener.local_addr().expect("local addr"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Some(target) = read_request(&mut stream).await else {
+                    return;
+                };
+                let times = {
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push(target.clone());
+                    log.iter().filter(|t| **t == target).count()
+                };
+                let status = match times {
+                    1 => return,
+                    2 => "500 Internal Server Error",
+                    _ => "200 OK",
+                };
+                let answer =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (base, seen)
+}
+
+/// Reads one request (head and body) and returns its target (path and query).
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_len = loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        request.extend_from_slice(&chunk[..n]);
+        if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..head_len]).into_owned();
+    let body_len: usize = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    while request.len() < head_len + body_len {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&chunk[..n]);
+    }
+    head.split_whitespace().nth(1).map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_and_ping_urls_are_logged_as_scheme_and_host_only() {
+    // Webhook and ping URLs are secrets (whoever has one can post to the channel or silence
+    // the check). Each delivery here fails once (connection closed), is refused once (500),
+    // then goes through, so every log line about a delivery is written, at the most verbose
+    // level.
+    let (base, seen) = flaky_receiver().await;
+    let host = base.trim_start_matches("http://");
+    let webhook =
+        format!("http://hook:SECRET-PASSWORD@{host}/hooks/SECRET-WEBHOOK?key=SECRET-QUERY");
+    let setup = Setup::new(
+        SimConfig {
+            failure_rate: 1.0,
+            ..quick()
+        },
+        &format!("ping_url = \"{base}/ping/SECRET-PING\""),
+        &format!("[[notify]]\nurl = \"{webhook}\""),
+    )
+    .await;
+
+    let (out, _) = setup.run(&["-vv", "once"]).await;
+
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for target in [
+        "/hooks/SECRET-WEBHOOK?key=SECRET-QUERY",
+        "/ping/SECRET-PING/start",
+        "/ping/SECRET-PING/fail",
+    ] {
+        assert_eq!(
+            seen.iter().filter(|t| *t == target).count(),
+            3,
+            "{target} not delivered on the third attempt: {seen:?}\n{}",
+            explain(&out)
+        );
+    }
+    let log = stderr(&out);
+    let leaks: Vec<&str> = log.lines().filter(|l| l.contains("SECRET")).collect();
+    assert!(
+        leaks.is_empty(),
+        "secrets in the log:\n{}",
+        leaks.join("\n")
+    );
+    for what in [
+        "alert refused",
+        "alert not delivered",
+        "ping refused",
+        "ping failed",
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains(what) && l.contains(&base)),
+            "no {what:?} line naming {base}:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn config_errors_about_webhook_and_ping_urls_do_not_show_their_secrets() {
+    let scratch = Scratch::new();
+    let text = config_text(
+        "ping_url = \"http://hc.example.com/ping/SECRET-PING\"",
+        "[[notify]]\nurl = \"ftp://u:SECRET-PASSWORD@hooks.example.com/SECRET-PATH?k=SECRET-QUERY\"\n\n\
+         [[notify]]\nurl = \"hooks.example.com/services/SECRET-NOT-A-URL\"",
+    );
+    let config = scratch.config(&text, "http://127.0.0.1:9");
+
+    let out = bin()
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .expect("the binary runs");
+
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("SECRET"), "{err}");
+    for said in [
+        "ping_url",
+        "\"http://hc.example.com/...\"",
+        "notify.url",
+        "\"ftp://hooks.example.com/...\"",
+        "is not a URL",
+    ] {
+        assert!(err.contains(said), "{said:?} missing:\n{err}");
+    }
 }
 
 // ---- status --nagios ----
@@ -574,9 +792,17 @@ async fn server_left_stopped_is_delivered_before_once_and_restore_exit_on_the_se
         let before = alerts(&hook).await.len();
         let (out, _) = setup.run(args).await;
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", explain(&out));
-        assert!(stderr(&out).contains("could not be started again"), "{}", explain(&out));
+        assert!(
+            stderr(&out).contains("could not be started again"),
+            "{}",
+            explain(&out)
+        );
         let sent = alerts(&hook).await;
-        assert_eq!(sent.len(), before + 1, "{args:?}: the alert was lost at exit: {sent:#?}");
+        assert_eq!(
+            sent.len(),
+            before + 1,
+            "{args:?}: the alert was lost at exit: {sent:#?}"
+        );
         assert_eq!(sent[before]["event"], "server_left_stopped", "{sent:#?}");
     }
 }

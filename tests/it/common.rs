@@ -16,12 +16,60 @@ pub const TOKEN: &str = "test-token-3f9a1c";
 /// The real binary, with a clean environment for the variables it reads.
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapshot-scheduler"));
+    clean_env(&mut cmd);
+    cmd
+}
+
+/// The user and group [`bin_as_nobody`] runs the binary as.
+pub const NOBODY: u32 = 65534;
+
+/// Like [`bin`], run as user and group [`NOBODY`] (through setpriv), for what a daemon that
+/// does not run as root meets. `None` where that cannot be done (not root, no setpriv).
+pub fn bin_as_nobody() -> Option<Command> {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    let setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !root || !setpriv {
+        return None;
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg(env!("CARGO_BIN_EXE_snapshot-scheduler"));
+    clean_env(&mut cmd);
+    Some(cmd)
+}
+
+/// `cmd` with its open-files limit set to `soft` and `hard` in the child before it starts.
+pub fn with_open_files_limit(mut cmd: Command, soft: u64, hard: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn clean_env(cmd: &mut Command) {
     cmd.env_remove("SNAPSHOT_SCHEDULER_CONFIG")
         .env_remove("CREDENTIALS_DIRECTORY")
         .env_remove("JOURNAL_STREAM")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("RUST_LOG");
-    cmd
 }
 
 pub fn run(cmd: &mut Command) -> Output {

@@ -4,9 +4,10 @@
 //! come every few seconds; every wait is a poll with a generous deadline, never a fixed sleep.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +19,9 @@ use snapshot_scheduler::policy::parse_snapshot_name;
 use snapshot_scheduler::simulator::SimConfig;
 use tokio::time::Instant;
 
-use crate::common::{bin, fast_config, policy, Setup};
+use crate::common::{
+    bin, bin_as_nobody, fast_config, policy, stderr, with_open_files_limit, Setup, NOBODY,
+};
 
 const WEB: ServerId = 12345;
 /// A server the provider does not know: every request about it answers 404.
@@ -75,7 +78,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path, env: &[(&str, &str)]) -> Self {
-        let mut cmd = bin();
+        Self::start_with(bin(), config, env)
+    }
+
+    /// [`Daemon::start`] with `cmd` as the binary (run as another user, with other limits).
+    fn start_with(mut cmd: Command, config: &Path, env: &[(&str, &str)]) -> Self {
         cmd.arg("--config")
             .arg(config)
             .args(["--log-format", "text", "run"])
@@ -630,4 +637,245 @@ async fn a_failing_server_does_not_stop_the_daemon() {
         .filter(|s| s.status == SnapshotStatus::Completed)
         .count();
     assert!(completed >= 1, "{:?}", setup.sim.snapshots(WEB));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_owned_lock_file_still_keeps_a_root_once_out_while_the_daemon_runs() {
+    // A root `once` leaves state_dir/lock root-owned, mode 0644. The daemon, running as
+    // another user, could not open it for writing and went on without the lock, so the next
+    // root `once` ran beside it, each with its own copy of the power journal.
+    let Some(as_nobody) = bin_as_nobody() else {
+        eprintln!("skipped: needs root and setpriv to run the daemon as another user");
+        return;
+    };
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", YEARLY, &[WEB], "catch_up = false"),
+        "",
+    )
+    .await;
+    let state = setup.scratch.state_dir();
+    std::fs::create_dir_all(&state).expect("mkdir state");
+    let lock = state.join("lock");
+    std::fs::write(&lock, "").expect("write the lock file");
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOBODY)).expect("chown state_dir");
+    std::os::unix::fs::chown(setup.scratch.token_path(), Some(NOBODY), None).expect("chown");
+    std::fs::set_permissions(setup.scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the scratch directory");
+
+    let mut daemon = Daemon::start_with(as_nobody, &setup.config, &[]);
+    daemon.running().await;
+
+    let mut once = bin();
+    once.arg("--config").arg(&setup.config).arg("once");
+    let out = tokio::task::spawn_blocking(move || once.output().expect("the binary runs"))
+        .await
+        .expect("the blocking task ends");
+    let log = daemon.log();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a root once ran beside the daemon\n{}\ndaemon:\n{log}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("another snapshot-scheduler process"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(setup.created(WEB).is_empty());
+    assert!(daemon.exited().is_none(), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_state_lock_possible_refuses_to_run_and_says_what_to_fix() {
+    // state_dir belongs to root and has no lock file yet: a daemon running as another user
+    // can neither open nor create one. It used to go on without the lock.
+    let Some(as_nobody) = bin_as_nobody() else {
+        eprintln!("skipped: needs root and setpriv to run the daemon as another user");
+        return;
+    };
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", EVERY_2S, &[WEB], ""),
+        "",
+    )
+    .await;
+    let state = setup.scratch.state_dir();
+    std::fs::create_dir_all(&state).expect("mkdir state");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::chown(setup.scratch.token_path(), Some(NOBODY), None).expect("chown");
+    std::fs::set_permissions(setup.scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the scratch directory");
+
+    let mut daemon = Daemon::start_with(as_nobody, &setup.config, &[]);
+    let status = daemon.wait_exit(WAIT).await;
+
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let lock = state.join("lock").display().to_string();
+    assert!(
+        log.contains(&format!("state lock {lock}: Permission denied"))
+            && log.contains("does not act without it"),
+        "{log}"
+    );
+    assert!(setup.created(WEB).is_empty(), "{log}");
+}
+
+/// The soft and hard open-files limits of a running process, from `/proc/PID/limits`.
+fn open_files_limit(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open files limit in\n{limits}"));
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().unwrap_or_default().to_owned();
+    let hard = fields.next().unwrap_or_default().to_owned();
+    (soft, hard)
+}
+
+/// Raises this test process's own soft open-files limit to at least `need`; false where the
+/// hard limit does not allow it.
+fn raise_own_open_files_limit(need: u64) -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return false;
+        }
+        if limit.rlim_cur >= need {
+            return true;
+        }
+        if limit.rlim_max < need {
+            return false;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_raises_its_open_files_soft_limit_to_the_hard_limit() {
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", YEARLY, &[WEB], "catch_up = false"),
+        "",
+    )
+    .await;
+    let cmd = with_open_files_limit(bin(), 256, 4096);
+    let mut daemon = Daemon::start_with(cmd, &setup.config, &[]);
+    daemon.running().await;
+    assert_eq!(
+        open_files_limit(daemon.child.id()),
+        ("4096".to_owned(), "4096".to_owned()),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// Opens up to `n` connections to `port` on loopback, each sending the start of a request and
+/// then nothing. Stops early once connecting keeps failing (a listener that stopped accepting).
+fn open_idle_connections(port: u16, n: usize) -> Vec<std::net::TcpStream> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut open = Vec::new();
+    let mut failures = 0;
+    while open.len() < n && failures < 3 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(mut stream) => {
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+                open.push(stream);
+            }
+            Err(_) => failures += 1,
+        }
+    }
+    open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_metrics_connections_neither_exhaust_descriptors_nor_keep_a_server_stopped() {
+    // 1,100 half-sent requests from a local user used to take every file descriptor of the
+    // daemon: its journal and provider calls then failed with "Too many open files" while a
+    // server was stopped for its snapshot.
+    const IDLE: usize = 1_100;
+    if !raise_own_open_files_limit(IDLE as u64 + 1_000) {
+        eprintln!("skipped: this process may not open {IDLE} connections");
+        return;
+    }
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+        free.local_addr().expect("local addr").port()
+    };
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", EVERY_3S, &[WEB], "stop_server = true"),
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    )
+    .await;
+    let cmd = with_open_files_limit(bin(), 256, 256);
+    let mut daemon = Daemon::start_with(cmd, &setup.config, &[]);
+    daemon
+        .until("metrics are served", |log| log.contains("serving /metrics"))
+        .await;
+
+    let idle = tokio::task::spawn_blocking(move || open_idle_connections(port, IDLE))
+        .await
+        .expect("the blocking task ends");
+    assert!(
+        idle.len() > 300,
+        "only {} connections opened; the flood proves nothing",
+        idle.len()
+    );
+    let before = setup.sim.stats().created.len();
+    daemon
+        .until(
+            "a snapshot taken with the server stopped after the flood has completed",
+            |_| {
+                let completed: Vec<String> = setup
+                    .sim
+                    .snapshots(WEB)
+                    .into_iter()
+                    .filter(|s| s.status == SnapshotStatus::Completed)
+                    .map(|s| s.name)
+                    .collect();
+                setup.sim.stats().created[before..]
+                    .iter()
+                    .any(|c| c.server_status == PowerState::Stopped && completed.contains(&c.name))
+            },
+        )
+        .await;
+    drop(idle);
+
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match reqwest::get(&url).await {
+            Ok(r) if r.status().is_success() => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "/metrics does not answer after the idle connections are gone: {other:?}\n{}",
+                daemon.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.signal("TERM");
+    let status = daemon.wait_exit(WAIT).await;
+    let log = daemon.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(
+        setup.sim.server(WEB).expect("simulated").status,
+        PowerState::Running,
+        "{log}"
+    );
+    assert!(!log.contains("Too many open files"), "{log}");
 }

@@ -148,3 +148,20 @@ fn check_warns_when_power_timeout_needs_a_longer_stop_timeout_than_the_units() {
         "{err}"
     );
 }
+
+#[test]
+fn unit_allows_enough_open_files() {
+    // systemd's default soft limit of 1024 is what a flood of connections or many concurrent
+    // provider calls ran into; the daemon raises its soft limit to the unit's hard one.
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let value = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .unwrap_or_else(|| panic!("no LimitNOFILE= in the unit"));
+    let hard = value.rsplit(':').next().unwrap_or(value);
+    let hard: u64 = hard
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("cannot read LimitNOFILE={value}"));
+    assert!(hard >= 4096, "LimitNOFILE={value}: hard limit below 4096");
+}
