@@ -52,14 +52,21 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
         Ok(limit) => tracing::debug!(limit, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
+    // As read from the file: `--simulate` rewrites [api] and state_dir in the context's copy.
+    let started = config.clone();
     let ctx = Context::connect(config, simulate).await?;
-    let result = serve(&ctx, config_path, simulate).await;
+    let reloader = Reloader {
+        path: config_path,
+        simulate,
+        started,
+    };
+    let result = serve(&ctx, reloader).await;
     // Alerts queued on the way out (a server left stopped, above all) still go out.
     ctx.drain_alerts().await;
     result
 }
 
-async fn serve(ctx: &Context, config_path: PathBuf, simulate: bool) -> anyhow::Result<i32> {
+async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
     let shutdown = Shutdown::new();
     let executor = ctx.executor_with(false, shutdown.clone())?;
     if !executor.journal().try_lock()? {
@@ -75,8 +82,7 @@ async fn serve(ctx: &Context, config_path: PathBuf, simulate: bool) -> anyhow::R
     tokio::spawn(handle_signals(
         shutdown.clone(),
         reload_tx,
-        config_path,
-        simulate,
+        reloader,
         executor.alerts().cloned(),
     ));
     let watchdog = sd_notify::watchdog_enabled();
@@ -266,8 +272,7 @@ async fn retry_reconcile<P: Provider>(executor: Arc<Executor<P>>, shutdown: Canc
 fn handle_signals(
     shutdown: Shutdown,
     reload: watch::Sender<Vec<Policy>>,
-    config_path: PathBuf,
-    simulate: bool,
+    reloader: Reloader,
     alerts: Option<Arc<Alerts>>,
 ) -> impl std::future::Future<Output = ()> {
     let handlers = (
@@ -275,7 +280,46 @@ fn handle_signals(
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     );
-    signal_loop(handlers, shutdown, reload, config_path, simulate, alerts)
+    signal_loop(handlers, shutdown, reload, reloader, alerts)
+}
+
+/// What SIGHUP needs: where the config is, and the config the daemon started with (its
+/// `[api]`, `[daemon]` and `[[notify]]` stay in force until a restart).
+pub struct Reloader {
+    pub path: PathBuf,
+    pub simulate: bool,
+    pub started: Config,
+}
+
+/// The sections of `new` that differ from what runs and that a reload does not apply.
+pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
+    use secrecy::ExposeSecret as _;
+    let (a, b) = (&running.api, &new.api);
+    let token =
+        |t: &Option<secrecy::SecretString>| t.as_ref().map(|t| t.expose_secret().to_owned());
+    let mut changed = Vec::new();
+    if a.base_url != b.base_url
+        || a.token_source != b.token_source
+        || token(&a.token) != token(&b.token)
+        || a.timeout != b.timeout
+        || a.requests_per_second != b.requests_per_second
+        || a.max_retries != b.max_retries
+    {
+        changed.push("[api]");
+    }
+    if format!("{:?}", running.daemon) != format!("{:?}", new.daemon) {
+        changed.push("[daemon]");
+    }
+    let targets = |c: &Config| {
+        c.notify
+            .iter()
+            .map(|n| (n.url.clone(), token(&n.token), n.events.clone()))
+            .collect::<Vec<_>>()
+    };
+    if targets(running) != targets(new) {
+        changed.push("[[notify]]");
+    }
+    changed
 }
 
 async fn signal_loop(
@@ -286,8 +330,7 @@ async fn signal_loop(
     ),
     shutdown: Shutdown,
     reload: watch::Sender<Vec<Policy>>,
-    config_path: PathBuf,
-    simulate: bool,
+    reloader: Reloader,
     alerts: Option<Arc<Alerts>>,
 ) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
@@ -299,7 +342,7 @@ async fn signal_loop(
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
-                reload_config(&reload, &config_path, simulate, alerts.as_deref());
+                reload_config(&reload, &reloader, alerts.as_deref());
                 continue;
             }
         };
@@ -309,20 +352,33 @@ async fn signal_loop(
 
 fn reload_config(
     reload: &watch::Sender<Vec<Policy>>,
-    path: &std::path::Path,
-    simulate: bool,
+    reloader: &Reloader,
     alerts: Option<&Alerts>,
 ) {
     notify(&[NotifyState::Reloading]);
-    match Config::load(path, LoadOptions { simulate }) {
+    let loaded = Config::load(
+        &reloader.path,
+        LoadOptions {
+            simulate: reloader.simulate,
+        },
+    );
+    match loaded {
         Ok(config) => {
             for w in &config.warnings {
                 tracing::warn!("{w}");
             }
             tracing::info!(
                 policies = config.policies.len(),
-                "config reloaded; new schedules apply now ([api] and [daemon] changes need a restart)"
+                "config reloaded; the policies apply now"
             );
+            let unapplied = needs_restart(&reloader.started, &config);
+            if !unapplied.is_empty() {
+                tracing::warn!(
+                    "the changes to {} are NOT applied by a reload: the daemon keeps the ones it \
+                     started with until it is restarted (systemctl restart snapshot-scheduler)",
+                    unapplied.join(", ")
+                );
+            }
             let _ = reload.send(config.policies);
             notify(&[NotifyState::Ready, NotifyState::Status("config reloaded")]);
         }

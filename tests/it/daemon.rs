@@ -879,3 +879,42 @@ async fn idle_metrics_connections_neither_exhaust_descriptors_nor_keep_a_server_
     );
     assert!(!log.contains("Too many open files"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_says_which_sections_need_a_restart_instead_of_ignoring_them() {
+    let nightly = policy("nightly", YEARLY, &[WEB], "catch_up = false");
+    let setup = Setup::new(&[WEB], quick(Duration::from_secs(1)), &nightly, "").await;
+    let mut daemon = setup.start(&[]);
+    daemon.running().await;
+
+    // Only a policy changes: nothing to warn about.
+    let renamed = nightly
+        .replace("catch_up = false", "catch_up = false\nkeep = 1")
+        .replace("keep = 2\n", "");
+    setup.rewrite(&fast_config(&renamed, ""));
+    daemon.signal("HUP");
+    daemon
+        .until("the first reload is done", |log| {
+            log.matches("config reloaded").count() >= 1
+        })
+        .await;
+    assert!(!daemon.log().contains("NOT applied"), "{}", daemon.log());
+
+    // [daemon] and [[notify]] change: said, not silently ignored.
+    let text = format!(
+        "{}\n[[notify]]\nurl = \"http://127.0.0.1:9/hook\"\n",
+        fast_config(&renamed, "max_concurrent = 3")
+    );
+    setup.rewrite(&text);
+    daemon.signal("HUP");
+    daemon
+        .until("the second reload is done", |log| {
+            log.matches("config reloaded").count() >= 2
+        })
+        .await;
+    let log = daemon.log();
+    assert!(
+        log.contains("the changes to [daemon], [[notify]] are NOT applied by a reload"),
+        "{log}"
+    );
+}
