@@ -1992,4 +1992,41 @@ mod tests {
         assert_eq!(next.result, RunResult::Skipped);
         assert_eq!(rig.sim.stats().request_count("stop"), 1);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn leftovers_are_settled_again_with_back_off_before_a_command_exits() {
+        let rig = Rig::new(SimConfig {
+            refuse_start: true,
+            power_delay: Duration::from_secs(10),
+            ..SimConfig::default()
+        });
+        rig.sim.set_server_status(WEB, PowerState::Stopped);
+        let now: DateTime<Utc> = "2025-01-15T02:30:05Z".parse().unwrap();
+        rig.journal
+            .record(journal::Entry {
+                server: WEB,
+                policy: "nightly".into(),
+                snapshot: NAME.into(),
+                stopped_at: now,
+                deadline: now,
+            })
+            .unwrap();
+        assert_eq!(
+            rig.executor.reconcile().await.len(),
+            1,
+            "the start is refused"
+        );
+        // The provider lets it start a little later (a hold lifted, an outage over).
+        let sim = rig.sim.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            sim.set_config(|c| c.refuse_start = false);
+        });
+
+        let left = rig.executor.settle_leftovers().await;
+
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(rig.status(), PowerState::Running);
+        assert!(rig.journal_on_disk().is_empty());
+    }
 }
