@@ -785,6 +785,21 @@ fn is_requested(
     })
 }
 
+/// Reads one page of a listing as [`HttpClient`] does (record by record: an unreadable record
+/// of a server not asked about is left out with a warning; one of the server asked about is an
+/// error naming it). For a provider that
+/// speaks in memory but should be read like one over HTTP (the soak).
+pub fn read_listing_page(body: &[u8], server: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
+    let what = match server {
+        Some(id) => format!("list snapshots of server {id}"),
+        None => "list snapshots".to_owned(),
+    };
+    let page = decode_page(body, &what)?;
+    let scope = server.map_or(Scope::Account, Scope::Server);
+    check_unreadable(&page.unreadable, scope, &what)?;
+    Ok(page.snapshots)
+}
+
 /// Runs `body` through every decoder the client applies to a provider's answer (a page of
 /// snapshots, a snapshot, a server, a stop/start answer, a restore answer, and the message of
 /// an error body), as the fuzz targets and the fuzz smoke tests do. Returns how many decoded;
