@@ -230,6 +230,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     match &cli.command {
         Command::Check => {
+            // A renamed policy leaves its snapshots to nobody: say so before it bites.
+            let runlog = crate::runlog::RunLog::open(&config.daemon.state_dir);
+            for warning in runlog.retired_warnings(&config.policies) {
+                tracing::warn!("{warning}");
+            }
             print!("{}", check_report(&config, Utc::now()));
             Ok(0)
         }

@@ -25,7 +25,7 @@ use crate::execute::Executor;
 use crate::model::ServerId;
 use crate::policy::Policy;
 use crate::provider::Provider;
-use crate::scheduler::{self, Fire, LoopEvents, Scheduler};
+use crate::scheduler::{self, Fire, LoopEvents, Recorded, Scheduler};
 
 /// Hands the heap that start-up used (config parsing, the first listing) back to the system,
 /// so an idle daemon stays small for years. glibc keeps freed memory otherwise.
@@ -166,6 +166,7 @@ impl<P: Provider> Service<P> {
             self.executor.clone(),
             self.shutdown.clone(),
         ));
+        self.finish_interrupted(&policies, &mut tasks).await;
         let mut dispatcher = Dispatcher {
             executor: self.executor.clone(),
             tasks,
@@ -204,6 +205,45 @@ impl<P: Provider> Service<P> {
             return false;
         }
         true
+    }
+
+    /// A crash (or a shutdown) mid-fire leaves runs without a result. Their slot stays handled: running it
+    /// again could stop a server a second time for it. Where the slot's snapshot was already
+    /// requested, the run is finished now (its snapshot waited for, the policy pruned): the
+    /// plan creates nothing for a slot whose snapshot exists, so nothing is stopped.
+    async fn finish_interrupted(&self, policies: &[Policy], tasks: &mut JoinSet<()>) {
+        let Some(log) = self.executor.runlog() else {
+            return;
+        };
+        for policy in policies {
+            let Some((slot, servers)) = log.interrupted(policy) else {
+                continue;
+            };
+            let listing = match self.executor.list(&servers).await {
+                Ok(l) => Arc::new(l),
+                Err(e) => {
+                    tracing::warn!(policy = %policy.name, %slot, error = %e, "cannot list the servers whose run of this slot ended early; their next fire prunes");
+                    continue;
+                }
+            };
+            let name = policy.snapshot_name(slot);
+            let policy = Arc::new(policy.clone());
+            for server in servers {
+                if !listing.server(server).iter().any(|s| s.name == name) {
+                    tracing::warn!(policy = %policy.name, server, %slot, "this slot's run ended early (a crash or shutdown) before its snapshot was requested; it is not run again (a restart never stops a server twice for one slot), the next fire takes a new slot");
+                    continue;
+                }
+                tracing::info!(policy = %policy.name, server, %slot, "finishing this slot's run, which ended early (a crash or shutdown)");
+                let (executor, policy, listing) =
+                    (self.executor.clone(), policy.clone(), listing.clone());
+                tasks.spawn(async move {
+                    executor
+                        .run_server(&policy, server, slot, Some(&listing))
+                        .await;
+                    executor.flush();
+                });
+            }
+        }
     }
 }
 
@@ -353,10 +393,48 @@ struct Dispatcher<P: Provider> {
     on_wake: OnWake,
 }
 
+impl<P: Provider> Dispatcher<P> {
+    /// Records `policy` as handled up to `at`, by a fire of that slot or without one
+    /// (durably, before any work for it starts).
+    fn mark_handled(&self, policy: &Policy, at: DateTime<Utc>, fired: bool) {
+        let Some(log) = self.executor.runlog() else {
+            return;
+        };
+        let written = if fired {
+            log.mark_fired(policy, at)
+        } else {
+            log.mark_handled(policy, at)
+        };
+        if let Err(e) = written {
+            tracing::warn!(policy = %policy.name, error = %e, "cannot record the handled slot in state_dir; a restart may take it for missed and run it again");
+        }
+    }
+}
+
 impl<P: Provider> LoopEvents for Dispatcher<P> {
+    fn recorded(&self, policy: &Policy) -> Option<Recorded> {
+        self.executor.runlog()?.recorded(&policy.name)
+    }
+
+    fn handled(&mut self, policy: &Policy, at: DateTime<Utc>) {
+        self.mark_handled(policy, at, false);
+    }
+
+    fn configured(&mut self, policies: &[Policy]) {
+        let Some(log) = self.executor.runlog() else {
+            return;
+        };
+        for warning in log.retired_warnings(policies) {
+            tracing::warn!("{warning}");
+        }
+    }
+
     fn fire(&mut self, fire: Fire) {
         let Fire { policy, slot, kind } = fire;
         tracing::info!(policy = %policy.name, %slot, ?kind, "policy fired");
+        // Before the work: a crash mid-run must not make the next start run this slot again,
+        // and a failed slot is not retried by a restart either.
+        self.mark_handled(&policy, slot, true);
         let mut servers = Vec::new();
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());

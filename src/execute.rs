@@ -395,6 +395,11 @@ impl<P: Provider> Executor<P> {
         self.alerts.get()
     }
 
+    /// The run log set by [`Self::set_runlog`]; the daemon also keeps handled slots in it.
+    pub fn runlog(&self) -> Option<&Arc<crate::runlog::RunLog>> {
+        self.runlog.get()
+    }
+
     /// Remembers the newest completed snapshot of a server from a listing of it.
     fn note_newest(&self, server: ServerId, snapshots: &[Snapshot]) {
         let newest = snapshots

@@ -2,6 +2,7 @@
 //! library against the built-in simulated provider (or wiremock for scripted answers).
 
 mod alerts;
+mod catch_up;
 mod client;
 mod commands;
 mod common;
@@ -11,5 +12,6 @@ mod faults;
 mod fuzz_smoke;
 mod once;
 mod requests;
+mod restarts;
 mod soak;
 mod systemd;
