@@ -17,7 +17,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, LoadOptions, LogFormat, TokenSource, DEFAULT_PATH};
 use crate::execute::{Executor, RunResult, ServerReport, Settings};
 use crate::journal::Journal;
-use crate::model::{PowerState, ServerId, Snapshot};
+use crate::model::{PowerState, ServerId, Snapshot, SnapshotStatus};
 use crate::policy::Policy;
 use crate::provider::Provider;
 use crate::simulator::{self, SimConfig, Simulator};
@@ -152,6 +152,34 @@ pub enum Command {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Standard output went away (`list | head -1`): the command ends quietly with exit 0, as
+/// ripgrep does. `print!` would panic instead.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub struct OutputClosed;
+
+/// Writes `text` to standard output; a reader that went away is [`OutputClosed`].
+fn out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(OutputClosed),
+            _ => anyhow::Error::new(e).context("cannot write to standard output"),
+        })
+}
+
+/// `println!` through [`out`]: an error to return, not a panic.
+macro_rules! outln {
+    () => {
+        out("\n")
+    };
+    ($($arg:tt)*) => {
+        out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -167,22 +195,27 @@ pub fn main() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the async runtime: {e}"
+            );
             return 1;
         }
     };
     let nagios = matches!(cli.command, Command::Status { nagios: true, .. });
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if e.chain().any(|c| c.is::<OutputClosed>()) => 0,
         Err(e) if nagios => {
-            println!(
+            let _ = outln!(
                 "SNAPSHOTS UNKNOWN - {}",
                 format!("{e:#}").replace('\n', " ")
             );
             crate::status::Level::Unknown.exit_code()
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not eprintln!: a closed stderr must not turn an error into a panic.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             exit_code(&e)
         }
     }
@@ -235,7 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             for warning in runlog.retired_warnings(&config.policies) {
                 tracing::warn!("{warning}");
             }
-            print!("{}", check_report(&config, Utc::now()));
+            out(&check_report(&config, Utc::now()))?;
             Ok(0)
         }
         Command::List { server, json } => {
@@ -248,12 +281,6 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             wait,
         } => {
             let ctx = Context::connect(config, cli.simulate).await?;
-            let executor = ctx.executor(false)?;
-            if executor.journal().try_lock()? {
-                executor.reconcile_or_fail().await?;
-            } else {
-                tracing::info!("another snapshot-scheduler process owns the power journal; leaving it to that one");
-            }
             restore(&ctx, *snapshot_id, *yes, *wait).await
         }
         Command::Plan {
@@ -475,7 +502,7 @@ async fn list(ctx: &Context, server: Option<ServerId>, json: bool) -> anyhow::Re
                 policy: ctx.manager_of(&s.name),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(0);
     }
     let mut table = vec![[
@@ -502,9 +529,9 @@ async fn list(ctx: &Context, server: Option<ServerId>, json: bool) -> anyhow::Re
             ctx.manager_of(&s.name).unwrap_or("-").to_owned(),
         ]);
     }
-    print!("{}", render_table(&table));
+    out(&render_table(&table))?;
     if snapshots.is_empty() {
-        println!("(no snapshots)");
+        outln!("(no snapshots)")?;
     }
     Ok(0)
 }
@@ -529,6 +556,9 @@ pub fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
+/// `restore`: refuses anything but a completed snapshot, settles only the snapshot's own
+/// server if a previous run left it stopped, shows what is overwritten and asks for the
+/// server's name (its id when it has none); an empty answer never confirms.
 async fn restore(ctx: &Context, snapshot_id: u64, yes: bool, wait: bool) -> anyhow::Result<i32> {
     let snapshot = ctx
         .client
@@ -541,17 +571,40 @@ async fn restore(ctx: &Context, snapshot_id: u64, yes: bool, wait: bool) -> anyh
                 "snapshot {snapshot_id} does not exist (see `list`)"
             ))
         })?;
+    if snapshot.status != SnapshotStatus::Completed {
+        return Err(UsageError(format!(
+            "snapshot {} \"{}\" is {}; only a completed snapshot can be restored (see `list`)",
+            snapshot.id, snapshot.name, snapshot.status
+        ))
+        .into());
+    }
+    let executor = ctx.executor(false)?;
+    if executor.journal().try_lock()? {
+        executor.settle_server(snapshot.server.id).await?;
+    } else {
+        tracing::info!(
+            "another snapshot-scheduler process owns the power journal; leaving it to that one"
+        );
+    }
     let server = ctx.client.get_server(snapshot.server.id).await?;
-    println!(
-        "Restore server {} ({}, {}) from snapshot {} \"{}\" taken {}.\n\
+    outln!(
+        "Restore server {} ({}, {}) from snapshot {} \"{}\":\n  \
+         {}, {}, taken {} ({} ago).\n\
          All current data on the server is overwritten; this cannot be undone.",
         server.id,
-        server.name,
+        if server.name.trim().is_empty() {
+            "no name"
+        } else {
+            server.name.as_str()
+        },
         server.status,
         snapshot.id,
         snapshot.name,
+        snapshot.status,
+        format_size(snapshot.size_mb),
         snapshot.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
-    );
+        format_age(ctx.clock.now() - snapshot.created_at),
+    )?;
     if !yes {
         if !std::io::stdin().is_terminal() {
             return Err(UsageError(
@@ -559,17 +612,30 @@ async fn restore(ctx: &Context, snapshot_id: u64, yes: bool, wait: bool) -> anyh
             )
             .into());
         }
-        print!("Type the server's name ({}) to continue: ", server.name);
-        std::io::stdout().flush()?;
+        // A server without a name is confirmed by its id: an empty answer never confirms.
+        let expected = match server.name.trim() {
+            "" => {
+                out(&format!(
+                    "The server has no name; type its id ({}) to continue: ",
+                    server.id
+                ))?;
+                server.id.to_string()
+            }
+            name => {
+                out(&format!("Type the server's name ({name}) to continue: "))?;
+                name.to_owned()
+            }
+        };
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
-        if answer.trim() != server.name {
-            println!("Not confirmed; nothing was changed.");
+        let answer = answer.trim();
+        if answer.is_empty() || answer != expected {
+            outln!("Not confirmed; nothing was changed.")?;
             return Ok(1);
         }
     }
     let started = ctx.client.restore_snapshot(snapshot.id).await?;
-    println!("{}", started.message);
+    outln!("{}", started.message)?;
     if !wait {
         return Ok(0);
     }
@@ -579,7 +645,7 @@ async fn restore(ctx: &Context, snapshot_id: u64, yes: bool, wait: bool) -> anyh
         tokio::time::sleep(delay).await;
         let s = ctx.client.get_server(server.id).await?;
         if s.status == PowerState::Running {
-            println!("Server {} is running again.", s.id);
+            outln!("Server {} is running again.", s.id)?;
             return Ok(0);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -621,9 +687,9 @@ async fn simulate_provider(
         Arc::new(SystemClock),
     );
     let (addr, task) = simulator::serve(sim, listen).await?;
-    println!("simulated provider at {}", simulator::base_url(addr));
-    println!("token: {token}");
-    println!("servers: {ids:?}");
+    outln!("simulated provider at {}", simulator::base_url(addr))?;
+    outln!("token: {token}")?;
+    outln!("servers: {ids:?}")?;
     tokio::select! {
         _ = task => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -705,16 +771,16 @@ async fn show_plan(
         })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&plans)?);
+        outln!("{}", serde_json::to_string_pretty(&plans)?)?;
         return Ok(0);
     }
     for (p, (policy, _, _)) in plans.iter().zip(&work) {
-        println!(
+        outln!(
             "policy {}  server {}  slot {}",
             p.policy,
             p.server,
             p.slot.format("%Y-%m-%dT%H:%M:%SZ")
-        );
+        )?;
         let mut rows = Vec::new();
         match &p.create {
             Some(c) => rows.push(["create".to_owned(), c.name.clone(), c.reason.clone()]),
@@ -729,24 +795,24 @@ async fn show_plan(
             ]);
         }
         for line in render_table(&rows).lines() {
-            println!("  {line}");
+            outln!("  {line}")?;
         }
         if let Some(b) = &p.blocked {
-            println!("  BLOCKED: {} ({})", b.reason, b.snapshots.join(", "));
+            outln!("  BLOCKED: {} ({})", b.reason, b.snapshots.join(", "))?;
         }
         for note in &p.notes {
-            println!("  note: {note}");
+            outln!("  note: {note}")?;
         }
         if p.create.is_some() {
             let hooks = &policy.hooks;
             if let Some(pre) = &hooks.pre {
-                println!("  pre hook (not run by plan): {pre:?}");
+                outln!("  pre hook (not run by plan): {pre:?}")?;
             }
             if let Some(post) = &hooks.post {
-                println!("  post hook (not run by plan): {post:?}");
+                outln!("  post hook (not run by plan): {post:?}")?;
             }
         }
-        println!();
+        outln!()?;
     }
     Ok(0)
 }
@@ -783,7 +849,10 @@ async fn once(
         }
     }
     let reports = executor.run_all(work).await;
-    print!("{}", summary(&reports));
+    // The work is done: its exit code must not hinge on a reader of the summary.
+    if let Err(e) = out(&summary(&reports)) {
+        tracing::warn!("cannot print the summary: {e:#}");
+    }
     if let (Some(alerts), false) = (&alerts, dry_run) {
         for p in &pinged {
             let failed = reports
@@ -861,11 +930,11 @@ async fn status(
     let rows = crate::status::rows(&pairs, |s| listing.server(s), &runlog, now);
     if nagios {
         let (level, line) = crate::status::nagios(&rows);
-        println!("{line}");
+        outln!("{line}")?;
         return Ok(level.exit_code());
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(0);
     }
     let mut table = vec![[
@@ -903,6 +972,6 @@ async fn status(
             }),
         ]);
     }
-    print!("{}", render_table(&table));
+    out(&render_table(&table))?;
     Ok(0)
 }

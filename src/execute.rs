@@ -1146,6 +1146,21 @@ impl<P: Provider> Executor<P> {
         errors
     }
 
+    /// Settles the journal entry of one server, if it has one (see
+    /// [`reconcile`](Self::reconcile)): `restore` must not act on a server a previous run
+    /// left stopped, nor wait for servers it does not touch.
+    pub async fn settle_server(&self, server: ServerId) -> anyhow::Result<()> {
+        match self
+            .journal
+            .entries()
+            .into_iter()
+            .find(|e| e.server == server)
+        {
+            Some(entry) => self.settle(entry).await,
+            None => Ok(()),
+        }
+    }
+
     /// Settles one journal entry (see [`reconcile`](Self::reconcile)).
     async fn settle(&self, entry: journal::Entry) -> anyhow::Result<()> {
         let lock = self.locks.entry(entry.server);
