@@ -581,6 +581,21 @@ async fn restore(ctx: &Context, snapshot_id: u64, yes: bool, wait: bool) -> anyh
     let executor = ctx.executor(false)?;
     if executor.journal().try_lock()? {
         executor.settle_server(snapshot.server.id).await?;
+    } else if let Some(entry) = executor
+        .journal()
+        .entries()
+        .into_iter()
+        .find(|e| e.server == snapshot.server.id)
+    {
+        // The daemon has it stopped for a snapshot: restoring now would race that snapshot.
+        bail!(
+            "server {} is stopped for snapshot {} by another snapshot-scheduler process (the \
+             daemon), since {}; nothing was changed: restore it once that snapshot is done and \
+             the server runs again",
+            entry.server,
+            entry.snapshot,
+            entry.stopped_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
     } else {
         tracing::info!(
             "another snapshot-scheduler process owns the power journal; leaving it to that one"

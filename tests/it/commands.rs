@@ -325,3 +325,39 @@ async fn restore_settles_only_its_own_servers_journal_entry() {
     );
     assert_eq!(p.restores(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_a_server_the_daemon_has_stopped_for_a_snapshot() {
+    let p = Provider::new(&[(WEB, "web-1")]).await;
+    let id = p.snapshot(WEB, "before-upgrade", SnapshotStatus::Completed);
+    // This test holds the state lock, as a running daemon would, mid-snapshot of WEB.
+    let daemon = Journal::open(&p.scratch.state_dir()).expect("the journal opens");
+    assert!(daemon.try_lock().expect("lock"));
+    let stopped = Utc::now();
+    p.sim.set_server_status(WEB, PowerState::Stopped);
+    daemon
+        .record(Entry {
+            server: WEB,
+            policy: "nightly".into(),
+            snapshot: "nightly-20250115T023000Z".into(),
+            stopped_at: stopped,
+            deadline: stopped + chrono::Duration::minutes(50),
+        })
+        .expect("record");
+    let out = run(bin()
+        .arg("-c")
+        .arg(&p.config)
+        .args(["restore", &id, "--yes"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("server 12345 is stopped for snapshot nightly-20250115T023000Z by another snapshot-scheduler process"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(p.restores(), 0);
+    assert_eq!(
+        daemon.entries().len(),
+        1,
+        "the daemon's entry is its own to settle"
+    );
+}
