@@ -261,6 +261,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    if cli.simulate && !matches!(cli.command, Command::Run) {
+        // Everything such a command acts on lives in this process: on Ctrl-C or SIGTERM it
+        // simply ends, and its state directory goes with it. (`run` drains on its own.)
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        return tokio::select! {
+            result = command(&cli, config) => result,
+            _ = interrupt.recv() => Ok(128 + libc::SIGINT),
+            _ = terminate.recv() => Ok(128 + libc::SIGTERM),
+        };
+    }
+    command(&cli, config).await
+}
+
+/// Runs the command that `cli` names (all but `simulate-provider`) with its config.
+async fn command(cli: &Cli, config: Config) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Check => {
             // A renamed policy leaves its snapshots to nobody: say so before it bites.
@@ -323,6 +340,52 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Present with `--simulate`: the provider the client talks to.
     pub simulator: Option<Simulator>,
+    /// Present with `--simulate`: the state directory, removed with the context.
+    simulated_state: Option<SimulatedStateDir>,
+}
+
+/// The state directory of a `--simulate` run: fresh, private (mode 700, a name nobody could
+/// have made first), and removed when dropped, so runs leave nothing behind.
+struct SimulatedStateDir(PathBuf);
+
+impl SimulatedStateDir {
+    fn create() -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let parent = std::env::temp_dir();
+        for _ in 0..16 {
+            let path = parent.join(format!(
+                "snapshot-scheduler-sim-{}-{}",
+                std::process::id(),
+                &random_token()[..8]
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Self(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot create a state directory for --simulate in {} (TMPDIR)",
+                            parent.display()
+                        )
+                    })
+                }
+            }
+        }
+        bail!(
+            "cannot create a state directory for --simulate in {}: every name tried exists",
+            parent.display()
+        )
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for SimulatedStateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Context {
@@ -340,6 +403,7 @@ impl Context {
                 client,
                 clock,
                 simulator: None,
+                simulated_state: None,
             });
         }
         let token = random_token();
@@ -363,8 +427,8 @@ impl Context {
         config.api.base_url = simulator::base_url(addr);
         config.api.token_source = TokenSource::Simulated;
         // A fresh provider deserves a fresh state directory, and a demo should not wait 15 s.
-        config.daemon.state_dir =
-            std::env::temp_dir().join(format!("snapshot-scheduler-sim-{}", std::process::id()));
+        let state = SimulatedStateDir::create()?;
+        config.daemon.state_dir = state.path().to_owned();
         config.daemon.poll_interval = config.daemon.poll_interval.min(Duration::from_secs(1));
         tracing::info!(base_url = %config.api.base_url, "using the simulated provider");
         let client = HttpClient::new(&config.api, SecretString::from(token))?;
@@ -373,6 +437,7 @@ impl Context {
             client,
             clock,
             simulator: Some(sim),
+            simulated_state: Some(state),
         })
     }
 
@@ -400,6 +465,11 @@ impl Context {
             &self.config.daemon.state_dir,
         )));
         Ok(executor)
+    }
+
+    /// The state directory `--simulate` made for this run, removed when the context is.
+    pub fn simulated_state_dir(&self) -> Option<&std::path::Path> {
+        self.simulated_state.as_ref().map(SimulatedStateDir::path)
     }
 
     /// The policy that owns a snapshot name, if any.

@@ -67,6 +67,7 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
         config_path,
         simulate,
         executor.alerts().cloned(),
+        ctx.simulated_state_dir().map(ToOwned::to_owned),
     ));
     let watchdog = sd_notify::watchdog_enabled();
     let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
@@ -290,7 +291,8 @@ async fn retry_reconcile<P: Provider>(executor: Arc<Executor<P>>, shutdown: Canc
 }
 
 /// SIGTERM/SIGINT: shut down (a second one exits at once; the journal is always consistent on
-/// disk, so the next start settles what is left). SIGHUP: reload the config.
+/// disk, so the next start settles what is left; with `--simulate` there is no next start,
+/// and `scratch`, its state directory, is removed). SIGHUP: reload the config.
 ///
 /// The handlers are installed before this returns, not inside the task: a spawned task may not
 /// have run yet when READY=1 goes out, and until then SIGHUP and SIGTERM kill the process.
@@ -300,13 +302,22 @@ fn handle_signals(
     config_path: PathBuf,
     simulate: bool,
     alerts: Option<Arc<Alerts>>,
+    scratch: Option<PathBuf>,
 ) -> impl std::future::Future<Output = ()> {
     let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     );
-    signal_loop(handlers, shutdown, reload, config_path, simulate, alerts)
+    signal_loop(
+        handlers,
+        shutdown,
+        reload,
+        config_path,
+        simulate,
+        alerts,
+        scratch,
+    )
 }
 
 async fn signal_loop(
@@ -320,6 +331,7 @@ async fn signal_loop(
     config_path: PathBuf,
     simulate: bool,
     alerts: Option<Arc<Alerts>>,
+    scratch: Option<PathBuf>,
 ) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
         tracing::error!("cannot install signal handlers");
@@ -336,6 +348,9 @@ async fn signal_loop(
         };
         if shutdown.is_cancelled() {
             tracing::warn!("second {name}: exiting now; the next start settles any stopped server");
+            if let Some(dir) = &scratch {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             std::process::exit(1);
         }
         tracing::info!("{name}: finishing in-flight work, taking no new fires");

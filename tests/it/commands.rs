@@ -361,3 +361,141 @@ async fn restore_refuses_a_server_the_daemon_has_stopped_for_a_snapshot() {
         "the daemon's entry is its own to settle"
     );
 }
+
+#[test]
+fn simulate_leaves_no_temporary_directory_behind() {
+    let tmp = tempfile::tempdir().expect("a temp dir");
+    for args in [
+        vec!["list"],
+        vec!["plan"],
+        vec!["status"],
+        vec!["once"],
+        vec!["once", "--dry-run"],
+        vec!["restore", "800", "--yes"],
+        // An error path: exit 2.
+        vec!["restore", "4242", "--yes"],
+    ] {
+        let out = run(bin()
+            .env("TMPDIR", tmp.path())
+            .args(["--simulate", "-q", "-c", EXAMPLE])
+            .args(&args));
+        assert!(
+            matches!(out.status.code(), Some(0 | 2)),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .expect("read the temp dir")
+            .map(|e| e.map(|e| e.file_name()))
+            .collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+}
+
+/// Spawns the binary with stderr collected line by line.
+fn spawn_logged(
+    cmd: &mut std::process::Command,
+) -> (std::process::Child, Arc<std::sync::Mutex<String>>) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    (child, log)
+}
+
+/// Polls `done` every 20 ms for up to 30 s.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn kill(child: &std::process::Child, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+}
+
+fn entries(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, Iterator::count)
+}
+
+#[test]
+fn simulate_interrupted_or_killed_twice_leaves_no_temporary_directory_behind() {
+    let tmp = tempfile::tempdir().expect("a temp dir");
+
+    // `once`, interrupted while it works.
+    let (mut once, log) = spawn_logged(bin().env("TMPDIR", tmp.path()).args([
+        "--simulate",
+        "--log-format",
+        "text",
+        "-c",
+        EXAMPLE,
+        "once",
+    ]));
+    eventually("once works on a server", || {
+        log.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains("rotation{")
+    });
+    assert_eq!(entries(tmp.path()), 1);
+    kill(&once, "INT");
+    let status = once.wait().expect("once ends");
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(entries(tmp.path()), 0, "once left its state directory");
+
+    // `run`, told twice to stop while a server is stopped for its snapshot.
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        &config_with_policy(&policy(
+            "often",
+            "*/2 * * * * *",
+            &[WEB],
+            "stop_server = true",
+        )),
+        "https://provider.invalid/api/v1",
+    );
+    let (mut daemon, log) = spawn_logged(
+        bin()
+            .env("TMPDIR", tmp.path())
+            .args(["--simulate", "--log-format", "text", "-c"])
+            .arg(&config)
+            .arg("run"),
+    );
+    let logged = |what: &str| log.lock().unwrap_or_else(|e| e.into_inner()).contains(what);
+    eventually("a server is stopped", || logged("stopping the server"));
+    kill(&daemon, "TERM");
+    eventually("the daemon drains", || logged("finishing in-flight work"));
+    kill(&daemon, "TERM");
+    let status = daemon.wait().expect("the daemon ends");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{}",
+        log.lock().unwrap_or_else(|e| e.into_inner())
+    );
+    assert_eq!(entries(tmp.path()), 0, "run left its state directory");
+}
