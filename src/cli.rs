@@ -446,13 +446,18 @@ impl Context {
         self.executor_with(dry_run, CancellationToken::new())
     }
 
-    /// The executor, with `hurry` ending every wait early (the daemon's shutdown).
+    /// The executor, with `hurry` ending every wait early (the daemon's shutdown). A dry run
+    /// only reads: it neither needs nor creates `state_dir`.
     pub fn executor_with(
         &self,
         dry_run: bool,
         hurry: CancellationToken,
     ) -> anyhow::Result<Arc<Executor<HttpClient>>> {
-        let journal = Journal::open(&self.config.daemon.state_dir)?;
+        let journal = if dry_run {
+            Journal::detached(&self.config.daemon.state_dir)
+        } else {
+            Journal::open(&self.config.daemon.state_dir)?
+        };
         let executor = Executor::new(
             Arc::new(self.client.clone()),
             self.clock.clone(),
@@ -841,11 +846,11 @@ async fn show_plan(
     work: Vec<(Policy, ServerId, DateTime<Utc>)>,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let executor = ctx.executor(true)?;
     let mut servers: Vec<ServerId> = work.iter().map(|(_, s, _)| *s).collect();
     servers.sort_unstable();
     servers.dedup();
-    let listing = executor.list(&servers).await?;
+    // Reads only: no executor, no state directory.
+    let listing = crate::execute::list(&ctx.client, &servers).await?;
     let now = ctx.clock.now();
     let plans: Vec<crate::plan::Plan> = work
         .iter()

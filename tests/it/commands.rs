@@ -499,3 +499,28 @@ fn simulate_interrupted_or_killed_twice_leaves_no_temporary_directory_behind() {
     );
     assert_eq!(entries(tmp.path()), 0, "run left its state directory");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_neither_create_nor_need_the_state_dir() {
+    let p = Provider::new(&[(WEB, "web-1")]).await;
+    let state = p.scratch.state_dir();
+    let commands = [
+        vec!["plan"],
+        vec!["once", "--dry-run"],
+        vec!["status"],
+        vec!["check"],
+        vec!["list"],
+    ];
+    for args in &commands {
+        let out = run(bin().arg("-c").arg(&p.config).args(args));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(!state.exists(), "{args:?} created the state_dir");
+    }
+    // A state_dir that cannot be read (here a file where the directory should be, which
+    // stops root too) changes nothing for them.
+    std::fs::write(&state, "not a directory").expect("write");
+    for args in &commands {
+        let out = run(bin().arg("-c").arg(&p.config).args(args));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+}
