@@ -888,7 +888,8 @@ async fn show_plan(
             outln!("  {line}")?;
         }
         if let Some(b) = &p.blocked {
-            outln!("  BLOCKED: {} ({})", b.reason, b.snapshots.join(", "))?;
+            // The reason names the snapshots (the first few); `--json` has them all.
+            outln!("  BLOCKED: {}", b.reason)?;
         }
         for note in &p.notes {
             outln!("  note: {note}")?;
