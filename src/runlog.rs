@@ -67,12 +67,21 @@ fn key(policy: &str, server: ServerId) -> String {
     format!("{policy}/{server}")
 }
 
-/// A file's JSON, or the default when it is missing or unreadable.
+/// A file's JSON, or the default when it is missing or unreadable (said in the log: without
+/// its handled slots a policy waits for its next fire instead of catching up).
 fn read_or_default<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return T::default(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read this record; going on without it");
+            return T::default();
+        }
+    };
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        tracing::warn!(path = %path.display(), error = %e, "cannot read this record; going on without it");
+        T::default()
+    })
 }
 
 impl RunLog {
@@ -170,17 +179,12 @@ impl RunLog {
             .handled
             .get(&policy.name)
             .filter(|h| h.schedule == schedule && h.timezone == timezone);
-        let servers = policy
-            .servers
-            .iter()
-            .map(|s| {
-                let before = previous.and_then(|h| h.servers.get(s)).copied();
-                // A wall clock that went back must not make a handled slot due again.
-                (*s, before.map_or(at, |b| b.max(at)))
-            })
-            .collect();
+        // Overwritten, not kept at the later of the two: a slot recorded by a clock that was
+        // ahead must not stay in the future for good (the scheduler guards against running a
+        // slot twice).
+        let servers = policy.servers.iter().map(|s| (*s, at)).collect();
         let fired = if fired {
-            Some(previous.and_then(|h| h.fired).map_or(at, |f| f.max(at)))
+            Some(at)
         } else {
             previous.and_then(|h| h.fired)
         };

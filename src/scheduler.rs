@@ -27,6 +27,11 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// the process was down, or the wall clock jumped forward.
 pub const LATE_AFTER: chrono::Duration = chrono::Duration::seconds(90);
 
+/// A recorded slot later than now by more than this was recorded by a clock that was ahead
+/// (or this one is behind): taken as handled up to now, or the policy would not fire until
+/// that time comes. Less is an ordinary step back of the clock, and must not run a slot twice.
+pub const CLOCK_AHEAD: chrono::Duration = chrono::Duration::hours(1);
+
 /// What a policy handled before this process started, as recorded in `state_dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
@@ -87,6 +92,11 @@ impl Scheduler {
         let mut marks = Vec::new();
         for policy in policies {
             let handled = match recorded(&policy) {
+                Some(r) if r.same_schedule(&policy) && r.slot > now + CLOCK_AHEAD => {
+                    tracing::warn!(policy = %policy.name, recorded = %r.slot, "the newest handled slot recorded for this policy is later than now: the clock was ahead then, or is behind now; taking it as handled up to now");
+                    marks.push((policy.clone(), now));
+                    now
+                }
                 Some(r) if r.same_schedule(&policy) => r.slot,
                 Some(_) => {
                     tracing::info!(policy = %policy.name, "the schedule changed since the last run; waiting for its next fire");
@@ -133,10 +143,15 @@ impl Scheduler {
     }
 
     /// What is due at `now`: at most one fire per policy, for its latest slot. A wall clock that
-    /// went backwards finds its slots handled already, so nothing runs twice.
+    /// went backwards finds its slots handled already, so nothing runs twice; one that went
+    /// back by more than [`CLOCK_AHEAD`] was wrong before, and firing resumes from now.
     pub fn due(&mut self, now: DateTime<Utc>) -> Vec<Fire> {
         let mut fires = Vec::new();
         for state in &mut self.policies {
+            if state.handled > now + CLOCK_AHEAD {
+                tracing::warn!(policy = %state.policy.name, handled = %state.handled, "the clock went back by more than an hour; slots after now fire again as they come");
+                state.handled = now;
+            }
             let Some(slot) = state.policy.schedule.slot_at(now) else {
                 continue;
             };
@@ -467,6 +482,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn wall_clock_two_days_back_resumes_firing_at_the_next_slot() {
+        // Fires at 10:30, then the clock is corrected two days back: the policy is not silent
+        // for two days.
+        let rec = simulate(
+            vec![policy("daily", "30 10 * * *", "UTC", false)],
+            "2025-01-17T10:29:00Z",
+            Duration::from_secs(25 * 3600),
+            &[(Duration::from_secs(5 * 60), chrono::Duration::days(-2))],
+        )
+        .await;
+        assert_eq!(
+            slots(&rec),
+            [
+                "daily 2025-01-17T10:30:00Z OnTime",
+                "daily 2025-01-16T10:30:00Z OnTime",
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn without_catch_up_a_missed_slot_is_skipped() {
         let rec = simulate(
             vec![policy("hourly", "0 * * * *", "UTC", false)],
@@ -702,6 +737,23 @@ mod tests {
                     daily(),
                     Some(vec![db("db", "0 3 * * *", "America/New_York")]),
                 )],
+                span: H,
+                want: &[],
+            },
+            Case {
+                name: "a record a year ahead (the clock was wrong then): fires at the next slot",
+                before: Handled("db", "2026-01-15T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![
+                    ("2025-01-15T17:38:00Z", daily(), None),
+                    ("2025-01-16T09:00:00Z", daily(), None),
+                ],
+                span: 12 * H,
+                want: &["db 2025-01-16T03:00:00Z OnTime"],
+            },
+            Case {
+                name: "a record minutes ahead (the clock stepped back): no slot twice",
+                before: Handled("db", "2025-01-15T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![("2025-01-15T02:50:00Z", daily(), None)],
                 span: H,
                 want: &[],
             },
