@@ -17,7 +17,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, LoadOptions, LogFormat, TokenSource, DEFAULT_PATH};
 use crate::execute::{Executor, RunResult, ServerReport, Settings};
 use crate::journal::Journal;
-use crate::model::{PowerState, ServerId, Snapshot};
+use crate::model::{PowerState, ServerId, Snapshot, SnapshotStatus};
 use crate::policy::Policy;
 use crate::provider::Provider;
 use crate::shutdown::Shutdown;
@@ -152,6 +152,34 @@ pub enum Command {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Standard output went away (`list | head -1`): the command ends quietly with exit 0, as
+/// ripgrep does. `print!` would panic instead.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub struct OutputClosed;
+
+/// Writes `text` to standard output; a reader that went away is [`OutputClosed`].
+fn out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(OutputClosed),
+            _ => anyhow::Error::new(e).context("cannot write to standard output"),
+        })
+}
+
+/// `println!` through [`out`]: an error to return, not a panic.
+macro_rules! outln {
+    () => {
+        out("\n")
+    };
+    ($($arg:tt)*) => {
+        out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -167,22 +195,27 @@ pub fn main() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the async runtime: {e}"
+            );
             return 1;
         }
     };
     let nagios = matches!(cli.command, Command::Status { nagios: true, .. });
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if e.chain().any(|c| c.is::<OutputClosed>()) => 0,
         Err(e) if nagios => {
-            println!(
+            let _ = outln!(
                 "SNAPSHOTS UNKNOWN - {}",
                 format!("{e:#}").replace('\n', " ")
             );
             crate::status::Level::Unknown.exit_code()
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not eprintln!: a closed stderr must not turn an error into a panic.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             exit_code(&e)
         }
     }
@@ -228,12 +261,34 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    if cli.simulate && !matches!(cli.command, Command::Run) {
+        // Everything such a command acts on lives in this process: on Ctrl-C or SIGTERM it
+        // simply ends, and its state directory goes with it. (`run` drains on its own.)
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        return tokio::select! {
+            result = command(&cli, config) => result,
+            _ = interrupt.recv() => Ok(128 + libc::SIGINT),
+            _ = terminate.recv() => Ok(128 + libc::SIGTERM),
+        };
+    }
+    command(&cli, config).await
+}
+
+/// Runs the command that `cli` names (all but `simulate-provider`) with its config.
+async fn command(cli: &Cli, config: Config) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Check => {
             if let Some(w) = crate::shutdown::stop_bound_warning(&config) {
                 tracing::warn!("{w}");
             }
-            print!("{}", check_report(&config, Utc::now()));
+            // A renamed policy leaves its snapshots to nobody: say so before it bites.
+            let runlog = crate::runlog::RunLog::open(&config.daemon.state_dir);
+            for warning in runlog.retired_warnings(&config.policies) {
+                tracing::warn!("{warning}");
+            }
+            out(&check_report(&config, Utc::now()))?;
             Ok(0)
         }
         Command::List { server, json } => {
@@ -246,16 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             wait,
         } => {
             let ctx = Context::connect(config, cli.simulate).await?;
-            let result = async {
-                let executor = ctx.executor(false)?;
-                if executor.journal().try_lock()? {
-                    executor.reconcile_or_fail().await?;
-                } else {
-                    tracing::info!("another snapshot-scheduler process owns the power journal; leaving it to that one");
-                }
-                restore(&ctx, *snapshot_id, *yes, *wait).await
-            }
-            .await;
+            let result = restore(&ctx, *snapshot_id, *yes, *wait).await;
             ctx.drain_alerts().await;
             result
         }
@@ -308,6 +354,52 @@ pub struct Context {
     pub simulator: Option<Simulator>,
     /// Webhooks and pings of every executor this context makes.
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// Present with `--simulate`: the state directory, removed with the context.
+    simulated_state: Option<SimulatedStateDir>,
+}
+
+/// The state directory of a `--simulate` run: fresh, private (mode 700, a name nobody could
+/// have made first), and removed when dropped, so runs leave nothing behind.
+struct SimulatedStateDir(PathBuf);
+
+impl SimulatedStateDir {
+    fn create() -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let parent = std::env::temp_dir();
+        for _ in 0..16 {
+            let path = parent.join(format!(
+                "snapshot-scheduler-sim-{}-{}",
+                std::process::id(),
+                &random_token()[..8]
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Self(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot create a state directory for --simulate in {} (TMPDIR)",
+                            parent.display()
+                        )
+                    })
+                }
+            }
+        }
+        bail!(
+            "cannot create a state directory for --simulate in {}: every name tried exists",
+            parent.display()
+        )
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for SimulatedStateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Context {
@@ -326,6 +418,7 @@ impl Context {
                 client,
                 clock,
                 simulator: None,
+                simulated_state: None,
             });
         }
         let token = random_token();
@@ -349,8 +442,8 @@ impl Context {
         config.api.base_url = simulator::base_url(addr);
         config.api.token_source = TokenSource::Simulated;
         // A fresh provider deserves a fresh state directory, and a demo should not wait 15 s.
-        config.daemon.state_dir =
-            std::env::temp_dir().join(format!("snapshot-scheduler-sim-{}", std::process::id()));
+        let state = SimulatedStateDir::create()?;
+        config.daemon.state_dir = state.path().to_owned();
         config.daemon.poll_interval = config.daemon.poll_interval.min(Duration::from_secs(1));
         tracing::info!(base_url = %config.api.base_url, "using the simulated provider");
         let client = HttpClient::new(&config.api, SecretString::from(token))?;
@@ -360,6 +453,7 @@ impl Context {
             client,
             clock,
             simulator: Some(sim),
+            simulated_state: Some(state),
         })
     }
 
@@ -374,13 +468,18 @@ impl Context {
         self.executor_with(dry_run, Shutdown::new())
     }
 
-    /// The executor, ending its waits early when `shutdown` is hurried.
+    /// The executor, ending its waits early when `shutdown` is hurried. A dry run only
+    /// reads: it neither needs nor creates `state_dir`.
     pub fn executor_with(
         &self,
         dry_run: bool,
         shutdown: Shutdown,
     ) -> anyhow::Result<Arc<Executor<HttpClient>>> {
-        let journal = Journal::open(&self.config.daemon.state_dir)?;
+        let journal = if dry_run {
+            Journal::detached(&self.config.daemon.state_dir)
+        } else {
+            Journal::open(&self.config.daemon.state_dir)?
+        };
         let executor = Executor::new(
             Arc::new(self.client.clone()),
             self.clock.clone(),
@@ -393,6 +492,11 @@ impl Context {
             &self.config.daemon.state_dir,
         )));
         Ok(executor)
+    }
+
+    /// The state directory `--simulate` made for this run, removed when the context is.
+    pub fn simulated_state_dir(&self) -> Option<&std::path::Path> {
+        self.simulated_state.as_ref().map(SimulatedStateDir::path)
     }
 
     /// The policy that owns a snapshot name, if any.
@@ -495,7 +599,7 @@ async fn list(ctx: &Context, server: Option<ServerId>, json: bool) -> anyhow::Re
                 policy: ctx.manager_of(&s.name),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(0);
     }
     let mut table = vec![[
@@ -522,9 +626,9 @@ async fn list(ctx: &Context, server: Option<ServerId>, json: bool) -> anyhow::Re
             ctx.manager_of(&s.name).unwrap_or("-").to_owned(),
         ]);
     }
-    print!("{}", render_table(&table));
+    out(&render_table(&table))?;
     if snapshots.is_empty() {
-        println!("(no snapshots)");
+        outln!("(no snapshots)")?;
     }
     Ok(0)
 }
@@ -549,6 +653,9 @@ pub fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
     out
 }
 
+/// `restore`: refuses anything but a completed snapshot, settles only the snapshot's own
+/// server if a previous run left it stopped, shows what is overwritten and asks for the
+/// server's name (its id when it has none); an empty answer never confirms.
 async fn restore(ctx: &Context, snapshot_id: u64, yes: bool, wait: bool) -> anyhow::Result<i32> {
     let snapshot = ctx
         .client
@@ -561,17 +668,55 @@ async fn restore(ctx: &Context, snapshot_id: u64, yes: bool, wait: bool) -> anyh
                 "snapshot {snapshot_id} does not exist (see `list`)"
             ))
         })?;
+    if snapshot.status != SnapshotStatus::Completed {
+        return Err(UsageError(format!(
+            "snapshot {} \"{}\" is {}; only a completed snapshot can be restored (see `list`)",
+            snapshot.id, snapshot.name, snapshot.status
+        ))
+        .into());
+    }
+    let executor = ctx.executor(false)?;
+    if executor.journal().try_lock()? {
+        executor.settle_server(snapshot.server.id).await?;
+    } else if let Some(entry) = executor
+        .journal()
+        .entries()
+        .into_iter()
+        .find(|e| e.server == snapshot.server.id)
+    {
+        // The daemon has it stopped for a snapshot: restoring now would race that snapshot.
+        bail!(
+            "server {} is stopped for snapshot {} by another snapshot-scheduler process (the \
+             daemon), since {}; nothing was changed: restore it once that snapshot is done and \
+             the server runs again",
+            entry.server,
+            entry.snapshot,
+            entry.stopped_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    } else {
+        tracing::info!(
+            "another snapshot-scheduler process owns the power journal; leaving it to that one"
+        );
+    }
     let server = ctx.client.get_server(snapshot.server.id).await?;
-    println!(
-        "Restore server {} ({}, {}) from snapshot {} \"{}\" taken {}.\n\
+    outln!(
+        "Restore server {} ({}, {}) from snapshot {} \"{}\":\n  \
+         {}, {}, taken {} ({} ago).\n\
          All current data on the server is overwritten; this cannot be undone.",
         server.id,
-        server.name,
+        if server.name.trim().is_empty() {
+            "no name"
+        } else {
+            server.name.as_str()
+        },
         server.status,
         snapshot.id,
         snapshot.name,
+        snapshot.status,
+        format_size(snapshot.size_mb),
         snapshot.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
-    );
+        format_age(ctx.clock.now() - snapshot.created_at),
+    )?;
     if !yes {
         if !std::io::stdin().is_terminal() {
             return Err(UsageError(
@@ -579,17 +724,30 @@ async fn restore(ctx: &Context, snapshot_id: u64, yes: bool, wait: bool) -> anyh
             )
             .into());
         }
-        print!("Type the server's name ({}) to continue: ", server.name);
-        std::io::stdout().flush()?;
+        // A server without a name is confirmed by its id: an empty answer never confirms.
+        let expected = match server.name.trim() {
+            "" => {
+                out(&format!(
+                    "The server has no name; type its id ({}) to continue: ",
+                    server.id
+                ))?;
+                server.id.to_string()
+            }
+            name => {
+                out(&format!("Type the server's name ({name}) to continue: "))?;
+                name.to_owned()
+            }
+        };
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
-        if answer.trim() != server.name {
-            println!("Not confirmed; nothing was changed.");
+        let answer = answer.trim();
+        if answer.is_empty() || answer != expected {
+            outln!("Not confirmed; nothing was changed.")?;
             return Ok(1);
         }
     }
     let started = ctx.client.restore_snapshot(snapshot.id).await?;
-    println!("{}", started.message);
+    outln!("{}", started.message)?;
     if !wait {
         return Ok(0);
     }
@@ -599,7 +757,7 @@ async fn restore(ctx: &Context, snapshot_id: u64, yes: bool, wait: bool) -> anyh
         tokio::time::sleep(delay).await;
         let s = ctx.client.get_server(server.id).await?;
         if s.status == PowerState::Running {
-            println!("Server {} is running again.", s.id);
+            outln!("Server {} is running again.", s.id)?;
             return Ok(0);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -641,9 +799,9 @@ async fn simulate_provider(
         Arc::new(SystemClock),
     );
     let (addr, task) = simulator::serve(sim, listen).await?;
-    println!("simulated provider at {}", simulator::base_url(addr));
-    println!("token: {token}");
-    println!("servers: {ids:?}");
+    outln!("simulated provider at {}", simulator::base_url(addr))?;
+    outln!("token: {token}")?;
+    outln!("servers: {ids:?}")?;
     tokio::select! {
         _ = task => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -710,11 +868,11 @@ async fn show_plan(
     work: Vec<(Policy, ServerId, DateTime<Utc>)>,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let executor = ctx.executor(true)?;
     let mut servers: Vec<ServerId> = work.iter().map(|(_, s, _)| *s).collect();
     servers.sort_unstable();
     servers.dedup();
-    let listing = executor.list(&servers).await?;
+    // Reads only: no executor, no state directory.
+    let listing = crate::execute::list(&ctx.client, &servers).await?;
     let now = ctx.clock.now();
     let plans: Vec<crate::plan::Plan> = work
         .iter()
@@ -725,16 +883,16 @@ async fn show_plan(
         })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&plans)?);
+        outln!("{}", serde_json::to_string_pretty(&plans)?)?;
         return Ok(0);
     }
     for (p, (policy, _, _)) in plans.iter().zip(&work) {
-        println!(
+        outln!(
             "policy {}  server {}  slot {}",
             p.policy,
             p.server,
             p.slot.format("%Y-%m-%dT%H:%M:%SZ")
-        );
+        )?;
         let mut rows = Vec::new();
         match &p.create {
             Some(c) => rows.push(["create".to_owned(), c.name.clone(), c.reason.clone()]),
@@ -749,13 +907,14 @@ async fn show_plan(
             ]);
         }
         for line in render_table(&rows).lines() {
-            println!("  {line}");
+            outln!("  {line}")?;
         }
         if let Some(b) = &p.blocked {
-            println!("  BLOCKED: {} ({})", b.reason, b.snapshots.join(", "));
+            // The reason names the snapshots (the first few); `--json` has them all.
+            outln!("  BLOCKED: {}", b.reason)?;
         }
         for note in &p.notes {
-            println!("  note: {note}");
+            outln!("  note: {note}")?;
         }
         for warning in &p.warnings {
             println!("  WARNING: {warning}");
@@ -763,13 +922,13 @@ async fn show_plan(
         if p.create.is_some() {
             let hooks = &policy.hooks;
             if let Some(pre) = &hooks.pre {
-                println!("  pre hook (not run by plan): {pre:?}");
+                outln!("  pre hook (not run by plan): {pre:?}")?;
             }
             if let Some(post) = &hooks.post {
-                println!("  post hook (not run by plan): {post:?}");
+                outln!("  post hook (not run by plan): {post:?}")?;
             }
         }
-        println!();
+        outln!()?;
     }
     Ok(0)
 }
@@ -814,12 +973,15 @@ async fn once(
     } else {
         executor.settle_leftovers().await
     };
-    print!("{}", summary(&reports));
+    // The work is done: its exit code must not hinge on a reader of the summary.
+    if let Err(e) = out(&summary(&reports)) {
+        tracing::warn!("cannot print the summary: {e:#}");
+    }
     for e in &left_stopped {
-        eprintln!("error: {e:#}");
+        tracing::error!("{e:#}");
     }
     if shutdown.is_stopping() {
-        eprintln!(
+        tracing::warn!(
             "interrupted: started no new work; every server this run stopped was started again{}",
             if left_stopped.is_empty() {
                 ""
@@ -908,11 +1070,11 @@ async fn status(
     let rows = crate::status::rows(&pairs, |s| listing.server(s), &runlog, now);
     if nagios {
         let (level, line) = crate::status::nagios(&rows);
-        println!("{line}");
+        outln!("{line}")?;
         return Ok(level.exit_code());
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(0);
     }
     let mut table = vec![[
@@ -951,6 +1113,6 @@ async fn status(
             }),
         ]);
     }
-    print!("{}", render_table(&table));
+    out(&render_table(&table))?;
     Ok(0)
 }

@@ -25,7 +25,7 @@ use crate::execute::Executor;
 use crate::model::ServerId;
 use crate::policy::Policy;
 use crate::provider::Provider;
-use crate::scheduler::{self, Fire, LoopEvents, Scheduler};
+use crate::scheduler::{self, Fire, LoopEvents, Recorded, Scheduler};
 use crate::shutdown::Shutdown;
 
 /// Hands the heap that start-up used (config parsing, the first listing) back to the system,
@@ -84,6 +84,7 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
         reload_tx,
         reloader,
         executor.alerts().cloned(),
+        ctx.simulated_state_dir().map(ToOwned::to_owned),
     ));
     let watchdog = sd_notify::watchdog_enabled();
     let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
@@ -181,6 +182,7 @@ impl<P: Provider> Service<P> {
             self.executor.clone(),
             self.shutdown.stopping_token(),
         ));
+        self.finish_interrupted(&policies, &mut tasks).await;
         let mut dispatcher = Dispatcher {
             executor: self.executor.clone(),
             tasks,
@@ -219,6 +221,45 @@ impl<P: Provider> Service<P> {
             return false;
         }
         true
+    }
+
+    /// A crash (or a shutdown) mid-fire leaves runs without a result. Their slot stays handled: running it
+    /// again could stop a server a second time for it. Where the slot's snapshot was already
+    /// requested, the run is finished now (its snapshot waited for, the policy pruned): the
+    /// plan creates nothing for a slot whose snapshot exists, so nothing is stopped.
+    async fn finish_interrupted(&self, policies: &[Policy], tasks: &mut JoinSet<()>) {
+        let Some(log) = self.executor.runlog() else {
+            return;
+        };
+        for policy in policies {
+            let Some((slot, servers)) = log.interrupted(policy) else {
+                continue;
+            };
+            let listing = match self.executor.list(&servers).await {
+                Ok(l) => Arc::new(l),
+                Err(e) => {
+                    tracing::warn!(policy = %policy.name, %slot, error = %e, "cannot list the servers whose run of this slot ended early; their next fire prunes");
+                    continue;
+                }
+            };
+            let name = policy.snapshot_name(slot);
+            let policy = Arc::new(policy.clone());
+            for server in servers {
+                if !listing.server(server).iter().any(|s| s.name == name) {
+                    tracing::warn!(policy = %policy.name, server, %slot, "this slot's run ended early (a crash or shutdown) before its snapshot was requested; it is not run again (a restart never stops a server twice for one slot), the next fire takes a new slot");
+                    continue;
+                }
+                tracing::info!(policy = %policy.name, server, %slot, "finishing this slot's run, which ended early (a crash or shutdown)");
+                let (executor, policy, listing) =
+                    (self.executor.clone(), policy.clone(), listing.clone());
+                tasks.spawn(async move {
+                    executor
+                        .run_server(&policy, server, slot, Some(&listing))
+                        .await;
+                    executor.flush();
+                });
+            }
+        }
     }
 }
 
@@ -265,7 +306,8 @@ async fn retry_reconcile<P: Provider>(executor: Arc<Executor<P>>, shutdown: Canc
 }
 
 /// SIGTERM/SIGINT: shut down (a second one exits at once; the journal is always consistent on
-/// disk, so the next start settles what is left). SIGHUP: reload the config.
+/// disk, so the next start settles what is left; with `--simulate` there is no next start,
+/// and `scratch`, its state directory, is removed). SIGHUP: reload the config.
 ///
 /// The handlers are installed before this returns, not inside the task: a spawned task may not
 /// have run yet when READY=1 goes out, and until then SIGHUP and SIGTERM kill the process.
@@ -274,13 +316,14 @@ fn handle_signals(
     reload: watch::Sender<Vec<Policy>>,
     reloader: Reloader,
     alerts: Option<Arc<Alerts>>,
+    scratch: Option<PathBuf>,
 ) -> impl std::future::Future<Output = ()> {
     let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     );
-    signal_loop(handlers, shutdown, reload, reloader, alerts)
+    signal_loop(handlers, shutdown, reload, reloader, alerts, scratch)
 }
 
 /// What SIGHUP needs: where the config is, and the config the daemon started with (its
@@ -332,6 +375,7 @@ async fn signal_loop(
     reload: watch::Sender<Vec<Policy>>,
     reloader: Reloader,
     alerts: Option<Arc<Alerts>>,
+    scratch: Option<PathBuf>,
 ) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
         tracing::error!("cannot install signal handlers");
@@ -346,6 +390,12 @@ async fn signal_loop(
                 continue;
             }
         };
+        if shutdown.is_stopping() {
+            // The second signal exits at once: a --simulate run's state goes with it.
+            if let Some(dir) = &scratch {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
         shutdown.signalled(name);
     }
 }
@@ -413,10 +463,48 @@ struct Dispatcher<P: Provider> {
     on_wake: OnWake,
 }
 
+impl<P: Provider> Dispatcher<P> {
+    /// Records `policy` as handled up to `at`, by a fire of that slot or without one
+    /// (durably, before any work for it starts).
+    fn mark_handled(&self, policy: &Policy, at: DateTime<Utc>, fired: bool) {
+        let Some(log) = self.executor.runlog() else {
+            return;
+        };
+        let written = if fired {
+            log.mark_fired(policy, at)
+        } else {
+            log.mark_handled(policy, at)
+        };
+        if let Err(e) = written {
+            tracing::warn!(policy = %policy.name, error = %e, "cannot record the handled slot in state_dir; a restart may take it for missed and run it again");
+        }
+    }
+}
+
 impl<P: Provider> LoopEvents for Dispatcher<P> {
+    fn recorded(&self, policy: &Policy) -> Option<Recorded> {
+        self.executor.runlog()?.recorded(&policy.name)
+    }
+
+    fn handled(&mut self, policy: &Policy, at: DateTime<Utc>) {
+        self.mark_handled(policy, at, false);
+    }
+
+    fn configured(&mut self, policies: &[Policy]) {
+        let Some(log) = self.executor.runlog() else {
+            return;
+        };
+        for warning in log.retired_warnings(policies) {
+            tracing::warn!("{warning}");
+        }
+    }
+
     fn fire(&mut self, fire: Fire) {
         let Fire { policy, slot, kind } = fire;
         tracing::info!(policy = %policy.name, %slot, ?kind, "policy fired");
+        // Before the work: a crash mid-run must not make the next start run this slot again,
+        // and a failed slot is not retried by a restart either.
+        self.mark_handled(&policy, slot, true);
         let mut servers = Vec::new();
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());

@@ -421,6 +421,11 @@ impl<P: Provider> Executor<P> {
         self.alerts.get()
     }
 
+    /// The run log set by [`Self::set_runlog`]; the daemon also keeps handled slots in it.
+    pub fn runlog(&self) -> Option<&Arc<crate::runlog::RunLog>> {
+        self.runlog.get()
+    }
+
     /// Remembers the newest completed snapshot of a server from a listing of it.
     fn note_newest(&self, server: ServerId, snapshots: &[Snapshot]) {
         let newest = snapshots
@@ -1319,6 +1324,21 @@ impl<P: Provider> Executor<P> {
             }
         }
         errors
+    }
+
+    /// Settles the journal entry of one server, if it has one (see
+    /// [`reconcile`](Self::reconcile)): `restore` must not act on a server a previous run
+    /// left stopped, nor wait for servers it does not touch.
+    pub async fn settle_server(&self, server: ServerId) -> anyhow::Result<()> {
+        match self
+            .journal
+            .entries()
+            .into_iter()
+            .find(|e| e.server == server)
+        {
+            Some(entry) => self.settle(entry).await,
+            None => Ok(()),
+        }
     }
 
     /// Settles one journal entry (see [`reconcile`](Self::reconcile)).

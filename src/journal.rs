@@ -81,6 +81,17 @@ impl Journal {
         })
     }
 
+    /// A journal that is neither read nor created, for a dry run: it changes nothing, so it
+    /// must not need the state directory, let alone create it (as root, 0755) or write to it.
+    pub fn detached(state_dir: &Path) -> Self {
+        Self {
+            path: state_dir.join(FILE_NAME),
+            entries: Mutex::default(),
+            recorded: tokio::sync::Notify::new(),
+            lock: std::sync::OnceLock::new(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

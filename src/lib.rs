@@ -13,8 +13,10 @@
 //! - [`policy`]: a validated policy and the naming rule for its own snapshots.
 //! - [`schedule`]: when a policy fires, in its timezone.
 //! - [`daemon`]: `run`: signals, reload, systemd notifications, metrics, draining on shutdown.
-//! - [`runlog`]: the last run of each policy on each server, for `status`.
-//! - [`scheduler`]: when policies fire: one loop, DST-correct, catch-up once, no double runs.
+//! - [`runlog`]: the last run of each policy on each server, for `status`, and the slot each
+//!   policy handled last, so a restart catches up only a slot that was missed.
+//! - [`scheduler`]: when policies fire: one loop, DST-correct, catch-up once and only for a
+//!   missed slot, no double runs.
 //! - [`plan`]: the pure planner: what to create and delete on one server, each with a reason.
 //! - [`hooks`]: pre/post hooks: argv commands in their own process group, killed at the timeout.
 //! - [`journal`]: the power journal that makes "a stopped server is started again" survive crashes.

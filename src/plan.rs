@@ -322,6 +322,20 @@ fn retain_own(
         .collect()
 }
 
+/// At most this many names in one reason; the rest are counted. A reason is logged and sent
+/// in alerts, and a server can hold thousands of snapshots.
+const NAMES_IN_A_REASON: usize = 10;
+
+/// `names` for a reason: the first [`NAMES_IN_A_REASON`], then how many more there are.
+fn name_list(names: &[String]) -> String {
+    match names.len().checked_sub(NAMES_IN_A_REASON) {
+        Some(more) if more > 0 => {
+            format!("{} and {more} more", names[..NAMES_IN_A_REASON].join(", "))
+        }
+        _ => names.join(", "),
+    }
+}
+
 fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -407,7 +421,7 @@ pub fn plan(
         let reason = format!(
             "blocked: the listing holds snapshots of {} servers ({}); a plan covers one server",
             servers.len(),
-            ids.join(", ")
+            name_list(&ids)
         );
         no_create = Some(reason.clone());
         hold = Some("the plan is blocked".into());
@@ -484,13 +498,13 @@ pub fn plan(
             Some(format!(
                 "blocked: the server holds {count} snapshots, over the cap of {SERVER_CAP}; a \
                  plan frees at most one slot per create: {}",
-                all_names().join(", ")
+                name_list(&all_names())
             ))
         } else if rules.is_empty() {
             Some(format!(
                 "blocked: the server is at the cap of {SERVER_CAP} and the policy has no \
                  retention rule, so nothing is deleted to make room: {}",
-                all_names().join(", ")
+                name_list(&all_names())
             ))
         } else if let Some((index, reason)) = free_one_slot(
             policy,
@@ -507,7 +521,7 @@ pub fn plan(
             Some(format!(
                 "blocked: the server is at the cap of {SERVER_CAP} and this policy may delete \
                  none of its snapshots: {}",
-                all_names().join(", ")
+                name_list(&all_names())
             ))
         };
         if let Some(reason) = refusal {
@@ -1252,6 +1266,55 @@ mod tests {
             .map(|d| d.snapshot_id)
             .collect();
         assert_eq!(deleted, [3], "only the failed one goes: {after:#?}");
+    }
+
+    #[test]
+    fn a_blocked_reason_names_at_most_ten_snapshots() {
+        let names = |n: u64| -> Vec<Snapshot> {
+            (1..=n)
+                .map(|i| foreign(i, &format!("f{i:04}"), Completed))
+                .collect()
+        };
+        let first_ten = "f0001, f0002, f0003, f0004, f0005, f0006, f0007, f0008, f0009, f0010";
+        for (count, want) in [
+            (
+                5,
+                "blocked: the server is at the cap of 5 and this policy may delete none of its \
+                 snapshots: f0001, f0002, f0003, f0004, f0005"
+                    .to_owned(),
+            ),
+            (
+                10,
+                format!(
+                    "blocked: the server holds 10 snapshots, over the cap of 5; a plan frees at \
+                     most one slot per create: {first_ten}"
+                ),
+            ),
+            (
+                11,
+                format!(
+                    "blocked: the server holds 11 snapshots, over the cap of 5; a plan frees at \
+                     most one slot per create: {first_ten} and 1 more"
+                ),
+            ),
+            (
+                3000,
+                format!(
+                    "blocked: the server holds 3000 snapshots, over the cap of 5; a plan frees \
+                     at most one slot per create: {first_ten} and 2990 more"
+                ),
+            ),
+        ] {
+            let p = plan(&policy(keep(1)), &names(count), t(JAN15), t(JAN15));
+            assert_eq!(p.outcome(), want, "{count} snapshots");
+            let blocked = p.blocked.expect("blocked");
+            assert_eq!(blocked.reason, want);
+            assert_eq!(
+                blocked.snapshots.len() as u64,
+                count,
+                "the full list stays data"
+            );
+        }
     }
 
     #[test]

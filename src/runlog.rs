@@ -1,8 +1,13 @@
-//! The last run of each policy on each server, kept in `state_dir` for `status`: result,
-//! error, when. Written in batches (after a fire or a `once`), not once per server, so a large
-//! fleet does not rewrite the file thousands of times.
+//! What happened per policy and server, kept in `state_dir`: the last run (result, error,
+//! when) for `status` and alerts, and the newest slot each policy handled, which the daemon
+//! reads at start-up to tell a missed slot from one that was already dealt with.
+//!
+//! Last runs are written in batches (after a fire or a `once`), not once per server, so a
+//! large fleet does not rewrite the file thousands of times. A handled slot is written at
+//! once, before the fire's work begins, so a crash mid-run does not make the next start run
+//! the slot again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -12,8 +17,11 @@ use serde::{Deserialize, Serialize};
 use crate::execute::RunResult;
 use crate::journal::write_atomic;
 use crate::model::ServerId;
+use crate::policy::Policy;
+use crate::scheduler::Recorded;
 
 const FILE_NAME: &str = "last-runs.json";
+const HANDLED_FILE_NAME: &str = "handled-slots.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastRun {
@@ -26,59 +34,235 @@ pub struct LastRun {
     pub created: Option<String>,
 }
 
+/// The newest slot a policy handled on each of its servers (fired, whatever the outcome, or
+/// passed over on purpose), and the schedule it had then: a slot of a schedule that has
+/// changed since was never due, so it is not missed either.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handled {
+    pub schedule: String,
+    pub timezone: String,
+    pub servers: BTreeMap<ServerId, DateTime<Utc>>,
+    /// The newest slot that fired; its servers are those whose handled slot it is. A server
+    /// without a last run of it had its run cut short (a crash).
+    #[serde(default)]
+    pub fired: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    runs: BTreeMap<String, LastRun>,
+    /// Runs recorded since the last flush.
+    dirty: bool,
+    handled: BTreeMap<String, Handled>,
+}
+
 #[derive(Debug)]
 pub struct RunLog {
     path: PathBuf,
-    state: Mutex<(BTreeMap<String, LastRun>, bool)>,
+    handled_path: PathBuf,
+    state: Mutex<State>,
 }
 
 fn key(policy: &str, server: ServerId) -> String {
     format!("{policy}/{server}")
 }
 
+/// A file's JSON, or the default when it is missing or unreadable (said in the log: without
+/// its handled slots a policy waits for its next fire instead of catching up).
+fn read_or_default<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return T::default(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read this record; going on without it");
+            return T::default();
+        }
+    };
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        tracing::warn!(path = %path.display(), error = %e, "cannot read this record; going on without it");
+        T::default()
+    })
+}
+
 impl RunLog {
-    /// Reads the file if there is one; a missing or unreadable file starts empty (it is a
-    /// record for people, not a safety mechanism).
+    /// Reads the files if there are any; a missing or unreadable file starts empty (the last
+    /// runs are a record for people; without handled slots a policy starts like a new one,
+    /// which waits for its next fire). Never creates anything.
     pub fn open(state_dir: &Path) -> Self {
         let path = state_dir.join(FILE_NAME);
-        let runs = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let handled_path = state_dir.join(HANDLED_FILE_NAME);
+        let state = State {
+            runs: read_or_default(&path),
+            dirty: false,
+            handled: read_or_default(&handled_path),
+        };
         Self {
             path,
-            state: Mutex::new((runs, false)),
+            handled_path,
+            state: Mutex::new(state),
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, (BTreeMap<String, LastRun>, bool)> {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn record(&self, run: LastRun) {
         let mut state = self.state();
-        state.0.insert(key(&run.policy, run.server), run);
-        state.1 = true;
+        state.runs.insert(key(&run.policy, run.server), run);
+        state.dirty = true;
     }
 
     pub fn get(&self, policy: &str, server: ServerId) -> Option<LastRun> {
-        self.state().0.get(&key(policy, server)).cloned()
+        self.state().runs.get(&key(policy, server)).cloned()
     }
 
     /// Writes what changed since the last flush.
     pub fn flush(&self) {
         let mut state = self.state();
-        if !state.1 {
+        if !state.dirty {
             return;
         }
-        let written = serde_json::to_vec_pretty(&state.0)
+        let written = serde_json::to_vec_pretty(&state.runs)
             .map_err(std::io::Error::other)
             .and_then(|b| write_atomic(&self.path, &b));
         match written {
-            Ok(()) => state.1 = false,
+            Ok(()) => state.dirty = false,
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot record the last runs")
             }
         }
     }
+
+    /// What this policy handled before: the newest slot on any of its servers, from the
+    /// handled slots or (a run log older than them) the last runs. `None` for a policy never
+    /// seen, which is what a renamed one is.
+    pub fn recorded(&self, policy: &str) -> Option<Recorded> {
+        let state = self.state();
+        let last_run = state
+            .runs
+            .values()
+            .filter(|r| r.policy == policy)
+            .map(|r| r.slot)
+            .max();
+        match state.handled.get(policy) {
+            Some(h) => Some(Recorded {
+                slot: h.servers.values().copied().chain(last_run).max()?,
+                schedule: Some((h.schedule.clone(), h.timezone.clone())),
+            }),
+            None => last_run.map(|slot| Recorded {
+                slot,
+                schedule: None,
+            }),
+        }
+    }
+
+    /// Durably records that a fire of `slot` is about to start on each of the policy's servers.
+    pub fn mark_fired(&self, policy: &Policy, slot: DateTime<Utc>) -> std::io::Result<()> {
+        self.mark(policy, slot, true)
+    }
+
+    /// Durably records `policy` as handled up to `at` without a fire (its first start, a
+    /// changed schedule).
+    pub fn mark_handled(&self, policy: &Policy, at: DateTime<Utc>) -> std::io::Result<()> {
+        self.mark(policy, at, false)
+    }
+
+    /// Records `at` as the newest slot `policy` handled on each of its servers. Servers no
+    /// longer in the policy are forgotten, and so is everything recorded under another
+    /// schedule.
+    fn mark(&self, policy: &Policy, at: DateTime<Utc>, fired: bool) -> std::io::Result<()> {
+        let mut state = self.state();
+        let schedule = policy.schedule.expr().to_owned();
+        let timezone = policy.schedule.timezone().name().to_owned();
+        let previous = state
+            .handled
+            .get(&policy.name)
+            .filter(|h| h.schedule == schedule && h.timezone == timezone);
+        // Overwritten, not kept at the later of the two: a slot recorded by a clock that was
+        // ahead must not stay in the future for good (the scheduler guards against running a
+        // slot twice).
+        let servers = policy.servers.iter().map(|s| (*s, at)).collect();
+        let fired = if fired {
+            Some(at)
+        } else {
+            previous.and_then(|h| h.fired)
+        };
+        let mut next = state.handled.clone();
+        next.insert(
+            policy.name.clone(),
+            Handled {
+                schedule,
+                timezone,
+                servers,
+                fired,
+            },
+        );
+        let bytes = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
+        write_atomic(&self.handled_path, &bytes)?;
+        state.handled = next;
+        Ok(())
+    }
+
+    /// The newest slot `policy` fired under its current schedule, and the servers whose run of
+    /// it has no result (cut short by a crash, or still going).
+    pub fn interrupted(&self, policy: &Policy) -> Option<(DateTime<Utc>, Vec<ServerId>)> {
+        let state = self.state();
+        let h = state.handled.get(&policy.name)?;
+        if h.schedule != policy.schedule.expr() || h.timezone != policy.schedule.timezone().name() {
+            return None;
+        }
+        let slot = h.fired?;
+        let servers: Vec<ServerId> = h
+            .servers
+            .iter()
+            .filter(|(s, at)| **at == slot && policy.servers.contains(s))
+            .filter(|(s, _)| {
+                state
+                    .runs
+                    .get(&key(&policy.name, **s))
+                    .is_none_or(|r| r.slot < slot)
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        (!servers.is_empty()).then_some((slot, servers))
+    }
+
+    /// Policy names this run log has records of that `configured` does not have (renamed or
+    /// removed), sorted.
+    pub fn retired(&self, configured: &[Policy]) -> Vec<String> {
+        let state = self.state();
+        let names: BTreeSet<&str> = state
+            .runs
+            .values()
+            .map(|r| r.policy.as_str())
+            .chain(state.handled.keys().map(String::as_str))
+            .collect();
+        names
+            .into_iter()
+            .filter(|n| !configured.iter().any(|p| p.name == *n))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// One warning per retired policy name: what happens to its snapshots, what to do.
+    pub fn retired_warnings(&self, configured: &[Policy]) -> Vec<String> {
+        let state_dir = self.path.parent().unwrap_or(Path::new("."));
+        self.retired(configured)
+            .into_iter()
+            .map(|name| retired_warning(&name, state_dir))
+            .collect()
+    }
+}
+
+/// Why a policy name that has runs in `state_dir` but is no longer configured matters.
+pub fn retired_warning(name: &str, state_dir: &Path) -> String {
+    format!(
+        "policy \"{name}\" has runs recorded in {} but is not in the config any more (renamed \
+         or removed): its snapshots ({name}-<YYYYMMDDTHHMMSSZ>) are now managed by no policy, \
+         are never deleted (prune_unmanaged does not touch them either: they are named like a \
+         policy's) and count toward the cap of 5 per server; to adopt them, name the policy \
+         \"{name}\" again, or delete them by hand once they are no longer needed",
+        state_dir.display()
+    )
 }

@@ -3,6 +3,12 @@
 //! and re-read the wall clock on every wake. So suspend, NTP steps and VM pauses neither lose
 //! nor double a run, and an idle daemon wakes at most once a minute however many policies
 //! it has. (tokio-cron-scheduler ticks every 500 ms and freezes a timezone's offset.)
+//!
+//! A slot is caught up only when it was missed: later than the newest slot recorded as handled
+//! for the policy (the run log in `state_dir`) and already past. A policy seen for the first
+//! time, or whose schedule changed (while stopped, or by a reload), is handled up to now and
+//! waits for its next fire: a fresh install of a 03:00 `stop_server` policy started at 17:38
+//! must not stop the server at 17:38.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +26,30 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// A fire later than this after its slot did not come from a normal wake: the host slept,
 /// the process was down, or the wall clock jumped forward.
 pub const LATE_AFTER: chrono::Duration = chrono::Duration::seconds(90);
+
+/// A recorded slot later than now by more than this was recorded by a clock that was ahead
+/// (or this one is behind): taken as handled up to now, or the policy would not fire until
+/// that time comes. Less is an ordinary step back of the clock, and must not run a slot twice.
+pub const CLOCK_AHEAD: chrono::Duration = chrono::Duration::hours(1);
+
+/// What a policy handled before this process started, as recorded in `state_dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The newest slot handled on any of its servers.
+    pub slot: DateTime<Utc>,
+    /// The schedule expression and timezone it was handled under; `None` when the record
+    /// predates them (it is then taken to be the current schedule).
+    pub schedule: Option<(String, String)>,
+}
+
+impl Recorded {
+    /// Whether this record was made under the policy's current schedule.
+    fn same_schedule(&self, policy: &Policy) -> bool {
+        self.schedule.as_ref().is_none_or(|(expr, tz)| {
+            expr == policy.schedule.expr() && tz == policy.schedule.timezone().name()
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FireKind {
@@ -49,19 +79,51 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts at `now`. With `catch_up`, a policy's latest slot before now is due at once (the
-    /// executor makes that a no-op if the slot's snapshot exists); without, it is skipped.
-    pub fn new(policies: Vec<Policy>, now: DateTime<Utc>) -> (Self, Vec<Fire>) {
+    /// Starts at `now`. A policy resumes from its recorded slot, so the loop's first
+    /// [`due`](Self::due) catches up the latest slot if it was missed; a policy without a record
+    /// under its current schedule starts handled up to `now`. Returns those marks (policy,
+    /// handled up to) for the caller to record, so a restart does not take them for missed.
+    pub fn new(
+        policies: Vec<Policy>,
+        now: DateTime<Utc>,
+        recorded: impl Fn(&Policy) -> Option<Recorded>,
+    ) -> (Self, Vec<(Policy, DateTime<Utc>)>) {
         let mut s = Self::default();
-        let fires = s.replace(policies, now);
-        (s, fires)
+        let mut marks = Vec::new();
+        for policy in policies {
+            let handled = match recorded(&policy) {
+                Some(r) if r.same_schedule(&policy) && r.slot > now + CLOCK_AHEAD => {
+                    tracing::warn!(policy = %policy.name, recorded = %r.slot, "the newest handled slot recorded for this policy is later than now: the clock was ahead then, or is behind now; taking it as handled up to now");
+                    marks.push((policy.clone(), now));
+                    now
+                }
+                Some(r) if r.same_schedule(&policy) => r.slot,
+                Some(_) => {
+                    tracing::info!(policy = %policy.name, "the schedule changed since the last run; waiting for its next fire");
+                    marks.push((policy.clone(), now));
+                    now
+                }
+                None => {
+                    tracing::info!(policy = %policy.name, "no run of this policy recorded; waiting for its next fire");
+                    marks.push((policy.clone(), now));
+                    now
+                }
+            };
+            s.policies.push(PolicyState { policy, handled });
+        }
+        (s, marks)
     }
 
     /// Swaps in a new policy set (SIGHUP). A policy that keeps its name and schedule keeps its
-    /// state, so a reload never repeats a fire; new or changed ones start like at start-up.
-    pub fn replace(&mut self, policies: Vec<Policy>, now: DateTime<Utc>) -> Vec<Fire> {
+    /// state, so a reload never repeats a fire; a new or changed one is handled up to `now`
+    /// and waits for its next fire: a reload never fires. Returns the new marks to record.
+    pub fn replace(
+        &mut self,
+        policies: Vec<Policy>,
+        now: DateTime<Utc>,
+    ) -> Vec<(Policy, DateTime<Utc>)> {
         let mut old = std::mem::take(&mut self.policies);
-        let mut fires = Vec::new();
+        let mut marks = Vec::new();
         for policy in policies {
             let kept = old.iter().position(|o| {
                 o.policy.name == policy.name
@@ -71,27 +133,25 @@ impl Scheduler {
             let handled = match kept {
                 Some(i) => old.swap_remove(i).handled,
                 None => {
-                    let latest = policy.schedule.slot_at(now);
-                    if let (true, Some(slot)) = (policy.catch_up, latest) {
-                        fires.push(Fire {
-                            policy: policy.clone(),
-                            slot,
-                            kind: FireKind::CatchUp,
-                        });
-                    }
-                    latest.unwrap_or(now)
+                    marks.push((policy.clone(), now));
+                    now
                 }
             };
             self.policies.push(PolicyState { policy, handled });
         }
-        fires
+        marks
     }
 
     /// What is due at `now`: at most one fire per policy, for its latest slot. A wall clock that
-    /// went backwards finds its slots handled already, so nothing runs twice.
+    /// went backwards finds its slots handled already, so nothing runs twice; one that went
+    /// back by more than [`CLOCK_AHEAD`] was wrong before, and firing resumes from now.
     pub fn due(&mut self, now: DateTime<Utc>) -> Vec<Fire> {
         let mut fires = Vec::new();
         for state in &mut self.policies {
+            if state.handled > now + CLOCK_AHEAD {
+                tracing::warn!(policy = %state.policy.name, handled = %state.handled, "the clock went back by more than an hour; slots after now fire again as they come");
+                state.handled = now;
+            }
             let Some(slot) = state.policy.schedule.slot_at(now) else {
                 continue;
             };
@@ -142,9 +202,17 @@ impl Scheduler {
     }
 }
 
-/// What the loop reports to its owner besides fires.
+/// What the loop needs from its owner and reports to it.
 pub trait LoopEvents: Send {
+    /// What `policy` handled before this process started; `None` when nothing is recorded.
+    fn recorded(&self, policy: &Policy) -> Option<Recorded>;
+    /// `policy` is handled up to `at` without a fire (its first start, a changed schedule):
+    /// record it, so a restart does not take the slots before `at` for missed ones.
+    fn handled(&mut self, policy: &Policy, at: DateTime<Utc>);
+    /// A fire: record its slot as handled before its work starts.
     fn fire(&mut self, fire: Fire);
+    /// A policy set took effect (start-up, reload).
+    fn configured(&mut self, _policies: &[Policy]) {}
     /// Called on every wake with the next fire (for sd_notify STATUS=, WATCHDOG=1, metrics).
     fn woke(&mut self, _scheduler: &Scheduler, _now: DateTime<Utc>) {}
 }
@@ -159,9 +227,10 @@ pub async fn run_loop(
     cap: Duration,
     events: &mut dyn LoopEvents,
 ) {
-    let (mut scheduler, startup) = Scheduler::new(policies, clock.now());
-    for fire in startup {
-        events.fire(fire);
+    events.configured(&policies);
+    let (mut scheduler, marks) = Scheduler::new(policies, clock.now(), |p| events.recorded(p));
+    for (policy, at) in marks {
+        events.handled(&policy, at);
     }
     // Once nobody can send reloads any more, stop listening (a closed channel is always ready).
     let mut reloads_open = true;
@@ -181,8 +250,9 @@ pub async fn run_loop(
                     continue;
                 }
                 let policies = reload.borrow_and_update().clone();
-                for fire in scheduler.replace(policies, clock.now()) {
-                    events.fire(fire);
+                events.configured(&policies);
+                for (policy, at) in scheduler.replace(policies, clock.now()) {
+                    events.handled(&policy, at);
                 }
             }
         }
@@ -220,14 +290,33 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
+    /// Records fires and wakes; keeps handled slots in a real run log, so a "restart" (a new
+    /// loop on the same directory) sees what the one before recorded.
     struct Recorder {
         fires: Vec<(String, DateTime<Utc>, FireKind)>,
         wakes: usize,
+        runlog: crate::runlog::RunLog,
+    }
+
+    impl Recorder {
+        fn new(state_dir: &std::path::Path) -> Self {
+            Self {
+                fires: Vec::new(),
+                wakes: 0,
+                runlog: crate::runlog::RunLog::open(state_dir),
+            }
+        }
     }
 
     impl LoopEvents for Recorder {
+        fn recorded(&self, policy: &Policy) -> Option<Recorded> {
+            self.runlog.recorded(&policy.name)
+        }
+        fn handled(&mut self, policy: &Policy, at: DateTime<Utc>) {
+            self.runlog.mark_handled(policy, at).unwrap();
+        }
         fn fire(&mut self, f: Fire) {
+            self.runlog.mark_fired(&f.policy, f.slot).unwrap();
             self.fires.push((f.policy.name, f.slot, f.kind));
         }
         fn woke(&mut self, _: &Scheduler, _: DateTime<Utc>) {
@@ -236,27 +325,49 @@ mod tests {
     }
 
     /// Runs the real loop on tokio's paused clock from `start` for `span`, with wall-clock
-    /// jumps applied at the given offsets; returns what fired and how often it woke.
+    /// jumps applied at the given offsets; returns what fired and how often it woke. Starts
+    /// like a fresh install (nothing recorded).
     async fn simulate(
         policies: Vec<Policy>,
         start: &str,
         span: Duration,
         jumps: &[(Duration, chrono::Duration)],
     ) -> Recorder {
+        let dir = tempfile::tempdir().unwrap();
+        life(dir.path(), policies, start, span, jumps, None).await
+    }
+
+    /// One life of the loop on `state_dir`: from `start` for `span`, with wall-clock jumps and
+    /// an optional reload (at an offset, to a policy set).
+    async fn life(
+        state_dir: &std::path::Path,
+        policies: Vec<Policy>,
+        start: &str,
+        span: Duration,
+        jumps: &[(Duration, chrono::Duration)],
+        reload: Option<(Duration, Vec<Policy>)>,
+    ) -> Recorder {
         let clock = TokioClock::starting_at(utc(start));
         let shutdown = CancellationToken::new();
-        let (_tx, rx) = watch::channel(Vec::new());
-        let mut rec = Recorder::default();
+        let (tx, rx) = watch::channel(Vec::new());
+        let mut rec = Recorder::new(state_dir);
         let driver = {
             let clock = clock.clone();
             let shutdown = shutdown.clone();
             let jumps = jumps.to_vec();
+            // Borrowed: a sender dropped when the driver ends would wake the loop once more.
+            let tx = &tx;
             async move {
                 let mut elapsed = Duration::ZERO;
                 for (at, by) in jumps {
                     tokio::time::sleep(at - elapsed).await;
                     elapsed = at;
                     clock.jump(by);
+                }
+                if let Some((at, policies)) = reload {
+                    tokio::time::sleep(at - elapsed).await;
+                    elapsed = at;
+                    tx.send(policies).unwrap();
                 }
                 tokio::time::sleep(span - elapsed).await;
                 shutdown.cancel();
@@ -346,6 +457,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wall_clock_jump_forward_catches_up_once() {
         // Hourly; the wall clock leaps 5 hours (a resumed VM): one catch-up for the latest slot.
+        // (The 10:00 slot before the first start is not caught up: nothing was missed yet.)
         let rec = simulate(
             vec![policy("hourly", "0 * * * *", "UTC", true)],
             "2025-01-15T10:10:00Z",
@@ -353,13 +465,7 @@ mod tests {
             &[(Duration::from_secs(60), chrono::Duration::hours(5))],
         )
         .await;
-        assert_eq!(
-            slots(&rec),
-            [
-                "hourly 2025-01-15T10:00:00Z CatchUp",
-                "hourly 2025-01-15T15:00:00Z CatchUp",
-            ]
-        );
+        assert_eq!(slots(&rec), ["hourly 2025-01-15T15:00:00Z CatchUp"]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -373,6 +479,26 @@ mod tests {
         )
         .await;
         assert_eq!(slots(&rec), ["daily 2025-01-15T10:30:00Z OnTime"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wall_clock_two_days_back_resumes_firing_at_the_next_slot() {
+        // Fires at 10:30, then the clock is corrected two days back: the policy is not silent
+        // for two days.
+        let rec = simulate(
+            vec![policy("daily", "30 10 * * *", "UTC", false)],
+            "2025-01-17T10:29:00Z",
+            Duration::from_secs(25 * 3600),
+            &[(Duration::from_secs(5 * 60), chrono::Duration::days(-2))],
+        )
+        .await;
+        assert_eq!(
+            slots(&rec),
+            [
+                "daily 2025-01-17T10:30:00Z OnTime",
+                "daily 2025-01-16T10:30:00Z OnTime",
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -409,7 +535,8 @@ mod tests {
         let shutdown = CancellationToken::new();
         let (tx, rx) = watch::channel(Vec::new());
         drop(tx);
-        let mut rec = Recorder::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = Recorder::new(dir.path());
         let stop = {
             let shutdown = shutdown.clone();
             async move {
@@ -430,20 +557,253 @@ mod tests {
     #[test]
     fn reload_keeps_state_of_unchanged_policies_and_starts_new_ones() {
         let now = utc("2025-01-15T10:10:00Z");
-        let (mut s, startup) = Scheduler::new(vec![policy("a", "0 * * * *", "UTC", true)], now);
-        assert_eq!(startup.len(), 1);
-        let fires = s.replace(
+        let last = Recorded {
+            slot: utc("2025-01-15T09:00:00Z"),
+            schedule: Some(("0 * * * *".into(), "UTC".into())),
+        };
+        let (mut s, marks) =
+            Scheduler::new(vec![policy("a", "0 * * * *", "UTC", true)], now, |_| {
+                Some(last.clone())
+            });
+        assert!(
+            marks.is_empty(),
+            "a recorded policy resumes from its record"
+        );
+        assert_eq!(s.due(now).len(), 1, "10:00 was missed: caught up");
+        let marks = s.replace(
             vec![
                 policy("a", "0 * * * *", "UTC", true),
                 policy("b", "5 * * * *", "UTC", true),
             ],
             now,
         );
-        let names: Vec<_> = fires.iter().map(|f| f.policy.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["b"],
-            "an unchanged policy does not fire again on reload"
-        );
+        let names: Vec<_> = marks.iter().map(|(p, at)| (p.name.as_str(), *at)).collect();
+        assert_eq!(names, [("b", now)], "only the new policy gets a mark");
+        assert!(s.due(now).is_empty(), "a reload fires nothing");
+    }
+
+    /// One policy's record in the run log before a case starts.
+    enum Before {
+        Nothing,
+        /// Handled up to this slot, under this schedule and timezone.
+        Handled(&'static str, &'static str, &'static str, &'static str),
+        /// Only a last run of this slot (a run log from before handled slots were kept).
+        LastRun(&'static str, &'static str),
+    }
+
+    /// A daily 03:00 `stop_server` policy, as in the reports that led to these rules.
+    fn db(name: &str, expr: &str, tz: &str) -> Policy {
+        Policy {
+            stop_server: true,
+            ..policy(name, expr, tz, true)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn catch_up_fires_only_for_a_slot_missed_after_the_policy_was_recorded() {
+        use Before::*;
+        const H: Duration = Duration::from_secs(3600);
+        /// A life: its start, its policies, and a reload a minute in.
+        type Life = (&'static str, Vec<Policy>, Option<Vec<Policy>>);
+        struct Case {
+            name: &'static str,
+            before: Before,
+            /// Each runs for `span`.
+            lives: Vec<Life>,
+            span: Duration,
+            want: &'static [&'static str],
+        }
+        let daily = || vec![db("db", "0 3 * * *", "UTC")];
+        let cases = vec![
+            Case {
+                name: "first start after the day's slot: waits for the next one",
+                before: Nothing,
+                lives: vec![("2025-01-15T17:38:00Z", daily(), None)],
+                span: 12 * H,
+                want: &["db 2025-01-16T03:00:00Z OnTime"],
+            },
+            Case {
+                name: "first start, then a restart after a slot missed while down",
+                before: Nothing,
+                lives: vec![
+                    ("2025-01-15T17:38:00Z", daily(), None),
+                    ("2025-01-16T09:00:00Z", daily(), None),
+                ],
+                span: H,
+                want: &["db 2025-01-16T03:00:00Z CatchUp"],
+            },
+            Case {
+                name: "restart after a missed slot catches it up once",
+                before: Handled("db", "2025-01-14T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![
+                    ("2025-01-15T17:38:00Z", daily(), None),
+                    ("2025-01-15T17:40:00Z", daily(), None),
+                ],
+                span: H,
+                want: &["db 2025-01-15T03:00:00Z CatchUp"],
+            },
+            Case {
+                name: "a failed slot is handled: three restarts run it no more",
+                before: Handled("db", "2025-01-15T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![
+                    ("2025-01-15T03:20:00Z", daily(), None),
+                    ("2025-01-15T09:00:00Z", daily(), None),
+                    ("2025-01-15T17:38:00Z", daily(), None),
+                ],
+                span: H,
+                want: &[],
+            },
+            Case {
+                name: "a last run without a schedule still counts as handled",
+                before: LastRun("db", "2025-01-15T03:00:00Z"),
+                lives: vec![("2025-01-15T17:38:00Z", daily(), None)],
+                span: H,
+                want: &[],
+            },
+            Case {
+                name: "a last run without a schedule: the slot after it was missed",
+                before: LastRun("db", "2025-01-14T03:00:00Z"),
+                lives: vec![("2025-01-15T17:38:00Z", daily(), None)],
+                span: H,
+                want: &["db 2025-01-15T03:00:00Z CatchUp"],
+            },
+            Case {
+                name: "a reload moving the schedule to 04:00 waits for tomorrow's 04:00",
+                before: Handled("db", "2025-01-15T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![(
+                    "2025-01-15T17:38:00Z",
+                    daily(),
+                    Some(vec![db("db", "0 4 * * *", "UTC")]),
+                )],
+                span: 12 * H,
+                want: &["db 2025-01-16T04:00:00Z OnTime"],
+            },
+            Case {
+                name: "a restart after that reload does not take today's 04:00 for missed",
+                before: Handled("db", "2025-01-15T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![
+                    (
+                        "2025-01-15T17:38:00Z",
+                        daily(),
+                        Some(vec![db("db", "0 4 * * *", "UTC")]),
+                    ),
+                    (
+                        "2025-01-15T18:00:00Z",
+                        vec![db("db", "0 4 * * *", "UTC")],
+                        None,
+                    ),
+                ],
+                span: H,
+                want: &[],
+            },
+            Case {
+                name: "schedule changed while stopped: not missed",
+                before: Handled("db", "2025-01-15T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![(
+                    "2025-01-15T17:38:00Z",
+                    vec![db("db", "0 4 * * *", "UTC")],
+                    None,
+                )],
+                span: H,
+                want: &[],
+            },
+            Case {
+                name: "rename: a new name starts like a new policy",
+                before: Handled("db", "2025-01-14T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![(
+                    "2025-01-15T17:38:00Z",
+                    vec![db("database", "0 3 * * *", "UTC")],
+                    None,
+                )],
+                span: H,
+                want: &[],
+            },
+            Case {
+                name: "timezone change while stopped (03:00 New York is 08:00 UTC): not missed",
+                before: Handled("db", "2025-01-15T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![(
+                    "2025-01-15T17:38:00Z",
+                    vec![db("db", "0 3 * * *", "America/New_York")],
+                    None,
+                )],
+                span: H,
+                want: &[],
+            },
+            Case {
+                name: "timezone change by a reload: not missed",
+                before: Handled("db", "2025-01-15T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![(
+                    "2025-01-15T17:38:00Z",
+                    daily(),
+                    Some(vec![db("db", "0 3 * * *", "America/New_York")]),
+                )],
+                span: H,
+                want: &[],
+            },
+            Case {
+                name: "a record a year ahead (the clock was wrong then): fires at the next slot",
+                before: Handled("db", "2026-01-15T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![
+                    ("2025-01-15T17:38:00Z", daily(), None),
+                    ("2025-01-16T09:00:00Z", daily(), None),
+                ],
+                span: 12 * H,
+                want: &["db 2025-01-16T03:00:00Z OnTime"],
+            },
+            Case {
+                name: "a record minutes ahead (the clock stepped back): no slot twice",
+                before: Handled("db", "2025-01-15T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![("2025-01-15T02:50:00Z", daily(), None)],
+                span: H,
+                want: &[],
+            },
+            Case {
+                name: "missed with catch_up = false: skipped, and not on the next start either",
+                before: Handled("db", "2025-01-14T03:00:00Z", "0 3 * * *", "UTC"),
+                lives: vec![
+                    (
+                        "2025-01-15T17:38:00Z",
+                        vec![policy("db", "0 3 * * *", "UTC", false)],
+                        None,
+                    ),
+                    (
+                        "2025-01-15T17:40:00Z",
+                        vec![policy("db", "0 3 * * *", "UTC", false)],
+                        None,
+                    ),
+                ],
+                span: H,
+                want: &[],
+            },
+        ];
+        for case in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let log = crate::runlog::RunLog::open(dir.path());
+            match case.before {
+                Nothing => {}
+                Handled(name, slot, expr, tz) => {
+                    log.mark_fired(&db(name, expr, tz), utc(slot)).unwrap()
+                }
+                LastRun(name, slot) => {
+                    log.record(crate::runlog::LastRun {
+                        policy: name.into(),
+                        server: 1,
+                        slot: utc(slot),
+                        finished_at: utc(slot),
+                        result: crate::execute::RunResult::Failed,
+                        message: String::new(),
+                        created: None,
+                    });
+                    log.flush();
+                }
+            }
+            let mut fired = Vec::new();
+            for (start, policies, reload) in case.lives {
+                let reload = reload.map(|p| (Duration::from_secs(60), p));
+                let rec = life(dir.path(), policies, start, case.span, &[], reload).await;
+                fired.extend(slots(&rec));
+            }
+            assert_eq!(fired, case.want, "{}", case.name);
+        }
     }
 }

@@ -785,7 +785,14 @@ async fn server_left_stopped_is_delivered_before_once_and_restore_exit_on_the_se
     }]);
     std::fs::write(state.join("power-journal.json"), entry.to_string()).unwrap();
 
-    for args in [&["once"][..], &["restore", "1", "--yes"][..]] {
+    let good = setup.sim.add_snapshot(
+        WEB,
+        "before-upgrade",
+        SnapshotStatus::Completed,
+        now - chrono::Duration::days(1),
+    );
+    let good = good.to_string();
+    for args in [&["once"][..], &["restore", &good, "--yes"][..]] {
         hook.reset().await;
         Mock::given(any())
             .respond_with(ResponseTemplate::new(503))

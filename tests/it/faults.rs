@@ -395,6 +395,21 @@ async fn server_never_reaches_stopped() {
     assert!(journal(&scratch).is_empty());
 }
 
+/// Records each policy's slot before the latest as the last it handled, as a daemon down
+/// since then leaves it: the next start catches the latest slot up at once.
+fn missed_the_latest_slot(config: &Path) {
+    use snapshot_scheduler::config::{Config, LoadOptions};
+    let config = Config::load(config, LoadOptions { simulate: false }).expect("a valid config");
+    std::fs::create_dir_all(&config.daemon.state_dir).expect("make the state_dir");
+    let log = snapshot_scheduler::runlog::RunLog::open(&config.daemon.state_dir);
+    for p in &config.policies {
+        let latest = p.schedule.slot_at(chrono::Utc::now()).expect("a slot");
+        let before = p.schedule.slot_at(latest - chrono::Duration::seconds(1));
+        log.mark_handled(p, before.expect("a slot before"))
+            .expect("record the handled slot");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_refused() {
     let (sim, base_url) = serve_sim(
@@ -410,6 +425,7 @@ async fn start_refused() {
         &config(&policy(YEARLY, "stop_server = true"), "", ""),
         &base_url,
     );
+    missed_the_latest_slot(&config);
     let mut daemon = Daemon::start(&config);
 
     daemon

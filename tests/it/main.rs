@@ -2,6 +2,7 @@
 //! library against the built-in simulated provider (or wiremock for scripted answers).
 
 mod alerts;
+mod catch_up;
 mod client;
 mod commands;
 mod common;
@@ -12,5 +13,6 @@ mod fuzz_smoke;
 mod hostile;
 mod once;
 mod requests;
+mod restarts;
 mod soak;
 mod systemd;

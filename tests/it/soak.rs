@@ -11,7 +11,7 @@
 //! ignored `soak_seed_sweep` runs more seeds. Figures: `cargo test soak -- --nocapture`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,10 +31,13 @@ use snapshot_scheduler::model::{
 use snapshot_scheduler::policy::Policy;
 use snapshot_scheduler::provider::{ApiError, Provider};
 use snapshot_scheduler::retry::Retrying;
+use snapshot_scheduler::runlog::RunLog;
 use snapshot_scheduler::shutdown::Shutdown;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+use crate::common::read_journal;
 
 /// The provider's cap, restated here on purpose (not `policy::SERVER_CAP`).
 const CAP: usize = 5;
@@ -62,6 +65,11 @@ const BASE_POWER_DELAY: Duration = Duration::from_secs(45);
 const SLOW_POWER_DELAY: Duration = Duration::from_secs(4 * 60);
 const BASE_SNAPSHOT: Duration = Duration::from_secs(4 * 60);
 const LONG_SNAPSHOT: Duration = Duration::from_secs(40 * 60);
+/// A slot's stop comes within this of the slot when the service was running at the slot.
+const ON_TIME: chrono::Duration = chrono::Duration::minutes(30);
+/// The longest one run of a slot on a server takes: snapshot_timeout + 2 × power_timeout,
+/// and a few minutes queued behind another policy's run on the server.
+const RUN_BOUND: chrono::Duration = chrono::Duration::minutes(60);
 
 fn server_ids(range: std::ops::Range<u64>) -> String {
     let ids: Vec<String> = range.map(|i| (FIRST_SERVER + i).to_string()).collect();
@@ -148,6 +156,13 @@ struct Findings {
     outages: Vec<(Instant, Instant)>,
     /// How many snapshots of each (server, name) the provider failed and we deleted.
     failed: BTreeMap<(ServerId, String), u32>,
+    /// When no service was running (a crash until the restart), as wall-clock windows: a
+    /// slot in one was missed, and only such a slot may be caught up after the restart.
+    down_windows: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Every (server, slot) a stop was accepted for.
+    stopped_for: BTreeSet<(ServerId, DateTime<Utc>)>,
+    /// The longest from a slot to its accepted stop, for slots that were not missed.
+    latest_stop: chrono::Duration,
 }
 
 impl Findings {
@@ -164,6 +179,11 @@ struct Checked {
     findings: Arc<Mutex<Findings>>,
     /// snapshot_timeout + 2 × power_timeout.
     stop_bound: Duration,
+    /// The power journal, which names the snapshot each stop is for before the stop is sent.
+    journal: PathBuf,
+    clock: Arc<TokioClock>,
+    /// The first start of the service: no slot before it was ever missed.
+    first_start: DateTime<Utc>,
 }
 
 impl Checked {
@@ -225,6 +245,49 @@ impl Checked {
                 };
                 *longest = (*longest).max(now - since);
             }
+        }
+    }
+
+    /// The slot the stop about to be sent for `server` serves, from its journal entry.
+    fn slot_of_stop(&self, server: ServerId) -> Option<DateTime<Utc>> {
+        let entries = read_journal(&self.journal);
+        let entry = entries.iter().find(|e| e["server"] == server)?;
+        let policy = self
+            .policies
+            .iter()
+            .find(|p| entry["policy"] == p.name.as_str())?;
+        policy.owns(entry["snapshot"].as_str()?)
+    }
+
+    /// A server is stopped at most once per slot, and only for a slot it is due for: its
+    /// fire on time (within [`ON_TIME`]), or a slot missed while no service ran. Never for a
+    /// slot before the first start, one that was already handled (even if it failed), or one
+    /// of a restart that missed nothing.
+    fn check_stop(&self, server: ServerId, slot: Option<DateTime<Utc>>) {
+        let now = self.clock.now();
+        let mut f = self.findings();
+        let Some(slot) = slot else {
+            f.violation(format!(
+                "server {server} stopped without a journal entry naming its slot"
+            ));
+            return;
+        };
+        if !f.stopped_for.insert((server, slot)) {
+            f.violation(format!(
+                "server {server} stopped again for slot {slot} at {now}"
+            ));
+        }
+        let missed = f
+            .down_windows
+            .iter()
+            .any(|(from, to)| *from <= slot && slot < *to);
+        if slot < self.first_start || (!missed && now - slot > ON_TIME) {
+            f.violation(format!(
+                "server {server} stopped at {now} for slot {slot}, which was not missed"
+            ));
+        }
+        if !missed {
+            f.latest_stop = f.latest_stop.max(now - slot);
         }
     }
 
@@ -314,7 +377,11 @@ impl Provider for Checked {
 
     async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
         let slow = self.sim.config().power_delay > BASE_POWER_DELAY;
+        let slot = self.slot_of_stop(id);
         let answer = self.sim.stop_server(id).await;
+        if answer.is_ok() {
+            self.check_stop(id, slot);
+        }
         {
             let mut f = self.findings();
             f.slow_power_requests += u64::from(slow);
@@ -428,9 +495,12 @@ fn timeline(
 /// when the policy next fires: it is from the latest slot or the one before (so one lost slot
 /// is tolerated, two in a row are not; counted in slots, so DST days are periods too). Not
 /// counted as lost: a slot whose snapshot the provider failed (the injected 5%: a failed
-/// snapshot waits for the next fire, by design) and a slot that fell in the outage; not
-/// checked from the outage's start until two periods after its end. So the scheduler itself
-/// never loses two slots in a row.
+/// snapshot waits for the next fire, by design), a slot that fell in the outage, and a slot
+/// whose run a crash interrupted (a crash within [`RUN_BOUND`] of it: the slot was handled
+/// when it fired, and a restart does not run it again, by design, so that it never stops a
+/// server twice for one slot); not checked from the outage's start until two periods after
+/// its end. So the scheduler itself never loses two slots in a row.
+#[allow(clippy::too_many_arguments)]
 fn check_freshness(
     sim: &Simulator,
     policies: &[Policy],
@@ -439,6 +509,7 @@ fn check_freshness(
     periods: &[chrono::Duration],
     outage: (DateTime<Utc>, DateTime<Utc>),
     failed: &BTreeMap<(ServerId, String), u32>,
+    crashes: &[(DateTime<Utc>, DateTime<Utc>)],
 ) -> Vec<String> {
     let mut found = Vec::new();
     for ((p, first), period) in policies.iter().zip(first_slot).zip(periods) {
@@ -461,13 +532,18 @@ fn check_freshness(
                     .any(|s| &s.name == name && s.status == SnapshotStatus::Failed)
                     || failed.contains_key(&(*server, name.clone()))
             };
-            // Two slots back, not counting those the provider failed or that fell in the
-            // outage.
+            // Two slots back, not counting those the provider failed, that fell in the
+            // outage or whose run a crash interrupted.
             let in_outage = |i: usize| recent[i] >= outage.0 && recent[i] <= outage.1;
+            let interrupted = |i: usize| {
+                crashes
+                    .iter()
+                    .any(|(c, _)| recent[i] <= *c && *c < recent[i] + RUN_BOUND)
+            };
             let Some(back) = names
                 .iter()
                 .enumerate()
-                .filter(|(i, name)| !provider_failed(name) && !in_outage(*i))
+                .filter(|(i, name)| !provider_failed(name) && !in_outage(*i) && !interrupted(*i))
                 .nth(1)
                 .map(|(i, _)| i)
             else {
@@ -544,6 +620,7 @@ async fn drive(
                     &periods,
                     outage,
                     &f.failed,
+                    &f.down_windows,
                 );
                 f.violations.extend(found);
             }
@@ -567,6 +644,8 @@ fn service(
         settings.clone(),
         shutdown.clone(),
     );
+    // Like the daemon: the run log in state_dir tells a restart which slots were handled.
+    executor.set_runlog(Arc::new(RunLog::open(state_dir)));
     Service {
         executor,
         clock,
@@ -601,6 +680,8 @@ struct Figures {
     longest_down: Duration,
     longest_down_in_outage: Duration,
     stop_bound: Duration,
+    stops: usize,
+    latest_stop: chrono::Duration,
 }
 
 impl std::fmt::Display for Figures {
@@ -622,6 +703,13 @@ impl std::fmt::Display for Figures {
             minutes(self.longest_down),
             minutes(self.stop_bound),
             minutes(self.longest_down_in_outage)
+        )?;
+        writeln!(
+            f,
+            "stops: {}, each for a slot due then, at most {}m after it (bound {}m)",
+            self.stops,
+            self.latest_stop.num_minutes(),
+            ON_TIME.num_minutes()
         )?;
         writeln!(f, "violations: {}", self.violations.len())?;
         for v in self.violations.iter().take(30) {
@@ -681,19 +769,33 @@ async fn soak(seed: u64, days: u64) -> Figures {
         outage,
     } = timeline(&mut rng, days, t0, wall0, daily);
     let at = |t: DateTime<Utc>| t0 + (t - wall0).to_std().unwrap_or_default();
+    let wall = |t: Instant| wall0 + chrono::Duration::from_std(t - t0).unwrap_or_default();
     let findings = Arc::new(Mutex::new(Findings {
         foreign,
         outages: vec![(at(outage.0), at(outage.1))],
+        down_windows: crashes
+            .iter()
+            .map(|(t, restart)| (wall(*t), wall(*t + *restart)))
+            .collect(),
         ..Findings::default()
     }));
+    // On tmpfs where there is one: the run log is written (with fsync) at every fire, and
+    // thousands of fsyncs to a disk would make the soak several times slower.
+    let state_dir = match Path::new("/dev/shm") {
+        shm if shm.is_dir() => tempfile::tempdir_in(shm),
+        _ => tempfile::tempdir(),
+    }
+    .expect("a temp dir");
     let checked = Checked {
         sim: sim.clone(),
         policies: policies.clone(),
         findings: findings.clone(),
         stop_bound,
+        journal: state_dir.path().join("power-journal.json"),
+        clock: clock.clone(),
+        first_start: wall0,
     };
     let provider = Retrying::new(checked, MAX_RETRIES);
-    let state_dir = tempfile::tempdir().expect("a temp dir");
     let driver = tokio::spawn(drive(
         sim.clone(),
         findings.clone(),
@@ -807,6 +909,8 @@ async fn soak(seed: u64, days: u64) -> Figures {
         longest_down: f.longest_down,
         longest_down_in_outage: f.longest_down_in_outage,
         stop_bound,
+        stops: f.stopped_for.len(),
+        latest_stop: f.latest_stop,
     }
 }
 
