@@ -19,6 +19,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use snapshot_scheduler::client::read_listing_page;
 use snapshot_scheduler::clock::{Clock, TokioClock};
 use snapshot_scheduler::config::{Config, LoadOptions};
 use snapshot_scheduler::daemon::Service;
@@ -151,6 +152,8 @@ struct Findings {
     longest_down_in_outage: Duration,
     cap_refusals: u64,
     over_timeout_creates: u64,
+    /// Account-wide listings served with malformed records of servers no policy names.
+    malformed_listings: u64,
     slow_power_requests: u64,
     /// Injected outages, as monotonic windows.
     outages: Vec<(Instant, Instant)>,
@@ -187,6 +190,60 @@ struct Checked {
 }
 
 impl Checked {
+    /// Every listing goes through the client's page reader, as it would over HTTP; every
+    /// third account-wide one carries hand-made records of a server no policy names that do
+    /// not fit (`created_at: null`, `server: null`, a fractional size), as a real account
+    /// can. Such a listing failing is a violation: one bad record once kept every waiting
+    /// server stopped for the whole snapshot_timeout.
+    fn read_as_over_http(
+        &self,
+        list: Vec<Snapshot>,
+        server: Option<ServerId>,
+    ) -> Result<Vec<Snapshot>, ApiError> {
+        let mut results: Vec<serde_json::Value> = list
+            .iter()
+            .map(|s| serde_json::to_value(s).expect("a snapshot serializes"))
+            .collect();
+        let malformed = server.is_none() && {
+            let mut f = self.findings();
+            f.malformed_listings += 1;
+            f.malformed_listings % 3 == 0
+        };
+        if malformed {
+            let unmanaged = FIRST_SERVER + 1000;
+            results.push(serde_json::json!({
+                "id": 990_001, "server": {"id": unmanaged, "name": "legacy"},
+                "name": "hand-made", "status": "completed", "created_at": null
+            }));
+            results.push(serde_json::json!({
+                "id": 990_002, "server": null, "name": "orphan", "status": "completed",
+                "created_at": "2025-01-01T00:00:00Z"
+            }));
+            results.push(serde_json::json!({
+                "id": 990_003, "server": {"id": unmanaged, "name": "legacy"},
+                "name": "half-a-megabyte", "status": "completed", "size_mb": 5120.5,
+                "created_at": "2025-01-01T00:00:00Z"
+            }));
+        }
+        let body = serde_json::json!({
+            "count": results.len(), "next": null, "previous": null, "results": results,
+        });
+        let body = serde_json::to_vec(&body).expect("a page serializes");
+        match read_listing_page(&body, server) {
+            Ok(mut read) => {
+                // The well-formed hand-made record of the unmanaged server is not ours.
+                read.retain(|s| s.server.id != FIRST_SERVER + 1000);
+                Ok(read)
+            }
+            Err(e) => {
+                self.findings().violation(format!(
+                    "a listing with malformed records of a server no policy names failed: {e}"
+                ));
+                Err(e)
+            }
+        }
+    }
+
     fn findings(&self) -> std::sync::MutexGuard<'_, Findings> {
         self.findings.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -312,6 +369,7 @@ impl Checked {
 impl Provider for Checked {
     async fn list_snapshots(&self, server: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
         let answer = self.sim.list_snapshots(server).await;
+        let answer = answer.and_then(|list| self.read_as_over_http(list, server));
         self.after();
         answer
     }
@@ -898,6 +956,7 @@ async fn soak(seed: u64, days: u64) -> Figures {
         .collect();
     faults.insert("failed_snapshot", failed.len() as u64);
     faults.insert("over_snapshot_timeout", f.over_timeout_creates);
+    faults.insert("listing_with_malformed_records", f.malformed_listings / 3);
     faults.insert("slow_power_request", f.slow_power_requests);
     faults.insert("outage_hours", 3);
     Figures {
