@@ -2,16 +2,12 @@
 //! in `state_dir`, waits for the next fire. A fresh install of a `stop_server` policy must not
 //! stop its server the moment the daemon starts.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use snapshot_scheduler::model::ServerId;
 use snapshot_scheduler::simulator::SimConfig;
-use tokio::time::Instant;
 
-use crate::common::{bin, config_with_policy, policy, Scratch, Setup};
+use crate::common::{bin, config_with_policy, policy, Daemon, Scratch, Setup};
 
 const WEB: ServerId = 12345;
 const OTHER: ServerId = 12346;
@@ -19,83 +15,6 @@ const OTHER: ServerId = 12346;
 const YEARLY: &str = "0 0 3 1 1 *";
 /// Fires every two seconds: proof that the daemon is up and working on its schedule.
 const EVERY_2S: &str = "*/2 * * * * *";
-const WAIT: Duration = Duration::from_secs(30);
-
-/// `run` with its stderr collected; killed when dropped.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(args: &[&str], config: &std::path::Path) -> Self {
-        let mut child = bin()
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .args(["--log-format", "text", "run"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    async fn until(&mut self, what: &str, done: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !done(&self.log()) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the daemon exited ({status}) before {what}\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out before {what}\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, then the exit (in-flight work drains first).
-    async fn stop(&mut self) {
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        let deadline = Instant::now() + WAIT;
-        while self.child.try_wait().expect("try_wait").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "no exit after SIGTERM\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The `tick` policy has fired twice: the start-up is long over, and any work the start-up
 /// dispatched has begun.

@@ -2,10 +2,12 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Arc;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use snapshot_scheduler::clock::SystemClock;
 use snapshot_scheduler::model::ServerId;
@@ -231,5 +233,95 @@ pub fn read_journal(path: &Path) -> Vec<serde_json::Value> {
         Ok(bytes) => serde_json::from_slice(&bytes).expect("the journal is JSON"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => panic!("reading {}: {e}", path.display()),
+    }
+}
+
+/// How long a running daemon may take for any one condition before a test fails.
+pub const DAEMON_WAIT: Duration = Duration::from_secs(30);
+
+/// The binary running `run` (text logs, no watchdog) with `args` before the command; its
+/// stderr collected. Dropping it kills the process.
+pub struct Daemon {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start(args: &[&str], config: &Path) -> Self {
+        let mut child = bin()
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .args(["--log-format", "text", "run"])
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stderr = child.stderr.take().expect("piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Polls until `done` holds; fails if the daemon exits or after [`DAEMON_WAIT`], with the log.
+    pub async fn until(&mut self, what: &str, mut done: impl FnMut(&str) -> bool) {
+        let deadline = tokio::time::Instant::now() + DAEMON_WAIT;
+        loop {
+            let log = self.log();
+            if done(&log) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("the daemon exited ({status}) while waiting until {what}\n{log}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("the daemon exited ({status})\n{}", self.log());
+        }
+    }
+
+    /// SIGTERM, then the exit (in-flight work drains first).
+    pub async fn stop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child this test started.
+        let sent = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM could not be sent");
+        let deadline = tokio::time::Instant::now() + DAEMON_WAIT;
+        while self.child.try_wait().expect("try_wait").is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no exit after SIGTERM\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -3,30 +3,25 @@
 //! the daemon keeps running, what the log says, what the provider saw (no write it should not
 //! have got, no retry storm), the power state of the server and the power journal.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use snapshot_scheduler::clock::SystemClock;
 use snapshot_scheduler::model::{PowerState, ServerId, SnapshotStatus};
 use snapshot_scheduler::simulator::{self, SimConfig, Simulator};
-use tokio::time::Instant;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::common::{bin, config_with_policy, serve_sim, stderr, stdout, Scratch, TOKEN};
+use crate::common::{bin, config_with_policy, serve_sim, stderr, stdout, Daemon, Scratch, TOKEN};
 
 const WEB: ServerId = 12345;
 const EVERY_2S: &str = "*/2 * * * * *";
 /// January 1st, 03:00:00: its latest slot is in the past, so `run` fires it once at start-up
 /// (catch-up) and never again during a test.
 const YEARLY: &str = "0 0 3 1 1 *";
-/// How long any one condition may take to come true before the test fails.
-const WAIT: Duration = Duration::from_secs(30);
 
 fn quick() -> SimConfig {
     SimConfig {
@@ -70,75 +65,6 @@ fn journal(scratch: &Scratch) -> Vec<Value> {
     }
 }
 
-/// The binary running `run`; its stderr collected. Dropping it kills the process.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Self {
-        let mut child = bin()
-            .arg("--config")
-            .arg(config)
-            .args(["--log-format", "text", "run"])
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let stderr = child.stderr.take().expect("piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Polls until `done` holds; fails if the daemon exits or after [`WAIT`], with the log.
-    async fn until(&mut self, what: &str, mut done: impl FnMut(&str) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let log = self.log();
-            if done(&log) {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("the daemon exited ({status}) while waiting until {what}\n{log}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting until {what}\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("the daemon exited ({status})\n{}", self.log());
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `once`, without blocking the runtime that serves the simulated provider.
 async fn once(config: &Path) -> std::process::Output {
     let mut cmd = bin();
@@ -159,7 +85,7 @@ async fn provider_unreachable_at_start_up() {
     let scratch = Scratch::new();
     let base_url = simulator::base_url(addr);
     let text = config(&policy(EVERY_2S, ""), "max_retries = 1", "");
-    let mut daemon = Daemon::start(&scratch.config(&text, &base_url));
+    let mut daemon = Daemon::start(&[], &scratch.config(&text, &base_url));
 
     // It starts and says why nothing happens, fire after fire.
     daemon
@@ -254,7 +180,7 @@ async fn token_revoked_mid_run() {
         "",
         &format!("metrics_listen = \"{metrics}\""),
     );
-    let mut daemon = Daemon::start(&scratch.config(&text, &base_url));
+    let mut daemon = Daemon::start(&[], &scratch.config(&text, &base_url));
     daemon
         .until("a snapshot was created", |_| {
             !sim.stats().created.is_empty()
@@ -426,7 +352,7 @@ async fn start_refused() {
         &base_url,
     );
     missed_the_latest_slot(&config);
-    let mut daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&[], &config);
 
     daemon
         .until("the refused start is reported", |log| {
