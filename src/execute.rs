@@ -265,18 +265,28 @@ impl<P: Provider> Watch<P> {
             let next = {
                 let mut w = self.state();
                 w.waiters.retain(|x| !x.tx.is_closed());
+                let now = Instant::now();
+                // A waiter past its deadline is answered now, not at the next round: rounds
+                // can be further apart than snapshot_timeout, and its server may be stopped.
+                let (expired, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut w.waiters)
+                    .into_iter()
+                    .partition(|x| x.deadline <= now);
+                w.waiters = waiting;
+                for waiter in expired {
+                    let _ = waiter.tx.send(Waited::TimedOut);
+                }
                 if w.waiters.is_empty() {
                     w.polling = false;
                     return;
                 }
-                let now = Instant::now();
                 let due = w.waiters.iter().map(|x| x.due).min().unwrap_or(now);
+                let deadline = w.waiters.iter().map(|x| x.deadline).min().unwrap_or(now);
                 let joining = w.last_joined.is_some_and(|t| now < t + quiet);
                 let gap = if joining { spacing } else { quiet };
                 let at = last_round.map_or(due, |r| due.max(r + gap));
                 if now < at {
                     // Decided again at least every `quiet`: the joining may stop meanwhile.
-                    Next::Wait((at - now).min(quiet))
+                    Next::Wait((at - now).min(quiet).min(deadline - now))
                 } else {
                     spacing = if joining {
                         (spacing * 3 / 2).min(longest)
@@ -1352,14 +1362,29 @@ impl<P: Provider> Executor<P> {
         async {
             tracing::warn!(stopped_at = %entry.stopped_at, "a previous run stopped this server; settling it");
             let left = (entry.deadline - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
-            let snapshots = self.provider.list_snapshots(Some(entry.server)).await?;
-            let in_progress = snapshots
-                .iter()
-                .any(|s| s.name == entry.snapshot && !s.status.is_settled());
-            if in_progress && !left.is_zero() {
-                let wait = tokio::time::timeout(left, self.wait_for(entry.server, &entry.snapshot)).await;
-                if !matches!(wait, Ok(Waited::Settled(..))) {
-                    tracing::warn!("snapshot still not finished at its deadline; starting the server anyway");
+            // Waiting for the snapshot is a courtesy to its consistency; starting the server
+            // is the rule. Nothing on the way to the start may stop it: a listing that fails
+            // (an unreadable record of this server, a server the provider no longer lists)
+            // means the server is started now.
+            if left.is_zero() {
+                tracing::warn!("past the deadline recorded for its snapshot; starting the server now");
+            } else {
+                match self.provider.list_snapshots(Some(entry.server)).await {
+                    Ok(snapshots) => {
+                        let in_progress = snapshots
+                            .iter()
+                            .any(|s| s.name == entry.snapshot && !s.status.is_settled());
+                        if in_progress {
+                            let wait = tokio::time::timeout(left, self.wait_for(entry.server, &entry.snapshot)).await;
+                            if !matches!(wait, Ok(Waited::Settled(..))) {
+                                tracing::warn!("snapshot still not finished at its deadline (or shutting down); starting the server anyway");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "cannot see whether its snapshot is still in progress; starting the server now (the snapshot may be inconsistent)"
+                    ),
                 }
             }
             self.start_again(entry.server).await
@@ -1735,6 +1760,8 @@ mod tests {
         outage_after_completed: Option<(&'static str, Duration)>,
         outage_until: Arc<Mutex<Option<Instant>>>,
         panic_on_create: bool,
+        /// Every listing fails as an unreadable answer does.
+        list_fails: bool,
     }
 
     impl Faulty {
@@ -1744,6 +1771,7 @@ mod tests {
                 outage_after_completed: None,
                 outage_until: Arc::default(),
                 panic_on_create: false,
+                list_fails: false,
             }
         }
 
@@ -1766,6 +1794,12 @@ mod tests {
             server: Option<ServerId>,
         ) -> Result<Vec<Snapshot>, ApiError> {
             self.down()?;
+            if self.list_fails {
+                return Err(ApiError::Decode {
+                    what: "list snapshots".into(),
+                    message: "results[2].created_at: invalid type: null".into(),
+                });
+            }
             let list = self.sim.list_snapshots(server).await?;
             if let Some((name, length)) = self.outage_after_completed {
                 let done = list
@@ -2048,5 +2082,74 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
         assert_eq!(rig.status(), PowerState::Running);
         assert!(rig.journal_on_disk().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listing_that_fails_does_not_keep_a_journaled_server_stopped() {
+        let rig = Rig::new(SimConfig {
+            power_delay: Duration::from_secs(10),
+            ..SimConfig::default()
+        });
+        rig.sim.set_server_status(WEB, PowerState::Stopped);
+        let mut faulty = Faulty::new(&rig.sim);
+        faulty.list_fails = true;
+        let dir = tempfile::tempdir().unwrap();
+        let executor = faulty_executor(&faulty, dir.path());
+        let now: DateTime<Utc> = "2025-01-15T02:30:05Z".parse().unwrap();
+        for (server, deadline) in [(WEB, now + chrono::Duration::hours(1)), (999, now)] {
+            executor
+                .journal()
+                .record(journal::Entry {
+                    server,
+                    policy: "nightly".into(),
+                    snapshot: NAME.into(),
+                    stopped_at: now,
+                    deadline,
+                })
+                .unwrap();
+        }
+
+        let errors = executor.reconcile().await;
+
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(rig.status(), PowerState::Running);
+        assert!(Journal::open(dir.path()).unwrap().entries().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_timeout_shorter_than_poll_interval_ends_the_wait_on_time() {
+        let rig = Rig::new(SimConfig {
+            snapshot_duration: Duration::from_secs(3600),
+            power_delay: Duration::from_secs(1),
+            ..SimConfig::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let executor = Executor::new(
+            Arc::new(rig.sim.clone()),
+            TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap()),
+            Arc::new(Journal::open(dir.path()).unwrap()),
+            Settings {
+                poll_interval: Duration::from_secs(45),
+                snapshot_timeout: Duration::from_secs(5),
+                ..settings()
+            },
+            Shutdown::new(),
+        );
+        let started = Instant::now();
+
+        let report = executor
+            .run_server(&policy("nightly", true), WEB, slot(), None)
+            .await;
+
+        assert_eq!(report.result, RunResult::Failed);
+        assert!(
+            report.message.contains("snapshot_timeout 5s"),
+            "{}",
+            report.message
+        );
+        let downtime = rig.sim.stats().downtime(WEB);
+        let down = downtime[0].duration().expect("running again");
+        assert!(down < Duration::from_secs(15), "stopped for {down:?}");
+        assert!(started.elapsed() < Duration::from_secs(20));
     }
 }

@@ -220,12 +220,45 @@ struct Point {
 pub const STAMP_SKEW: chrono::Duration = chrono::Duration::hours(1);
 
 impl Point {
-    fn of(slot: DateTime<Utc>, created_at: DateTime<Utc>) -> Self {
-        let suspect = slot > created_at + STAMP_SKEW;
-        Self {
-            created_at,
-            slot,
-            bucket: if suspect { created_at } else { slot },
+    fn of(slot: DateTime<Utc>, created_at: DateTime<Utc>, now: DateTime<Utc>) -> Self {
+        match Suspect::of(slot, created_at, now) {
+            // Neither time can be trusted: it ranks below every other snapshot.
+            Some(Suspect::CreatedInFuture) => Self {
+                created_at: DateTime::<Utc>::MIN_UTC,
+                slot: slot.min(now),
+                bucket: slot.min(now),
+            },
+            Some(Suspect::StampAhead) => Self {
+                created_at,
+                slot,
+                bucket: created_at,
+            },
+            None => Self {
+                created_at,
+                slot,
+                bucket: slot,
+            },
+        }
+    }
+}
+
+/// Why an own completed snapshot's times are not taken at their word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suspect {
+    /// The provider says it was created after now.
+    CreatedInFuture,
+    /// Its name's stamp lies well after its creation: the host clock was ahead.
+    StampAhead,
+}
+
+impl Suspect {
+    fn of(slot: DateTime<Utc>, created_at: DateTime<Utc>, now: DateTime<Utc>) -> Option<Self> {
+        if created_at > now + STAMP_SKEW {
+            Some(Self::CreatedInFuture)
+        } else if slot > created_at + STAMP_SKEW {
+            Some(Self::StampAhead)
+        } else {
+            None
         }
     }
 }
@@ -366,22 +399,35 @@ pub fn plan(
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match (owners[i], states[i]) {
-            (Owner::Own(slot), State::Completed) => Some((i, Point::of(slot, s.created_at))),
+            (Owner::Own(slot), State::Completed) => Some((i, Point::of(slot, s.created_at, now))),
             _ => None,
         })
         .collect();
     own_completed.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
     let warnings: Vec<String> = own_completed
         .iter()
-        .filter(|(_, p)| p.bucket != p.slot)
-        .map(|&(i, p)| {
-            format!(
-                "{} carries the stamp {} but was created {}: the host clock was ahead when it \
-                 was made; retention orders it by its creation time",
-                snapshots[i].name,
-                stamp(p.slot),
-                stamp(p.created_at)
-            )
+        .filter_map(|&(i, _)| {
+            let s = &snapshots[i];
+            let Owner::Own(slot) = owners[i] else {
+                return None;
+            };
+            match Suspect::of(slot, s.created_at, now)? {
+                Suspect::CreatedInFuture => Some(format!(
+                    "{} is listed as created {}, after now ({}): the provider's clock or its \
+                     answer is wrong; it ranks below every other snapshot and does not count \
+                     as fresh",
+                    s.name,
+                    stamp(s.created_at),
+                    stamp(now)
+                )),
+                Suspect::StampAhead => Some(format!(
+                    "{} carries the stamp {} but was created {}: the host clock was ahead when \
+                     it was made; retention orders it by its creation time",
+                    s.name,
+                    stamp(slot),
+                    stamp(s.created_at)
+                )),
+            }
         })
         .collect();
     let own_failed = (0..snapshots.len())
@@ -1315,6 +1361,34 @@ mod tests {
                 "the full list stays data"
             );
         }
+    }
+
+    #[test]
+    fn an_own_snapshot_created_in_the_future_ranks_below_the_new_one() {
+        let p = policy(keep(1));
+        let mut from_the_future = own(1, JAN14, Completed);
+        from_the_future.created_at = t("2027-06-01T00:00:00Z");
+        let server = [from_the_future, own(2, JAN15, Completed)];
+
+        let after = plan(
+            &p,
+            &server,
+            t(JAN15),
+            t(JAN15) + chrono::Duration::minutes(5),
+        );
+
+        let decided: Vec<(SnapshotId, Action)> = after
+            .decisions
+            .iter()
+            .map(|d| (d.snapshot_id, d.action))
+            .collect();
+        assert!(decided.contains(&(2, Keep)), "{decided:?}");
+        assert!(decided.contains(&(1, DeleteNow)), "{decided:?}");
+        assert!(
+            after.warnings[0].contains("after now"),
+            "{:?}",
+            after.warnings
+        );
     }
 
     #[test]

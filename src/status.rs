@@ -77,9 +77,12 @@ pub fn row(
     now: DateTime<Utc>,
 ) -> Row {
     let (warn, crit) = thresholds(policy, now);
+    // A snapshot "created" in the future (a provider's clock, a forged answer) proves nothing
+    // about freshness: counted, it would keep the check OK for as long as it exists.
     let newest = snapshots
         .iter()
         .filter(|s| s.status == SnapshotStatus::Completed && policy.owns(&s.name).is_some())
+        .filter(|s| s.created_at <= now + crate::plan::STAMP_SKEW)
         .max_by_key(|s| s.created_at);
     let age = newest.map(|s| (now - s.created_at).to_std().unwrap_or(Duration::ZERO));
     let level = match age {
@@ -245,6 +248,15 @@ mod tests {
                 Level::Critical,
             ),
             (vec![], Level::Critical),
+            // "Created" next year: no proof of freshness.
+            (
+                vec![snap(
+                    "nightly-20250116T023000Z",
+                    "2026-01-16T02:31:00Z",
+                    SnapshotStatus::Completed,
+                )],
+                Level::Critical,
+            ),
             // Fresh but failed or hand-made does not count.
             (
                 vec![snap(

@@ -517,3 +517,43 @@ async fn a_future_stamped_own_snapshot_does_not_wipe_retention() {
         "the new snapshot was deleted, the stale one kept\n{text}"
     );
 }
+
+#[tokio::test]
+async fn an_own_snapshot_created_in_the_future_neither_wipes_retention_nor_silences_status() {
+    let (sim, base_url) = serve_sim(&[WEB], quick()).await;
+    // The provider lists it as created next year.
+    let from_the_future = "nightly-20260101T000000Z";
+    sim.add_snapshot(
+        WEB,
+        from_the_future,
+        SnapshotStatus::Completed,
+        chrono::Utc::now() + chrono::Duration::days(365),
+    );
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        &config(&policy(YEARLY, "").replace("keep = 2", "keep = 1"), "", ""),
+        &base_url,
+    );
+    let nagios = || {
+        let mut cmd = bin();
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["status", "--nagios"]);
+        tokio::process::Command::from(cmd).output()
+    };
+
+    let before = nagios().await.unwrap();
+    let out = once(&config).await;
+    let after = nagios().await.unwrap();
+
+    assert_eq!(before.status.code(), Some(2), "{}", stdout(&before));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let left: Vec<String> = sim.snapshots(WEB).into_iter().map(|s| s.name).collect();
+    assert_eq!(left.len(), 1, "{left:?}\n{text}");
+    assert_ne!(
+        left[0], from_the_future,
+        "the new snapshot was deleted\n{text}"
+    );
+    assert_eq!(after.status.code(), Some(0), "{}", stdout(&after));
+}
