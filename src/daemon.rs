@@ -173,7 +173,26 @@ impl<P: Provider> Service<P> {
         on_wake: OnWake,
     ) -> bool {
         let mut tasks = JoinSet::new();
-        for e in self.executor.reconcile().await {
+        // What a previous run left, settled before anything fires. A signal meanwhile gets
+        // the same treatment as any work: `shutdown_grace`, then the waits end and the
+        // servers are started (a snapshot in progress can take far longer than systemd's
+        // TimeoutStopSec).
+        let settle = self.executor.reconcile();
+        tokio::pin!(settle);
+        let errors = tokio::select! {
+            errors = &mut settle => errors,
+            () = self.shutdown.stopping() => {
+                match tokio::time::timeout(self.shutdown_grace, &mut settle).await {
+                    Ok(errors) => errors,
+                    Err(_) => {
+                        tracing::warn!("shutdown_grace is over: starting the servers a previous run stopped now; their snapshots may be inconsistent");
+                        self.shutdown.hurry();
+                        settle.await
+                    }
+                }
+            }
+        };
+        for e in errors {
             tracing::error!(error = %format!("{e:#}"), "a server stopped by a previous run is not settled yet; retrying in the background");
         }
         // Also while running: a start that failed mid-run (an outage) leaves its entry, and
@@ -182,7 +201,9 @@ impl<P: Provider> Service<P> {
             self.executor.clone(),
             self.shutdown.stopping_token(),
         ));
-        self.finish_interrupted(&policies, &mut tasks).await;
+        if !self.shutdown.is_stopping() {
+            self.finish_interrupted(&policies, &mut tasks).await;
+        }
         let mut dispatcher = Dispatcher {
             executor: self.executor.clone(),
             tasks,
@@ -190,15 +211,17 @@ impl<P: Provider> Service<P> {
             inflight: Arc::default(),
             on_wake,
         };
-        scheduler::run_loop(
-            policies,
-            self.clock.clone(),
-            self.shutdown.stopping_token(),
-            reload,
-            cap,
-            &mut dispatcher,
-        )
-        .await;
+        if !self.shutdown.is_stopping() {
+            scheduler::run_loop(
+                policies,
+                self.clock.clone(),
+                self.shutdown.stopping_token(),
+                reload,
+                cap,
+                &mut dispatcher,
+            )
+            .await;
+        }
 
         notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
         let mut tasks = dispatcher.tasks;

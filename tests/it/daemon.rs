@@ -918,3 +918,53 @@ async fn sighup_says_which_sections_need_a_restart_instead_of_ignoring_them() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_daemon_settles_a_previous_runs_stop_starts_the_server_after_the_grace() {
+    let setup = Setup::new(
+        &[WEB],
+        quick(Duration::from_secs(1)),
+        &policy("nightly", YEARLY, &[WEB], "stop_server = true"),
+        "shutdown_grace = \"1s\"",
+    )
+    .await;
+    // What a killed run leaves: the server stopped, its snapshot in progress for long, the entry.
+    let name = "nightly-20260101T030000Z";
+    setup.sim.set_server_status(WEB, PowerState::Stopped);
+    setup.sim.add_snapshot(
+        WEB,
+        name,
+        SnapshotStatus::InProgress,
+        chrono::Utc::now() - chrono::Duration::seconds(10),
+    );
+    let state = setup.scratch.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    let now = chrono::Utc::now();
+    let entry = serde_json::json!([{
+        "server": WEB, "policy": "nightly", "snapshot": name,
+        "stopped_at": now - chrono::Duration::seconds(10),
+        "deadline": now + chrono::Duration::hours(1),
+    }]);
+    std::fs::write(state.join("power-journal.json"), entry.to_string()).unwrap();
+    let mut daemon = setup.start(&[]);
+    daemon
+        .until("the daemon settles the previous run's stop", |log| {
+            log.contains("settling it")
+        })
+        .await;
+
+    daemon.signal("TERM");
+    let sent = Instant::now();
+    let status = daemon.wait_exit(Duration::from_secs(20)).await;
+
+    let log = daemon.log();
+    assert!(sent.elapsed() < Duration::from_secs(15), "{log}");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(
+        setup.sim.server(WEB).expect("simulated").status,
+        PowerState::Running,
+        "{log}"
+    );
+    assert_eq!(setup.journal(), Vec::<Value>::new(), "{log}");
+    assert!(!log.contains("policy fired"), "fired after SIGTERM\n{log}");
+}
