@@ -16,6 +16,7 @@ use crate::client::HttpClient;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, LoadOptions, LogFormat, TokenSource, DEFAULT_PATH};
 use crate::execute::{Executor, RunResult, ServerReport, Settings};
+use crate::format::{format_age, format_size, render_table};
 use crate::journal::Journal;
 use crate::model::{PowerState, ServerId, Snapshot, SnapshotStatus};
 use crate::policy::Policy;
@@ -562,25 +563,6 @@ pub fn check_report(config: &Config, now: DateTime<Utc>) -> String {
     out
 }
 
-pub fn format_size(size_mb: Option<u64>) -> String {
-    match size_mb {
-        None => "-".into(),
-        Some(mb) if mb >= 1024 => format!("{:.1} GiB", mb as f64 / 1024.0),
-        Some(mb) => format!("{mb} MiB"),
-    }
-}
-
-pub fn format_age(age: chrono::Duration) -> String {
-    let secs = age.num_seconds().max(0);
-    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{secs}s"),
-        (0, 0, m) => format!("{m}m"),
-        (0, h, m) => format!("{h}h{m:02}m"),
-        (d, h, _) => format!("{d}d{h:02}h"),
-    }
-}
-
 async fn list(ctx: &Context, server: Option<ServerId>, json: bool) -> anyhow::Result<i32> {
     let mut snapshots = ctx.client.list_snapshots(server).await?;
     snapshots.sort_by_key(|s| (s.server.id, s.created_at));
@@ -631,26 +613,6 @@ async fn list(ctx: &Context, server: Option<ServerId>, json: bool) -> anyhow::Re
         outln!("(no snapshots)")?;
     }
     Ok(0)
-}
-
-pub fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out += line.join("  ").trim_end();
-        out.push('\n');
-    }
-    out
 }
 
 /// `restore`: refuses anything but a completed snapshot, settles only the snapshot's own

@@ -893,7 +893,7 @@ impl<P: Provider> Executor<P> {
                 report.message = format!(
                     "created {} ({}); deleted {}",
                     settled.name,
-                    crate::cli::format_size(settled.size_mb),
+                    crate::format::format_size(settled.size_mb),
                     if report.deleted.is_empty() {
                         "nothing".to_owned()
                     } else {
