@@ -15,12 +15,13 @@ use secrecy::SecretString;
 use crate::client::HttpClient;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, LoadOptions, LogFormat, TokenSource, DEFAULT_PATH};
-use crate::execute::{Executor, RunResult, ServerReport, Settings};
+use crate::execute::{Executor, Settings};
 use crate::format::{format_age, format_size, render_table};
 use crate::journal::Journal;
 use crate::model::{PowerState, ServerId, Snapshot, SnapshotStatus};
 use crate::policy::Policy;
 use crate::provider::Provider;
+use crate::report::{RunResult, ServerReport};
 use crate::shutdown::Shutdown;
 use crate::simulator::{self, SimConfig, Simulator};
 

@@ -21,6 +21,7 @@
 //! - [`hooks`]: pre/post hooks: argv commands in their own process group, killed at the timeout.
 //! - [`journal`]: the power journal that makes "a stopped server is started again" survive crashes.
 //! - [`execute`]: the one place with effects: runs a plan (stop, create, wait, start, prune).
+//! - [`report`]: what one run came to on one server; written by `execute`, kept by `runlog`.
 //! - [`shutdown`]: SIGTERM/SIGINT for `run` and `once`: stop taking work, hurry, the time it takes.
 //! - [`status`]: freshness of each policy on each server; the Nagios line.
 //! - [`clock`]: wall time as a parameter, so tests can move it.
@@ -44,6 +45,7 @@ pub mod model;
 pub mod plan;
 pub mod policy;
 pub mod provider;
+pub mod report;
 pub mod retry;
 pub mod runlog;
 pub mod schedule;
