@@ -26,6 +26,7 @@
 //! - [`status`]: freshness of each policy on each server; the Nagios line.
 //! - [`clock`]: wall time as a parameter, so tests can move it.
 //! - [`alerts`]: webhooks for events and dead-man pings, delivered in the background.
+//! - [`context`]: what commands are built from: client, executor, journal, alerts, `--simulate`.
 //! - [`format`]: sizes, ages and tables as the commands, the executor and `status` print them.
 //! - [`cli`]: the command line and what each command does.
 //! - [`logging`]: tracing set-up (text, JSON, journald).
@@ -35,6 +36,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod daemon;
 pub mod execute;
 pub mod format;
