@@ -7,19 +7,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
-use secrecy::SecretString;
 
-use crate::client::HttpClient;
-use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, LoadOptions, LogFormat, TokenSource, DEFAULT_PATH};
-use crate::execute::{Executor, RunResult, ServerReport, Settings};
-use crate::journal::Journal;
+use crate::clock::SystemClock;
+use crate::config::{Config, ConfigError, LoadOptions, LogFormat, DEFAULT_PATH};
+use crate::context::{random_token, Context};
+use crate::format::{format_age, format_size, render_table};
 use crate::model::{PowerState, ServerId, Snapshot, SnapshotStatus};
 use crate::policy::Policy;
 use crate::provider::Provider;
+use crate::report::{RunResult, ServerReport};
 use crate::shutdown::Shutdown;
 use crate::simulator::{self, SimConfig, Simulator};
 
@@ -345,178 +344,6 @@ async fn command(cli: &Cli, config: Config) -> anyhow::Result<i32> {
     }
 }
 
-/// What every command that talks to the provider needs.
-pub struct Context {
-    pub config: Config,
-    pub client: HttpClient,
-    pub clock: Arc<dyn Clock>,
-    /// Present with `--simulate`: the provider the client talks to.
-    pub simulator: Option<Simulator>,
-    /// Webhooks and pings of every executor this context makes.
-    pub alerts: Arc<crate::alerts::Alerts>,
-    /// Present with `--simulate`: the state directory, removed with the context.
-    simulated_state: Option<SimulatedStateDir>,
-}
-
-/// The state directory of a `--simulate` run: fresh, private (mode 700, a name nobody could
-/// have made first), and removed when dropped, so runs leave nothing behind.
-struct SimulatedStateDir(PathBuf);
-
-impl SimulatedStateDir {
-    fn create() -> anyhow::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        let parent = std::env::temp_dir();
-        for _ in 0..16 {
-            let path = parent.join(format!(
-                "snapshot-scheduler-sim-{}-{}",
-                std::process::id(),
-                &random_token()[..8]
-            ));
-            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(Self(path)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!(
-                            "cannot create a state directory for --simulate in {} (TMPDIR)",
-                            parent.display()
-                        )
-                    })
-                }
-            }
-        }
-        bail!(
-            "cannot create a state directory for --simulate in {}: every name tried exists",
-            parent.display()
-        )
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for SimulatedStateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Context {
-    pub async fn connect(mut config: Config, simulate: bool) -> anyhow::Result<Self> {
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        if !simulate {
-            let token = config
-                .api
-                .token
-                .clone()
-                .context("no API token was loaded")?;
-            let client = HttpClient::new(&config.api, token)?;
-            return Ok(Self {
-                alerts: crate::alerts::Alerts::new(config.notify.clone()),
-                config,
-                client,
-                clock,
-                simulator: None,
-                simulated_state: None,
-            });
-        }
-        let token = random_token();
-        let servers: Vec<(ServerId, String)> = config
-            .servers()
-            .into_iter()
-            .enumerate()
-            .map(|(i, id)| (id, format!("web-server-{:02}", i + 1)))
-            .collect();
-        let sim = Simulator::new(
-            SimConfig {
-                token: token.clone(),
-                ..SimConfig::default()
-            },
-            &servers,
-            clock.clone(),
-        );
-        let (addr, _task) = simulator::serve(sim.clone(), "127.0.0.1:0".parse()?)
-            .await
-            .context("cannot start the simulated provider")?;
-        config.api.base_url = simulator::base_url(addr);
-        config.api.token_source = TokenSource::Simulated;
-        // A fresh provider deserves a fresh state directory, and a demo should not wait 15 s.
-        let state = SimulatedStateDir::create()?;
-        config.daemon.state_dir = state.path().to_owned();
-        config.daemon.poll_interval = config.daemon.poll_interval.min(Duration::from_secs(1));
-        tracing::info!(base_url = %config.api.base_url, "using the simulated provider");
-        let client = HttpClient::new(&config.api, SecretString::from(token))?;
-        Ok(Self {
-            alerts: crate::alerts::Alerts::new(config.notify.clone()),
-            config,
-            client,
-            clock,
-            simulator: Some(sim),
-            simulated_state: Some(state),
-        })
-    }
-
-    /// Waits (bounded) for alerts and pings still being delivered: every command that can
-    /// send one calls this on every way out, errors included.
-    pub async fn drain_alerts(&self) {
-        self.alerts.drain(Duration::from_secs(30)).await;
-    }
-
-    /// The executor for acting commands, with the journal in `state_dir`.
-    pub fn executor(&self, dry_run: bool) -> anyhow::Result<Arc<Executor<HttpClient>>> {
-        self.executor_with(dry_run, Shutdown::new())
-    }
-
-    /// The executor, ending its waits early when `shutdown` is hurried. A dry run only
-    /// reads: it neither needs nor creates `state_dir`.
-    pub fn executor_with(
-        &self,
-        dry_run: bool,
-        shutdown: Shutdown,
-    ) -> anyhow::Result<Arc<Executor<HttpClient>>> {
-        let journal = if dry_run {
-            Journal::detached(&self.config.daemon.state_dir)
-        } else {
-            Journal::open(&self.config.daemon.state_dir)?
-        };
-        let executor = Executor::new(
-            Arc::new(self.client.clone()),
-            self.clock.clone(),
-            Arc::new(journal),
-            Settings::from_config(&self.config.daemon, dry_run),
-            shutdown,
-        );
-        executor.set_alerts(self.alerts.clone());
-        executor.set_runlog(Arc::new(crate::runlog::RunLog::open(
-            &self.config.daemon.state_dir,
-        )));
-        Ok(executor)
-    }
-
-    /// The state directory `--simulate` made for this run, removed when the context is.
-    pub fn simulated_state_dir(&self) -> Option<&std::path::Path> {
-        self.simulated_state.as_ref().map(SimulatedStateDir::path)
-    }
-
-    /// The policy that owns a snapshot name, if any.
-    pub fn manager_of(&self, name: &str) -> Option<&str> {
-        self.config
-            .policies
-            .iter()
-            .find(|p| p.owns(name).is_some())
-            .map(|p| p.name.as_str())
-    }
-}
-
-fn random_token() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..32)
-        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
-        .collect()
-}
-
 /// `check`: what the daemon would do with this config, without contacting the provider.
 pub fn check_report(config: &Config, now: DateTime<Utc>) -> String {
     let mut out = format!(
@@ -560,25 +387,6 @@ pub fn check_report(config: &Config, now: DateTime<Utc>) -> String {
         }
     }
     out
-}
-
-pub fn format_size(size_mb: Option<u64>) -> String {
-    match size_mb {
-        None => "-".into(),
-        Some(mb) if mb >= 1024 => format!("{:.1} GiB", mb as f64 / 1024.0),
-        Some(mb) => format!("{mb} MiB"),
-    }
-}
-
-pub fn format_age(age: chrono::Duration) -> String {
-    let secs = age.num_seconds().max(0);
-    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{secs}s"),
-        (0, 0, m) => format!("{m}m"),
-        (0, h, m) => format!("{h}h{m:02}m"),
-        (d, h, _) => format!("{d}d{h:02}h"),
-    }
 }
 
 async fn list(ctx: &Context, server: Option<ServerId>, json: bool) -> anyhow::Result<i32> {
@@ -631,26 +439,6 @@ async fn list(ctx: &Context, server: Option<ServerId>, json: bool) -> anyhow::Re
         outln!("(no snapshots)")?;
     }
     Ok(0)
-}
-
-pub fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out += line.join("  ").trim_end();
-        out.push('\n');
-    }
-    out
 }
 
 /// `restore`: refuses anything but a completed snapshot, settles only the snapshot's own

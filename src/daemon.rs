@@ -18,9 +18,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{Alerts, Ping};
-use crate::cli::Context;
 use crate::clock::Clock;
 use crate::config::{Config, LoadOptions};
+use crate::context::Context;
 use crate::execute::Executor;
 use crate::model::ServerId;
 use crate::policy::Policy;

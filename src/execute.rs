@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
-use serde::Serialize;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -20,6 +19,7 @@ use crate::model::{CreateSnapshot, PowerState, ServerId, Snapshot, SnapshotStatu
 use crate::plan::{plan, Plan};
 use crate::policy::{JournalFailure, Policy};
 use crate::provider::{ApiError, Provider};
+use crate::report::{RunResult, ServerReport};
 use crate::shutdown::Shutdown;
 
 /// `now + d` on tokio's clock, saturating far in the future instead of overflowing: no
@@ -57,45 +57,6 @@ impl Settings {
             max_concurrent: daemon.max_concurrent,
             dry_run,
         }
-    }
-}
-
-/// What happened on one server for one policy's slot.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServerReport {
-    pub policy: String,
-    pub server: ServerId,
-    pub slot: DateTime<Utc>,
-    pub snapshot: String,
-    pub result: RunResult,
-    pub created: Option<String>,
-    pub deleted: Vec<String>,
-    pub message: String,
-    /// The plan was blocked by the cap (an alert of its own).
-    pub blocked: bool,
-    #[serde(skip)]
-    pub created_id: Option<u64>,
-    #[serde(skip)]
-    pub plan: Option<Plan>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunResult {
-    /// A new snapshot completed (and pruning ran).
-    Created,
-    /// Nothing needed doing (slot already taken), or only pruning.
-    Unchanged,
-    /// Not attempted now, for a reason that is not an error (a snapshot in progress).
-    Skipped,
-    /// Dry run: what would have happened is in `message`.
-    DryRun,
-    Failed,
-}
-
-impl RunResult {
-    pub fn is_failure(self) -> bool {
-        self == Self::Failed
     }
 }
 
@@ -903,7 +864,7 @@ impl<P: Provider> Executor<P> {
                 report.message = format!(
                     "created {} ({}); deleted {}",
                     settled.name,
-                    crate::cli::format_size(settled.size_mb),
+                    crate::format::format_size(settled.size_mb),
                     if report.deleted.is_empty() {
                         "nothing".to_owned()
                     } else {

@@ -21,10 +21,13 @@
 //! - [`hooks`]: pre/post hooks: argv commands in their own process group, killed at the timeout.
 //! - [`journal`]: the power journal that makes "a stopped server is started again" survive crashes.
 //! - [`execute`]: the one place with effects: runs a plan (stop, create, wait, start, prune).
+//! - [`report`]: what one run came to on one server; written by `execute`, kept by `runlog`.
 //! - [`shutdown`]: SIGTERM/SIGINT for `run` and `once`: stop taking work, hurry, the time it takes.
 //! - [`status`]: freshness of each policy on each server; the Nagios line.
 //! - [`clock`]: wall time as a parameter, so tests can move it.
 //! - [`alerts`]: webhooks for events and dead-man pings, delivered in the background.
+//! - [`context`]: what commands are built from: client, executor, journal, alerts, `--simulate`.
+//! - [`format`]: sizes, ages and tables as the commands, the executor and `status` print them.
 //! - [`cli`]: the command line and what each command does.
 //! - [`logging`]: tracing set-up (text, JSON, journald).
 
@@ -33,8 +36,10 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod daemon;
 pub mod execute;
+pub mod format;
 pub mod hooks;
 pub mod journal;
 pub mod logging;
@@ -42,6 +47,7 @@ pub mod model;
 pub mod plan;
 pub mod policy;
 pub mod provider;
+pub mod report;
 pub mod retry;
 pub mod runlog;
 pub mod schedule;

@@ -14,10 +14,10 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::execute::RunResult;
 use crate::journal::write_atomic;
 use crate::model::ServerId;
 use crate::policy::Policy;
+use crate::report::RunResult;
 use crate::scheduler::Recorded;
 
 const FILE_NAME: &str = "last-runs.json";

@@ -790,7 +790,7 @@ mod tests {
                         server: 1,
                         slot: utc(slot),
                         finished_at: utc(slot),
-                        result: crate::execute::RunResult::Failed,
+                        result: crate::report::RunResult::Failed,
                         message: String::new(),
                         created: None,
                     });

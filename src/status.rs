@@ -117,7 +117,7 @@ pub fn rows(
 }
 
 fn human(d: Duration) -> String {
-    crate::cli::format_age(chrono::Duration::from_std(d).unwrap_or_default())
+    crate::format::format_age(chrono::Duration::from_std(d).unwrap_or_default())
 }
 
 /// One Nagios/Icinga line (with perfdata) and its level.

@@ -1,0 +1,192 @@
+//! The composition root: what every command that talks to the provider is built from (the
+//! client, the clock, alerts, the executor with its journal and run log) and, with
+//! `--simulate`, the simulated provider and its own state directory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use secrecy::SecretString;
+
+use crate::client::HttpClient;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, TokenSource};
+use crate::execute::{Executor, Settings};
+use crate::journal::Journal;
+use crate::model::ServerId;
+use crate::shutdown::Shutdown;
+use crate::simulator::{self, SimConfig, Simulator};
+
+/// What every command that talks to the provider needs.
+pub struct Context {
+    pub config: Config,
+    pub client: HttpClient,
+    pub clock: Arc<dyn Clock>,
+    /// Present with `--simulate`: the provider the client talks to.
+    pub simulator: Option<Simulator>,
+    /// Webhooks and pings of every executor this context makes.
+    pub alerts: Arc<crate::alerts::Alerts>,
+    /// Present with `--simulate`: the state directory, removed with the context.
+    simulated_state: Option<SimulatedStateDir>,
+}
+
+/// The state directory of a `--simulate` run: fresh, private (mode 700, a name nobody could
+/// have made first), and removed when dropped, so runs leave nothing behind.
+struct SimulatedStateDir(PathBuf);
+
+impl SimulatedStateDir {
+    fn create() -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let parent = std::env::temp_dir();
+        for _ in 0..16 {
+            let path = parent.join(format!(
+                "snapshot-scheduler-sim-{}-{}",
+                std::process::id(),
+                &random_token()[..8]
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(Self(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot create a state directory for --simulate in {} (TMPDIR)",
+                            parent.display()
+                        )
+                    })
+                }
+            }
+        }
+        bail!(
+            "cannot create a state directory for --simulate in {}: every name tried exists",
+            parent.display()
+        )
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for SimulatedStateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Context {
+    pub async fn connect(mut config: Config, simulate: bool) -> anyhow::Result<Self> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        if !simulate {
+            let token = config
+                .api
+                .token
+                .clone()
+                .context("no API token was loaded")?;
+            let client = HttpClient::new(&config.api, token)?;
+            return Ok(Self {
+                alerts: crate::alerts::Alerts::new(config.notify.clone()),
+                config,
+                client,
+                clock,
+                simulator: None,
+                simulated_state: None,
+            });
+        }
+        let token = random_token();
+        let servers: Vec<(ServerId, String)> = config
+            .servers()
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| (id, format!("web-server-{:02}", i + 1)))
+            .collect();
+        let sim = Simulator::new(
+            SimConfig {
+                token: token.clone(),
+                ..SimConfig::default()
+            },
+            &servers,
+            clock.clone(),
+        );
+        let (addr, _task) = simulator::serve(sim.clone(), "127.0.0.1:0".parse()?)
+            .await
+            .context("cannot start the simulated provider")?;
+        config.api.base_url = simulator::base_url(addr);
+        config.api.token_source = TokenSource::Simulated;
+        // A fresh provider deserves a fresh state directory, and a demo should not wait 15 s.
+        let state = SimulatedStateDir::create()?;
+        config.daemon.state_dir = state.path().to_owned();
+        config.daemon.poll_interval = config.daemon.poll_interval.min(Duration::from_secs(1));
+        tracing::info!(base_url = %config.api.base_url, "using the simulated provider");
+        let client = HttpClient::new(&config.api, SecretString::from(token))?;
+        Ok(Self {
+            alerts: crate::alerts::Alerts::new(config.notify.clone()),
+            config,
+            client,
+            clock,
+            simulator: Some(sim),
+            simulated_state: Some(state),
+        })
+    }
+
+    /// Waits (bounded) for alerts and pings still being delivered: every command that can
+    /// send one calls this on every way out, errors included.
+    pub async fn drain_alerts(&self) {
+        self.alerts.drain(Duration::from_secs(30)).await;
+    }
+
+    /// The executor for acting commands, with the journal in `state_dir`.
+    pub fn executor(&self, dry_run: bool) -> anyhow::Result<Arc<Executor<HttpClient>>> {
+        self.executor_with(dry_run, Shutdown::new())
+    }
+
+    /// The executor, ending its waits early when `shutdown` is hurried. A dry run only
+    /// reads: it neither needs nor creates `state_dir`.
+    pub fn executor_with(
+        &self,
+        dry_run: bool,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Arc<Executor<HttpClient>>> {
+        let journal = if dry_run {
+            Journal::detached(&self.config.daemon.state_dir)
+        } else {
+            Journal::open(&self.config.daemon.state_dir)?
+        };
+        let executor = Executor::new(
+            Arc::new(self.client.clone()),
+            self.clock.clone(),
+            Arc::new(journal),
+            Settings::from_config(&self.config.daemon, dry_run),
+            shutdown,
+        );
+        executor.set_alerts(self.alerts.clone());
+        executor.set_runlog(Arc::new(crate::runlog::RunLog::open(
+            &self.config.daemon.state_dir,
+        )));
+        Ok(executor)
+    }
+
+    /// The state directory `--simulate` made for this run, removed when the context is.
+    pub fn simulated_state_dir(&self) -> Option<&std::path::Path> {
+        self.simulated_state.as_ref().map(SimulatedStateDir::path)
+    }
+
+    /// The policy that owns a snapshot name, if any.
+    pub fn manager_of(&self, name: &str) -> Option<&str> {
+        self.config
+            .policies
+            .iter()
+            .find(|p| p.owns(name).is_some())
+            .map(|p| p.name.as_str())
+    }
+}
+
+/// 32 random lower-case letters and digits: a simulated provider's token, a state directory's name.
+pub fn random_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
+}
