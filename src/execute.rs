@@ -738,23 +738,32 @@ impl<P: Provider> Executor<P> {
             .filter(|s| wall_after(s.created_at, self.settings.snapshot_timeout) <= now)
             .map(|s| {
                 let age = (now - s.created_at).to_std().unwrap_or_default();
-                let age = Duration::from_secs(age.as_secs() / 60 * 60);
                 format!(
                     "{} (id {}, {} for {})",
                     s.name,
                     s.id,
                     s.status,
-                    humantime::format_duration(age)
+                    crate::plan::rough_age(age)
                 )
             })
             .collect();
         if stuck.is_empty() {
             return Ok(());
         }
+        let shown = 10;
+        let stuck = if stuck.len() > shown {
+            format!(
+                "{} and {} more",
+                stuck[..shown].join(", "),
+                stuck.len() - shown
+            )
+        } else {
+            stuck.join(", ")
+        };
         anyhow::bail!(
             "snapshot stuck longer than snapshot_timeout {}: {}; it blocks every snapshot of              this server and is not deleted; ask the provider about it or delete it by hand",
             humantime::format_duration(self.settings.snapshot_timeout),
-            stuck.join(", ")
+            stuck
         )
     }
 

@@ -369,6 +369,13 @@ fn name_list(names: &[String]) -> String {
     }
 }
 
+/// An age as a person reads it: seconds under a minute, whole minutes above.
+pub fn rough_age(age: std::time::Duration) -> String {
+    let secs = age.as_secs();
+    let rounded = if secs < 60 { secs } else { secs / 60 * 60 };
+    humantime::format_duration(std::time::Duration::from_secs(rounded)).to_string()
+}
+
 fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -493,16 +500,15 @@ pub fn plan(
             } else {
                 ""
             },
-            names.join(", ")
+            name_list(&names)
         );
-        for s in &busy {
+        for s in busy.iter().take(NAMES_IN_A_REASON) {
             if let Ok(age) = (now - s.created_at).to_std() {
-                let minutes = std::time::Duration::from_secs(age.as_secs() / 60 * 60);
                 notes.push(format!(
                     "{} has been {} for {} (created {})",
                     s.name,
                     s.status,
-                    humantime::format_duration(minutes),
+                    rough_age(age),
                     stamp(s.created_at)
                 ));
             }
@@ -1389,6 +1395,27 @@ mod tests {
             "{:?}",
             after.warnings
         );
+    }
+
+    #[test]
+    fn a_skip_names_at_most_ten_busy_snapshots() {
+        let p = policy(keep(2));
+        let server: Vec<Snapshot> = (1..=40)
+            .map(|id| {
+                foreign(
+                    id,
+                    &format!("import-{id}"),
+                    SnapshotStatus::Other("queued".into()),
+                )
+            })
+            .collect();
+
+        let plan = plan(&p, &server, t(JAN15), t(JAN15));
+
+        let why = plan.outcome();
+        assert!(why.contains("and 30 more"), "{why}");
+        assert!(why.len() < 600, "{} characters", why.len());
+        assert!(plan.notes.len() <= 10, "{} notes", plan.notes.len());
     }
 
     #[test]
