@@ -44,11 +44,25 @@ pub struct Alerts {
     attempts: u32,
     /// Deliveries under way, so a short-lived command can wait for them before exiting.
     deliveries: TaskTracker,
+    /// Dead-man pings are sent (not for a simulated provider: a simulated success would tell
+    /// the ping service that the real snapshots are fine).
+    pings: bool,
 }
 
 impl Alerts {
+    /// Sends nothing at all: for `--simulate`, whose events are not the real account's.
+    pub fn muted() -> Arc<Self> {
+        let mut alerts = Self::build(Vec::new());
+        alerts.pings = false;
+        Arc::new(alerts)
+    }
+
     pub fn new(targets: Vec<NotifyTarget>) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::build(targets))
+    }
+
+    fn build(targets: Vec<NotifyTarget>) -> Self {
+        Self {
             targets,
             http: reqwest::Client::builder()
                 .user_agent(USER_AGENT)
@@ -58,7 +72,8 @@ impl Alerts {
             failing: Mutex::default(),
             attempts: 8,
             deliveries: TaskTracker::new(),
-        })
+            pings: true,
+        }
     }
 
     fn failing(&self) -> std::sync::MutexGuard<'_, HashSet<(String, ServerId)>> {
@@ -142,7 +157,9 @@ impl Alerts {
 
     /// `<url>/start`, `<url>`, `<url>/fail` (healthchecks.io convention), in the background.
     pub fn ping(&self, url: Option<&str>, ping: Ping) {
-        let Some(url) = url else { return };
+        let Some(url) = url.filter(|_| self.pings) else {
+            return;
+        };
         let url = match ping {
             Ping::Start => format!("{url}/start"),
             Ping::Success => url.to_owned(),

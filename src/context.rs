@@ -120,8 +120,18 @@ impl Context {
         config.daemon.poll_interval = config.daemon.poll_interval.min(Duration::from_secs(1));
         tracing::info!(base_url = %config.api.base_url, "using the simulated provider");
         let client = HttpClient::new(&config.api, SecretString::from(token))?;
+        if !config.notify.is_empty()
+            || config
+                .policies
+                .iter()
+                .any(|p| p.monitoring.ping_url.is_some())
+        {
+            tracing::info!(
+                "--simulate: webhooks and pings are not sent (they are about the real account)"
+            );
+        }
         Ok(Self {
-            alerts: crate::alerts::Alerts::new(config.notify.clone()),
+            alerts: crate::alerts::Alerts::muted(),
             config,
             client,
             clock,

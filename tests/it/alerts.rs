@@ -824,3 +824,35 @@ async fn server_left_stopped_is_delivered_before_once_and_restore_exit_on_the_se
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_sends_no_webhook_and_no_ping_about_the_real_account() {
+    let hook = receiver().await;
+    let scratch = Scratch::new();
+    let text = config_text(
+        &format!(
+            "ping_url = \"{}/ping/abc\"\npre_hook = [\"false\"]",
+            hook.uri()
+        ),
+        &format!("[[notify]]\nurl = \"{}/hooks/ops\"", hook.uri()),
+    );
+    let config = scratch.config(&text, "https://provider.invalid/api/v1");
+    let mut cmd: Command = bin();
+    cmd.arg("--simulate")
+        .arg("--config")
+        .arg(&config)
+        .arg("once");
+
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("the binary runs"))
+        .await
+        .unwrap();
+
+    // The pre hook fails: a real run would send a failure alert and a /fail ping.
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert!(
+        stderr(&out).contains("webhooks and pings are not sent"),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(hits(&hook).await, Vec::<(String, String)>::new());
+}
