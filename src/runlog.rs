@@ -135,8 +135,10 @@ impl RunLog {
     }
 
     /// What this policy handled before: the newest slot on any of its servers, from the
-    /// handled slots or (a run log older than them) the last runs. `None` for a policy never
-    /// seen, which is what a renamed one is.
+    /// handled slots (with the last runs under them). `None` for a policy without handled
+    /// slots, which is what a new or renamed one is, and also one that only `once` ran, or
+    /// whose handled slots were lost: last runs alone do not say which schedule they ran
+    /// under, and taken for the current one they made a first start stop a server.
     pub fn recorded(&self, policy: &str) -> Option<Recorded> {
         let state = self.state();
         let last_run = state
@@ -150,10 +152,7 @@ impl RunLog {
                 slot: h.servers.values().copied().chain(last_run).max()?,
                 schedule: Some((h.schedule.clone(), h.timezone.clone())),
             }),
-            None => last_run.map(|slot| Recorded {
-                slot,
-                schedule: None,
-            }),
+            None => None,
         }
     }
 

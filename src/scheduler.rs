@@ -661,11 +661,13 @@ mod tests {
                 want: &[],
             },
             Case {
-                name: "a last run without a schedule: the slot after it was missed",
+                // A last run says nothing of the schedule it ran under (`once`, an older
+                // release, a lost handled-slots file): the policy starts like a new one.
+                name: "a last run without handled slots: waits for the next fire",
                 before: LastRun("db", "2025-01-14T03:00:00Z"),
                 lives: vec![("2025-01-15T17:38:00Z", daily(), None)],
-                span: H,
-                want: &["db 2025-01-15T03:00:00Z CatchUp"],
+                span: 12 * H,
+                want: &["db 2025-01-16T03:00:00Z OnTime"],
             },
             Case {
                 name: "a reload moving the schedule to 04:00 waits for tomorrow's 04:00",

@@ -184,3 +184,48 @@ async fn a_renamed_policy_is_named_at_check_start_and_reload_with_what_to_do() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_run_after_once_and_a_schedule_change_neither_fires_nor_stops() {
+    let setup = Setup::new(
+        &[WEB, OTHER],
+        SimConfig {
+            snapshot_duration: Duration::from_millis(300),
+            power_delay: Duration::from_millis(100),
+            example_snapshots: false,
+            ..SimConfig::default()
+        },
+        &policies(),
+        "",
+    )
+    .await;
+    // Tried by hand first: `once` leaves last runs, but no handled slots.
+    let once = crate::common::run(
+        bin()
+            .arg("-c")
+            .arg(&setup.config)
+            .args(["once", "--policy", "db"]),
+    );
+    assert_eq!(
+        once.status.code(),
+        Some(0),
+        "{}",
+        crate::common::stderr(&once)
+    );
+    let stops = setup.sim.stats().request_count("stop");
+    // Then the schedule moves (its latest slot is now after the one `once` took).
+    let moved = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .replace(YEARLY, "0 0 3 2 1 *");
+    std::fs::write(&setup.config, moved).unwrap();
+
+    let mut daemon = Daemon::start(&[], &setup.config);
+    daemon
+        .until("the tick policy fired twice", ticked_twice)
+        .await;
+    daemon.stop().await;
+
+    let log = daemon.log();
+    assert_eq!(setup.sim.stats().request_count("stop"), stops, "{log}");
+    assert!(!log.contains("policy fired policy=db"), "db fired\n{log}");
+}
