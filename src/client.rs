@@ -31,7 +31,7 @@ use crate::text;
 pub const USER_AGENT: &str = concat!("snapshot-scheduler/", env!("CARGO_PKG_VERSION"));
 
 /// The longest `Retry-After` honoured; longer ones are waited out in steps of this.
-const MAX_RETRY_AFTER_SECS: u64 = 300;
+pub const MAX_RETRY_AFTER_SECS: u64 = 60;
 
 /// A list that pages longer than this is a provider bug, not a fleet.
 const MAX_PAGES: usize = 10_000;

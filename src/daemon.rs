@@ -240,6 +240,12 @@ impl<P: Provider> Service<P> {
         self.shutdown.hurry();
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(self.drain_bound, drain).await.is_err() {
+            for entry in self.executor.journal().entries() {
+                self.executor.report_left_stopped(
+                    entry.server,
+                    "the shutdown ran out of time (drain bound) before it was running",
+                );
+            }
             tracing::error!("work did not end in time; the journal lets the next start settle it");
             return false;
         }

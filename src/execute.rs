@@ -1082,25 +1082,31 @@ impl<P: Provider> Executor<P> {
                 Ok(())
             }
             Err(e) => {
-                metrics::counter!("snapshot_scheduler_server_left_stopped_total").increment(1);
-                let message = format!(
-                    "server {server} was stopped for a snapshot and could not be started again: \
-                     {e:#}; it stays in the power journal and is retried"
-                );
-                tracing::error!(error = %format!("{e:#}"), "SERVER LEFT STOPPED: {message}");
-                if self.alerted().insert(server) {
-                    if let Some(alerts) = self.alerts.get() {
-                        alerts.send(
-                            crate::config::AlertEvent::ServerLeftStopped,
-                            None,
-                            Some(server),
-                            &message,
-                        );
-                    }
-                }
+                self.report_left_stopped(server, &format!("{e:#}"));
                 Err(e.context(format!(
                     "server {server} was stopped for a snapshot and could not be started again"
                 )))
+            }
+        }
+    }
+
+    /// A server this program stopped is not running and this attempt is over: a loud log
+    /// line, the metric, and the `server_left_stopped` alert (once per streak).
+    pub fn report_left_stopped(&self, server: ServerId, why: &str) {
+        metrics::counter!("snapshot_scheduler_server_left_stopped_total").increment(1);
+        let message = format!(
+            "server {server} was stopped for a snapshot and could not be started again: {why}; \
+             it stays in the power journal and is retried"
+        );
+        tracing::error!("SERVER LEFT STOPPED: {message}");
+        if self.alerted().insert(server) {
+            if let Some(alerts) = self.alerts.get() {
+                alerts.send(
+                    crate::config::AlertEvent::ServerLeftStopped,
+                    None,
+                    Some(server),
+                    &message,
+                );
             }
         }
     }
@@ -1119,8 +1125,18 @@ impl<P: Provider> Executor<P> {
         // another (the provider dropped it); sooner, a lagging status is waited out.
         let mut started_at: Option<Instant> = None;
         let mut last: String = "not looked at yet".into();
+        // No call may outlast the deadline (a 429's Retry-After pauses every request, the
+        // client's own retries add up): the path as a whole is bounded by power_timeout.
+        let no_answer = || ApiError::Timeout {
+            what: format!("get server {server}"),
+            timeout,
+        };
         loop {
-            match self.provider.get_server(server).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let looked = tokio::time::timeout(left, self.provider.get_server(server))
+                .await
+                .unwrap_or_else(|_| Err(no_answer()));
+            match looked {
                 Ok(s) => match s.status {
                     PowerState::Running => return Ok(Up::Running),
                     PowerState::Stopped => {
@@ -1129,7 +1145,12 @@ impl<P: Provider> Executor<P> {
                         });
                         if resend {
                             tracing::info!("starting the server again");
-                            match self.provider.start_server(server).await {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            let sent =
+                                tokio::time::timeout(left, self.provider.start_server(server))
+                                    .await
+                                    .unwrap_or_else(|_| Err(no_answer()));
+                            match sent {
                                 Ok(_) => started_at = Some(Instant::now()),
                                 Err(e) if e.is_retryable() => {
                                     tracing::warn!(error = %e, "start request failed; looking at the server before sending it again");
@@ -1336,10 +1357,26 @@ impl<P: Provider> Executor<P> {
             // is the rule. Nothing on the way to the start may stop it: a listing that fails
             // (an unreadable record of this server, a server the provider no longer lists)
             // means the server is started now.
-            if left.is_zero() {
-                tracing::warn!("past the deadline recorded for its snapshot; starting the server now");
+            let listed = if left.is_zero() || self.shutdown.is_hurried() {
+                tracing::warn!("past the deadline recorded for its snapshot, or shutting down; starting the server now");
+                None
             } else {
-                match self.provider.list_snapshots(Some(entry.server)).await {
+                // Bounded like the start path: a provider that throttles or hangs must not
+                // hold the start back.
+                let listing = self.provider.list_snapshots(Some(entry.server));
+                Some(
+                    tokio::time::timeout(self.settings.power_timeout, listing)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ApiError::Timeout {
+                                what: format!("list snapshots of server {}", entry.server),
+                                timeout: self.settings.power_timeout,
+                            })
+                        }),
+                )
+            };
+            if let Some(listed) = listed {
+                match listed {
                     Ok(snapshots) => {
                         let in_progress = snapshots
                             .iter()

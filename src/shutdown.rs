@@ -103,12 +103,10 @@ impl Shutdown {
 pub fn drain_bound(config: &Config) -> Duration {
     let api = &config.api;
     let attempts = api.max_retries.saturating_add(1);
-    // The client's back-off doubles from 0.5 s up to 60 s a pause.
-    let pauses: Duration = (0..api.max_retries)
-        .map(|i| Duration::from_millis(500).saturating_mul(1u32 << i.min(10)))
-        .map(|d| d.min(Duration::from_secs(60)))
-        .fold(Duration::ZERO, Duration::saturating_add);
-    let request = api.timeout.saturating_mul(attempts).saturating_add(pauses);
+    // Before each attempt, a pause: the client's back-off (at most 60 s) or a 429's
+    // `Retry-After` (honoured up to the same bound).
+    let pause = Duration::from_secs(crate::client::MAX_RETRY_AFTER_SECS);
+    let request = api.timeout.saturating_add(pause).saturating_mul(attempts);
     // A pre hook under way when the signal came, then the post hook.
     let hook = config
         .policies
@@ -144,7 +142,7 @@ pub fn stop_bound(config: &Config) -> Duration {
 
 /// The shipped unit's `TimeoutStopSec`: what [`stop_bound`] must stay under, or a drop-in
 /// must raise it.
-pub const UNIT_TIMEOUT_STOP: Duration = Duration::from_secs(30 * 60);
+pub const UNIT_TIMEOUT_STOP: Duration = Duration::from_secs(40 * 60);
 
 /// `check`'s word on the stop bound: a warning when the shipped unit would kill the daemon
 /// before it has started every server it stopped.

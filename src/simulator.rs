@@ -61,8 +61,10 @@ pub struct SimConfig {
     pub lost_create_rate: f64,
     /// Requests per second allowed (token bucket, burst of one second); `None` or <= 0: no limit.
     pub rate_limit: Option<f64>,
-    /// Probability of a 429 with `Retry-After: 1` whatever the rate.
+    /// Probability of a 429 with `Retry-After: burst_retry_after` whatever the rate.
     pub burst_429_rate: f64,
+    /// The `Retry-After` (seconds) of those 429s.
+    pub burst_retry_after: u64,
     /// Results per list page (DRF `PAGE_SIZE`).
     pub page_size: usize,
     /// Refuse a create while the server already has an `in_progress` snapshot (400).
@@ -90,6 +92,7 @@ impl Default for SimConfig {
             lost_create_rate: 0.0,
             rate_limit: None,
             burst_429_rate: 0.0,
+            burst_retry_after: 1,
             page_size: 50,
             refuse_create_while_in_progress: true,
             refuse_start: false,
@@ -613,7 +616,7 @@ impl SimState {
         }
         if chance(&mut self.rng, self.config.burst_429_rate) {
             self.fault("rate_limited");
-            return Err(Refusal::throttled(1));
+            return Err(Refusal::throttled(self.config.burst_retry_after));
         }
         Ok(())
     }

@@ -727,3 +727,65 @@ async fn a_second_sigterm_exits_at_once_and_the_next_once_settles_the_server() {
     assert!(setup.journal().is_empty(), "{:?}", setup.journal());
     assert_eq!(sim.stats().created.len(), 1, "a second snapshot was taken");
 }
+
+#[tokio::test]
+async fn a_rate_limiting_provider_after_sigterm_bounds_the_start_path_by_power_timeout() {
+    let sim = SimConfig {
+        snapshot_duration: Duration::from_secs(60),
+        ..quick()
+    };
+    let setup = Setup::new(
+        &[WEB],
+        sim,
+        &policy("nightly", YEARLY, &[WEB], "stop_server = true"),
+        "power_timeout = \"5s\"",
+    )
+    .await;
+    let mut child = setup
+        .command(&["once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let s = setup.sim.clone();
+    wait_until(
+        "the server is stopped for its snapshot",
+        Duration::from_secs(20),
+        move || {
+            s.server(WEB).unwrap().status == PowerState::Stopped && !s.stats().created.is_empty()
+        },
+    )
+    .await;
+    // From now on every request is refused with a long Retry-After.
+    setup.sim.set_config(|c| {
+        c.burst_429_rate = 1.0;
+        c.burst_retry_after = 100;
+    });
+    let signalled = tokio::time::Instant::now();
+    // SAFETY: kill(2) on the pid of a child this test started.
+    unsafe {
+        libc::kill(child.id().expect("running") as i32, libc::SIGTERM);
+    }
+    let mut err = String::new();
+    let exit = tokio::time::timeout(Duration::from_secs(60), async {
+        use tokio::io::AsyncReadExt;
+        let mut e = child.stderr.take().unwrap();
+        let (_, status) = tokio::join!(e.read_to_string(&mut err), child.wait());
+        status.unwrap()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("once did not give up within 60 s of SIGTERM"));
+
+    // power_timeout (5 s) for the start path, then once more with back-off: never the
+    // provider's 100 s.
+    assert!(signalled.elapsed() < Duration::from_secs(40), "{err}");
+    assert_eq!(exit.code(), Some(1), "{err}");
+    assert!(err.contains("SERVER LEFT STOPPED"), "{err}");
+    assert_eq!(
+        setup.journal().len(),
+        1,
+        "the entry stays for the next start"
+    );
+
+    // The next acting command settles it, as after any other outage.
+}
