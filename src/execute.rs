@@ -761,7 +761,8 @@ impl<P: Provider> Executor<P> {
             stuck.join(", ")
         };
         anyhow::bail!(
-            "snapshot stuck longer than snapshot_timeout {}: {}; it blocks every snapshot of              this server and is not deleted; ask the provider about it or delete it by hand",
+            "snapshot stuck longer than snapshot_timeout {}: {}; it blocks every snapshot of \
+             this server and is not deleted; ask the provider about it or delete it by hand",
             humantime::format_duration(self.settings.snapshot_timeout),
             stuck
         )
@@ -1352,7 +1353,18 @@ impl<P: Provider> Executor<P> {
         let span = tracing::info_span!("reconcile", policy = %entry.policy, server = entry.server, snapshot = %entry.snapshot);
         async {
             tracing::warn!(stopped_at = %entry.stopped_at, "a previous run stopped this server; settling it");
-            let left = (entry.deadline - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+            // The recorded deadline, but never later than the current config allows from the
+            // stop (a journal written under a longer snapshot_timeout, by a clock that was
+            // ahead, or by hand).
+            let now = self.clock.now();
+            let budget = self
+                .settings
+                .power_timeout
+                .saturating_add(self.settings.snapshot_timeout);
+            let deadline = entry
+                .deadline
+                .min(wall_after(entry.stopped_at.min(now), budget));
+            let left = (deadline - now).to_std().unwrap_or(Duration::ZERO);
             // Waiting for the snapshot is a courtesy to its consistency; starting the server
             // is the rule. Nothing on the way to the start may stop it: a listing that fails
             // (an unreadable record of this server, a server the provider no longer lists)
@@ -2158,5 +2170,39 @@ mod tests {
         let down = downtime[0].duration().expect("running again");
         assert!(down < Duration::from_secs(15), "stopped for {down:?}");
         assert!(started.elapsed() < Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_journal_deadline_far_ahead_is_capped_by_the_current_config() {
+        let rig = Rig::new(SimConfig {
+            power_delay: Duration::from_secs(10),
+            ..SimConfig::default()
+        });
+        // Stopped 50 minutes ago for a snapshot that never finishes; the entry claims to wait
+        // until 9999. snapshot_timeout (30m) + power_timeout (10m) from the stop are over.
+        rig.sim.set_server_status(WEB, PowerState::Stopped);
+        let stopped_at: DateTime<Utc> = "2025-01-15T01:40:05Z".parse().unwrap();
+        rig.sim
+            .add_snapshot(WEB, NAME, SnapshotStatus::InProgress, stopped_at);
+        rig.journal
+            .record(journal::Entry {
+                server: WEB,
+                policy: "nightly".into(),
+                snapshot: NAME.into(),
+                stopped_at,
+                deadline: "9999-12-31T23:59:59Z".parse().unwrap(),
+            })
+            .unwrap();
+        let started = Instant::now();
+
+        let errors = rig.executor.reconcile().await;
+
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(rig.status(), PowerState::Running);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -406,6 +406,17 @@ pub fn plan(
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match (owners[i], states[i]) {
+            // This slot's own snapshot is the newest there is, whatever the clocks say: it
+            // is what the run just made (counted as older than one dated ahead, it was
+            // deleted right after it completed).
+            (Owner::Own(slot), State::Completed) if s.name == new_name => Some((
+                i,
+                Point {
+                    created_at: DateTime::<Utc>::MAX_UTC,
+                    slot,
+                    bucket: slot,
+                },
+            )),
             (Owner::Own(slot), State::Completed) => Some((i, Point::of(slot, s.created_at, now))),
             _ => None,
         })
@@ -1416,6 +1427,30 @@ mod tests {
         assert!(why.contains("and 30 more"), "{why}");
         assert!(why.len() < 600, "{} characters", why.len());
         assert!(plan.notes.len() <= 10, "{} notes", plan.notes.len());
+    }
+
+    #[test]
+    fn the_slots_own_snapshot_outranks_one_dated_a_little_ahead() {
+        let p = policy(keep(1));
+        // Dated 55 minutes ahead: not yet suspect, still never above what the run just made.
+        let mut ahead = own(1, JAN14, Completed);
+        ahead.created_at = t(JAN15) + chrono::Duration::minutes(55);
+        let server = [ahead, own(2, JAN15, Completed)];
+
+        let after = plan(
+            &p,
+            &server,
+            t(JAN15),
+            t(JAN15) + chrono::Duration::minutes(2),
+        );
+
+        let deleted: Vec<SnapshotId> = after
+            .decisions
+            .iter()
+            .filter(|d| d.action.is_delete())
+            .map(|d| d.snapshot_id)
+            .collect();
+        assert_eq!(deleted, [1], "{after:#?}");
     }
 
     #[test]
