@@ -270,6 +270,12 @@ impl<P: Provider> Watch<P> {
             last_round = Some(round);
             let listing = match list(&*self.provider, &servers).await {
                 Ok(l) => Some(l),
+                Err(e) if servers.len() > 1 => {
+                    // One server's unreadable record (or a listing the provider cannot give)
+                    // must not keep every other waiting server stopped: ask per server.
+                    tracing::warn!(error = %e, "could not poll snapshot status of all waiting servers at once; asking each");
+                    Some(self.list_each(&servers).await)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not poll snapshot status; trying again");
                     None
@@ -308,6 +314,23 @@ impl<P: Provider> Watch<P> {
                 return;
             }
         }
+    }
+}
+
+impl<P: Provider> Watch<P> {
+    /// Each server's own listing, merged; a server whose listing fails is left out (its
+    /// waiters wait for the next round or their deadline).
+    async fn list_each(&self, servers: &[ServerId]) -> Listing {
+        let mut snapshots = Vec::new();
+        for server in servers {
+            match self.provider.list_snapshots(Some(*server)).await {
+                Ok(list) => snapshots.extend(list.into_iter().filter(|s| s.server.id == *server)),
+                Err(e) => {
+                    tracing::warn!(server, error = %e, "could not poll this server's snapshot status; trying again")
+                }
+            }
+        }
+        Listing::new(snapshots)
     }
 }
 
@@ -1781,6 +1804,10 @@ mod tests {
         panic_on_create: bool,
         /// Every listing fails as an unreadable answer does.
         list_fails: bool,
+        /// Once a snapshot of this server was requested, listings that include it fail as an
+        /// unreadable record of it makes them.
+        bad_server: Option<ServerId>,
+        bad_now: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Faulty {
@@ -1791,6 +1818,8 @@ mod tests {
                 outage_until: Arc::default(),
                 panic_on_create: false,
                 list_fails: false,
+                bad_server: None,
+                bad_now: Arc::default(),
             }
         }
 
@@ -1813,7 +1842,9 @@ mod tests {
             server: Option<ServerId>,
         ) -> Result<Vec<Snapshot>, ApiError> {
             self.down()?;
-            if self.list_fails {
+            let bad = self.bad_now.load(std::sync::atomic::Ordering::Relaxed)
+                && server.is_none_or(|s| Some(s) == self.bad_server);
+            if self.list_fails || bad {
                 return Err(ApiError::Decode {
                     what: "list snapshots".into(),
                     message: "results[2].created_at: invalid type: null".into(),
@@ -1833,6 +1864,10 @@ mod tests {
         }
         async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
             self.down()?;
+            if Some(request.server_id) == self.bad_server {
+                self.bad_now
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let created = self.sim.create_snapshot(request).await;
             assert!(!self.panic_on_create, "a bug between stop and start");
             created
@@ -2204,5 +2239,49 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreadable_record_of_one_waiting_server_does_not_keep_the_others_stopped() {
+        const DB: ServerId = 12346;
+        let clock = TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap());
+        let sim = Simulator::with_server_ids(
+            SimConfig {
+                example_snapshots: false,
+                snapshot_duration: Duration::from_secs(60),
+                power_delay: Duration::from_secs(10),
+                ..SimConfig::default()
+            },
+            &[WEB, DB],
+            clock.clone(),
+        );
+        let mut faulty = Faulty::new(&sim);
+        faulty.bad_server = Some(DB);
+        let dir = tempfile::tempdir().unwrap();
+        let executor = Executor::new(
+            Arc::new(faulty),
+            clock,
+            Arc::new(Journal::open(dir.path()).unwrap()),
+            settings(),
+            Shutdown::new(),
+        );
+        let work = vec![
+            (policy("nightly", true), WEB, slot()),
+            (policy("nightly", true), DB, slot()),
+        ];
+
+        let reports = executor.run_all(work).await;
+
+        let web = reports.iter().find(|r| r.server == WEB).unwrap();
+        assert_eq!(web.result, RunResult::Created, "{reports:#?}");
+        let down = sim.stats().downtime(WEB)[0]
+            .duration()
+            .expect("running again");
+        assert!(
+            down < Duration::from_secs(5 * 60),
+            "WEB stopped for {down:?}"
+        );
+        // DB's snapshot could never be seen: it times out, and DB runs again too.
+        assert_eq!(sim.server(DB).unwrap().status, PowerState::Running);
     }
 }
