@@ -681,6 +681,20 @@ impl<P: Provider> Executor<P> {
             report.blocked = true;
             anyhow::bail!("{}", blocked.reason);
         }
+        // Every read the real run decides on comes before a dry run stops, so both say the
+        // same: a stuck snapshot fails, a server in transition is skipped.
+        if first.create.is_none() {
+            self.fail_if_stuck(&snapshots)?;
+        }
+        // A server in transition (restoring, starting, ...) is not snapshotted; looked at
+        // again after the pre hook, which may take a while.
+        if first.create.is_some() && policy.stop_server {
+            if let Err(busy) = self.power_state(server).await? {
+                report.result = RunResult::Skipped;
+                report.message = busy;
+                return Ok(());
+            }
+        }
         if self.settings.dry_run {
             report.result = RunResult::DryRun;
             report.message = dry_run_summary(policy, &first);
@@ -688,7 +702,6 @@ impl<P: Provider> Executor<P> {
         }
 
         let Some(create) = &first.create else {
-            self.fail_if_stuck(&snapshots)?;
             self.delete_planned(policy, &first, report).await?;
             report.result = if first
                 .no_create
@@ -830,6 +843,17 @@ impl<P: Provider> Executor<P> {
         Ok(())
     }
 
+    /// The server's power state when it is running or stopped; else why it is not snapshotted.
+    async fn power_state(&self, server: ServerId) -> anyhow::Result<Result<PowerState, String>> {
+        let state = self.provider.get_server(server).await?.status;
+        Ok(match state {
+            PowerState::Running | PowerState::Stopped => Ok(state),
+            other => Err(format!(
+                "server is {other} (neither running nor stopped); not snapshotted"
+            )),
+        })
+    }
+
     /// Free a slot → (stop) → create → wait → (start) → prune by a second plan.
     async fn create_and_prune(
         &self,
@@ -846,14 +870,14 @@ impl<P: Provider> Executor<P> {
         // A server in transition (restoring, starting, ...) is not snapshotted; find that out
         // before a slot is freed, or a good snapshot would go for nothing.
         let power = if policy.stop_server {
-            let state = self.provider.get_server(server).await?.status;
-            if !matches!(state, PowerState::Running | PowerState::Stopped) {
-                report.result = RunResult::Skipped;
-                report.message =
-                    format!("server is {state} (neither running nor stopped); not snapshotted");
-                return Ok(());
+            match self.power_state(server).await? {
+                Ok(state) => Some(state),
+                Err(busy) => {
+                    report.result = RunResult::Skipped;
+                    report.message = busy;
+                    return Ok(());
+                }
             }
-            Some(state)
         } else {
             None
         };
@@ -2283,5 +2307,51 @@ mod tests {
         );
         // DB's snapshot could never be seen: it times out, and DB runs again too.
         assert_eq!(sim.server(DB).unwrap().status, PowerState::Running);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dry_run_decides_like_the_real_run_on_a_restoring_server_and_a_stuck_snapshot() {
+        let rig = Rig::new(SimConfig::default());
+        let dir = tempfile::tempdir().unwrap();
+        let dry = Executor::new(
+            Arc::new(rig.sim.clone()),
+            TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap()),
+            Arc::new(Journal::open(dir.path()).unwrap()),
+            Settings {
+                dry_run: true,
+                ..settings()
+            },
+            Shutdown::new(),
+        );
+        rig.sim.set_server_status(WEB, PowerState::Restoring);
+
+        let restoring = dry
+            .run_server(&policy("nightly", true), WEB, slot(), None)
+            .await;
+
+        assert_eq!(restoring.result, RunResult::Skipped, "{restoring:#?}");
+        assert!(
+            restoring.message.contains("restoring"),
+            "{}",
+            restoring.message
+        );
+
+        rig.sim.set_server_status(WEB, PowerState::Running);
+        let at: DateTime<Utc> = "2025-01-15T02:30:05Z".parse().unwrap();
+        rig.sim.add_snapshot(
+            WEB,
+            "manual-before-upgrade",
+            SnapshotStatus::InProgress,
+            at - chrono::Duration::hours(5),
+        );
+        let stuck = dry
+            .run_server(&policy("nightly", false), WEB, slot(), None)
+            .await;
+        assert_eq!(stuck.result, RunResult::Failed, "{stuck:#?}");
+        assert!(stuck.message.contains("stuck"), "{}", stuck.message);
+        let stats = rig.sim.stats();
+        for endpoint in ["create", "delete", "stop", "start"] {
+            assert_eq!(stats.request_count(endpoint), 0, "{endpoint}");
+        }
     }
 }
