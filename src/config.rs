@@ -91,7 +91,7 @@ impl fmt::Display for TokenSource {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DaemonConfig {
     pub state_dir: PathBuf,
     pub max_concurrent: usize,

@@ -379,7 +379,7 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     {
         changed.push("[api]");
     }
-    if format!("{:?}", running.daemon) != format!("{:?}", new.daemon) {
+    if running.daemon != new.daemon {
         changed.push("[daemon]");
     }
     let targets = |c: &Config| {

@@ -686,15 +686,20 @@ impl<P: Provider> Executor<P> {
         if first.create.is_none() {
             self.fail_if_stuck(&snapshots)?;
         }
-        // A server in transition (restoring, starting, ...) is not snapshotted; looked at
-        // again after the pre hook, which may take a while.
-        if first.create.is_some() && policy.stop_server {
-            if let Err(busy) = self.power_state(server).await? {
-                report.result = RunResult::Skipped;
-                report.message = busy;
-                return Ok(());
+        // A server in transition (restoring, starting, ...) is not snapshotted; found out
+        // before a slot is freed, or a good snapshot would go for nothing.
+        let power = if first.create.is_some() && policy.stop_server {
+            match self.power_state(server).await? {
+                Ok(state) => Some(state),
+                Err(busy) => {
+                    report.result = RunResult::Skipped;
+                    report.message = busy;
+                    return Ok(());
+                }
             }
-        }
+        } else {
+            None
+        };
         if self.settings.dry_run {
             report.result = RunResult::DryRun;
             report.message = dry_run_summary(policy, &first);
@@ -753,7 +758,7 @@ impl<P: Provider> Executor<P> {
             }
         }
         let result = self
-            .create_and_prune(policy, server, slot, &first, &create.name, report)
+            .create_and_prune(policy, server, slot, &first, power, report)
             .await;
         if hooks.post.is_some() {
             let completed = report.result == RunResult::Created && result.is_ok();
@@ -861,25 +866,27 @@ impl<P: Provider> Executor<P> {
         server: ServerId,
         slot: DateTime<Utc>,
         first: &Plan,
-        name: &str,
+        power: Option<PowerState>,
         report: &mut ServerReport,
     ) -> anyhow::Result<()> {
+        let name = &first
+            .create
+            .as_ref()
+            .map_or_else(|| policy.snapshot_name(slot), |c| c.name.clone());
         if self.shutdown.is_stopping() {
             anyhow::bail!("shutting down; no snapshot taken");
         }
-        // A server in transition (restoring, starting, ...) is not snapshotted; find that out
-        // before a slot is freed, or a good snapshot would go for nothing.
-        let power = if policy.stop_server {
-            match self.power_state(server).await? {
+        // A pre hook may have taken a while (or changed the server): look again after one.
+        let power = match power {
+            Some(_) if policy.hooks.pre.is_some() => match self.power_state(server).await? {
                 Ok(state) => Some(state),
                 Err(busy) => {
                     report.result = RunResult::Skipped;
                     report.message = busy;
                     return Ok(());
                 }
-            }
-        } else {
-            None
+            },
+            known => known,
         };
         self.delete_planned(policy, first, report).await?;
         let outcome = self.snapshot(policy, server, name, power).await;
@@ -1115,16 +1122,8 @@ impl<P: Provider> Executor<P> {
                      it ({e}); nothing to start, its journal entry is cleared"
                 );
                 tracing::warn!("{message}");
-                if self.alerted().insert(server) {
-                    if let Some(alerts) = self.alerts.get() {
-                        alerts.send(
-                            crate::config::AlertEvent::ServerLeftStopped,
-                            None,
-                            Some(server),
-                            &message,
-                        );
-                    }
-                }
+                // The entry goes with this alert, so it cannot repeat.
+                self.alert_left_stopped(server, &message);
                 self.journal.clear(server)?;
                 self.alerted().remove(&server);
                 Ok(())
@@ -1148,14 +1147,18 @@ impl<P: Provider> Executor<P> {
         );
         tracing::error!("SERVER LEFT STOPPED: {message}");
         if self.alerted().insert(server) {
-            if let Some(alerts) = self.alerts.get() {
-                alerts.send(
-                    crate::config::AlertEvent::ServerLeftStopped,
-                    None,
-                    Some(server),
-                    &message,
-                );
-            }
+            self.alert_left_stopped(server, &message);
+        }
+    }
+
+    fn alert_left_stopped(&self, server: ServerId, message: &str) {
+        if let Some(alerts) = self.alerts.get() {
+            alerts.send(
+                crate::config::AlertEvent::ServerLeftStopped,
+                None,
+                Some(server),
+                message,
+            );
         }
     }
 
@@ -1922,12 +1925,22 @@ mod tests {
     }
 
     fn faulty_executor(faulty: &Faulty, dir: &Path) -> Arc<Executor<Faulty>> {
+        executor_on(faulty.clone(), dir, settings(), Shutdown::new())
+    }
+
+    /// An executor on `provider` with its journal in `dir`, its clock where the rigs' starts.
+    fn executor_on<P: Provider>(
+        provider: P,
+        dir: &Path,
+        settings: Settings,
+        shutdown: Shutdown,
+    ) -> Arc<Executor<P>> {
         Executor::new(
-            Arc::new(faulty.clone()),
+            Arc::new(provider),
             TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap()),
             Arc::new(Journal::open(dir).unwrap()),
-            settings(),
-            Shutdown::new(),
+            settings,
+            shutdown,
         )
     }
 
@@ -2083,13 +2096,7 @@ mod tests {
         });
         let shutdown = Shutdown::new();
         let dir = tempfile::tempdir().unwrap();
-        let executor = Executor::new(
-            Arc::new(rig.sim.clone()),
-            TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap()),
-            Arc::new(Journal::open(dir.path()).unwrap()),
-            settings(),
-            shutdown.clone(),
-        );
+        let executor = executor_on(rig.sim.clone(), dir.path(), settings(), shutdown.clone());
         let run = {
             let executor = executor.clone();
             tokio::spawn(async move {
@@ -2202,10 +2209,9 @@ mod tests {
             ..SimConfig::default()
         });
         let dir = tempfile::tempdir().unwrap();
-        let executor = Executor::new(
-            Arc::new(rig.sim.clone()),
-            TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap()),
-            Arc::new(Journal::open(dir.path()).unwrap()),
+        let executor = executor_on(
+            rig.sim.clone(),
+            dir.path(),
             Settings {
                 poll_interval: Duration::from_secs(45),
                 snapshot_timeout: Duration::from_secs(5),
@@ -2313,10 +2319,9 @@ mod tests {
     async fn a_dry_run_decides_like_the_real_run_on_a_restoring_server_and_a_stuck_snapshot() {
         let rig = Rig::new(SimConfig::default());
         let dir = tempfile::tempdir().unwrap();
-        let dry = Executor::new(
-            Arc::new(rig.sim.clone()),
-            TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap()),
-            Arc::new(Journal::open(dir.path()).unwrap()),
+        let dry = executor_on(
+            rig.sim.clone(),
+            dir.path(),
             Settings {
                 dry_run: true,
                 ..settings()

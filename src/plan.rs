@@ -220,6 +220,16 @@ struct Point {
 pub const STAMP_SKEW: chrono::Duration = chrono::Duration::hours(1);
 
 impl Point {
+    /// The snapshot of the slot being run (planned, or just made): the newest of all,
+    /// whatever the clocks say.
+    fn newest(slot: DateTime<Utc>) -> Self {
+        Self {
+            created_at: DateTime::<Utc>::MAX_UTC,
+            slot,
+            bucket: slot,
+        }
+    }
+
     fn of(slot: DateTime<Utc>, created_at: DateTime<Utc>, now: DateTime<Utc>) -> Self {
         match Suspect::of(slot, created_at, now) {
             // Neither time can be trusted: it ranks below every other snapshot.
@@ -409,14 +419,9 @@ pub fn plan(
             // This slot's own snapshot is the newest there is, whatever the clocks say: it
             // is what the run just made (counted as older than one dated ahead, it was
             // deleted right after it completed).
-            (Owner::Own(slot), State::Completed) if s.name == new_name => Some((
-                i,
-                Point {
-                    created_at: DateTime::<Utc>::MAX_UTC,
-                    slot,
-                    bucket: slot,
-                },
-            )),
+            (Owner::Own(slot), State::Completed) if s.name == new_name => {
+                Some((i, Point::newest(slot)))
+            }
             (Owner::Own(slot), State::Completed) => Some((i, Point::of(slot, s.created_at, now))),
             _ => None,
         })
@@ -603,11 +608,7 @@ pub fn plan(
 
     // Retention, counting the planned create as the completed snapshot it will become.
     // The planned snapshot will be the newest of all, whatever the clocks say.
-    let planned = create.as_ref().map(|_| Point {
-        created_at: DateTime::<Utc>::MAX_UTC,
-        slot,
-        bucket: slot,
-    });
+    let planned = create.as_ref().map(|_| Point::newest(slot));
     let survivors: Vec<(usize, Point)> = own_completed
         .iter()
         .filter(|(i, _)| !freed.contains_key(i))
@@ -730,11 +731,7 @@ fn free_one_slot(
     slot: DateTime<Utc>,
     notes: &mut Vec<String>,
 ) -> Option<(usize, String)> {
-    let planned = Point {
-        created_at: DateTime::<Utc>::MAX_UTC,
-        slot,
-        bucket: slot,
-    };
+    let planned = Point::newest(slot);
     let kept = retain_own(
         &policy.retention,
         policy.schedule.timezone(),
