@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
-use snapshot_scheduler::client::HttpClient;
 use snapshot_scheduler::clock::SystemClock;
 use snapshot_scheduler::config::{Config, LoadOptions};
+use snapshot_scheduler::context::http_provider;
 use snapshot_scheduler::model::{CreateSnapshot, ServerId, SnapshotStatus};
 use snapshot_scheduler::provider::Provider;
 use snapshot_scheduler::simulator::{self, SimConfig, SimStats, Simulator};
@@ -400,7 +400,7 @@ async fn sequential_peer(n: usize) -> Peer {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = write_config(dir.path(), &simulator::base_url(addr), &ids);
     let config = Config::load(&path, LoadOptions::default()).expect("config loads");
-    let client = HttpClient::new(&config.api, SecretString::from(TOKEN)).expect("client");
+    let client = http_provider(&config.api, SecretString::from(TOKEN)).expect("client");
     let policy = &config.policies[0];
     let slot = policy
         .schedule

@@ -1,6 +1,6 @@
-//! The provider over HTTP: one shared request budget, `Retry-After` honoured, GET and DELETE
-//! retried with jittered exponential backoff, creates never blindly retried (a lost answer is
-//! settled by looking for the name), and answers mapped to errors a person can act on.
+//! The provider over HTTP, one attempt per call: one shared request budget (a 429's
+//! `Retry-After` pauses every caller), a listing read page by page, and answers mapped to
+//! errors a person can act on. Retrying is [`crate::retry::Retrying`]'s job.
 //! The token lives in a `SecretString` and goes out only in a header marked sensitive.
 //!
 //! An answer is checked before anything is done with it, because it chooses what is deleted:
@@ -10,14 +10,10 @@
 //! own (one that does not fit is an error when it is of a server asked about, and otherwise
 //! left out with a warning). Provider text is escaped as it is read ([`crate::text`]).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
@@ -25,26 +21,13 @@ use tokio::time::Instant;
 
 use crate::config::ApiConfig;
 use crate::model::{CreateSnapshot, Page, RestoreStarted, Server, ServerId, Snapshot, SnapshotId};
-use crate::provider::{ApiError, Provider};
+use crate::provider::{ApiError, ListedPage, Provider, Scope, Unreadable};
 use crate::text;
 
 pub const USER_AGENT: &str = concat!("snapshot-scheduler/", env!("CARGO_PKG_VERSION"));
 
-/// The longest `Retry-After` honoured; longer ones are waited out in steps of this.
-pub const MAX_RETRY_AFTER_SECS: u64 = 60;
-
-/// A list that pages longer than this is a provider bug, not a fleet.
-const MAX_PAGES: usize = 10_000;
-
 /// The largest answer read: a listing of 10,000 servers at the cap is about 15 MiB.
 pub const MAX_ANSWER_BYTES: usize = 32 << 20;
-
-/// Records that could not be read, named one by one in a warning; the rest are counted.
-const UNREADABLE_NAMED: usize = 5;
-
-/// Pages of one list fetched at once when their numbers are known (DRF's `?page=N`): a fleet's
-/// listing is hundreds of pages, and one after another they cost hundreds of round trips.
-const PAGES_IN_FLIGHT: usize = 8;
 
 /// The client-side request budget shared by every caller: requests are spaced evenly at
 /// `requests_per_second`, and a 429's `Retry-After` pauses everyone, not just the caller that
@@ -93,7 +76,6 @@ struct Inner {
     token: SecretString,
     token_source: String,
     budget: Budget,
-    max_retries: u32,
     timeout: Duration,
 }
 
@@ -124,7 +106,6 @@ impl HttpClient {
                 token,
                 token_source: api.token_source.to_string(),
                 budget: Budget::new(api.requests_per_second),
-                max_retries: api.max_retries,
                 timeout: api.timeout,
             }),
         })
@@ -181,9 +162,6 @@ impl HttpClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            // A provider's word, bounded: an absurd value must not hold back starting a
-            // server this program stopped (nor overflow a deadline).
-            .map(|secs| secs.min(MAX_RETRY_AFTER_SECS))
             .map(Duration::from_secs);
         if status.is_redirection() {
             metrics::counter!("snapshot_scheduler_api_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
@@ -206,62 +184,20 @@ impl HttpClient {
         if status.is_success() {
             return Ok(body);
         }
-        let message = provider_message(&body);
-        let what = what.to_owned();
-        Err(match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ApiError::Unauthorized {
-                token_source: inner.token_source.clone(),
-            },
-            StatusCode::BAD_REQUEST => ApiError::BadRequest { what, message },
-            StatusCode::NOT_FOUND => ApiError::NotFound { what, message },
-            StatusCode::TOO_MANY_REQUESTS => {
-                let wait = retry_after.unwrap_or(Duration::from_secs(1));
-                inner.budget.pause(wait).await;
-                ApiError::RateLimited { what, retry_after }
-            }
-            s if s.is_server_error() => ApiError::Server {
-                what,
-                status: s.as_u16(),
-                message,
-            },
-            s => ApiError::Unexpected {
-                what,
-                status: s.as_u16(),
-                message,
-            },
-        })
-    }
-
-    fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(60))
-            .with_max_times(self.inner.max_retries as usize)
-            .with_jitter()
-    }
-
-    /// An idempotent request, retried on 429, 5xx, timeouts and resets.
-    async fn idempotent(
-        &self,
-        method: Method,
-        url: &str,
-        endpoint: &'static str,
-        what: &str,
-    ) -> Result<bytes::Bytes, ApiError> {
-        (|| self.attempt(method.clone(), url, None, endpoint, what))
-            .retry(self.backoff())
-            .when(ApiError::is_retryable)
-            .adjust(|e, delay| match e {
-                ApiError::RateLimited {
-                    retry_after: Some(wait),
-                    ..
-                } => delay.map(|d| d.max(*wait)),
-                _ => delay,
-            })
-            .notify(|e, delay| {
-                tracing::warn!(error = %e, retry_in = ?delay, "api request failed; retrying");
-            })
-            .await
+        let error = ApiError::from_status(
+            status.as_u16(),
+            what.to_owned(),
+            provider_message(&body),
+            retry_after,
+            &inner.token_source,
+        );
+        if let ApiError::RateLimited { retry_after, .. } = &error {
+            inner
+                .budget
+                .pause(retry_after.unwrap_or(Duration::from_secs(1)))
+                .await;
+        }
+        Err(error)
     }
 
     async fn get<T: DeserializeOwned>(
@@ -270,13 +206,12 @@ impl HttpClient {
         endpoint: &'static str,
         what: &str,
     ) -> Result<T, ApiError> {
-        let answer = self.idempotent(Method::GET, url, endpoint, what).await?;
+        let answer = self.attempt(Method::GET, url, None, endpoint, what).await?;
         decode(&answer, what)
     }
 
-    /// A non-idempotent POST (stop, start, restore) sent once: the caller decides what a
-    /// failure means, because repeating it blindly could act twice.
-    async fn post_once<T: DeserializeOwned>(
+    /// A POST (stop, start, restore).
+    async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
         body: Option<&serde_json::Value>,
@@ -310,219 +245,11 @@ impl HttpClient {
             ),
         })
     }
-
-    /// A page of a listing, each record read on its own.
-    async fn page(&self, url: &str, what: &str) -> Result<ListedPage, ApiError> {
-        let answer = self.idempotent(Method::GET, url, "list", what).await?;
-        decode_page(&answer, what)
-    }
-
-    /// These pages, [`PAGES_IN_FLIGHT`] at a time, in order; with the last one's `next` (the
-    /// list grew meanwhile). A page that no longer exists (404: the list shrank) ends the list.
-    async fn fetch_pages(
-        &self,
-        urls: Vec<String>,
-        what: &str,
-    ) -> Result<(Vec<ListedPage>, Option<String>), ApiError> {
-        let mut pages: Vec<Option<ListedPage>> = Vec::new();
-        pages.resize_with(urls.len(), || None);
-        let mut gone = urls.len();
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut queued = urls.into_iter().enumerate();
-        loop {
-            while tasks.len() < PAGES_IN_FLIGHT {
-                let Some((index, url)) = queued.next() else {
-                    break;
-                };
-                let (client, what) = (self.clone(), what.to_owned());
-                tasks.spawn(async move {
-                    let page = client.page(&url, &what).await;
-                    (index, page)
-                });
-            }
-            let Some(done) = tasks.join_next().await else {
-                break;
-            };
-            let (index, page) = done.map_err(|e| ApiError::Connection {
-                what: what.to_owned(),
-                message: format!("page task ended abnormally: {e}"),
-            })?;
-            match page {
-                Ok(page) => pages[index] = Some(page),
-                Err(ApiError::NotFound { .. }) => gone = gone.min(index),
-                Err(e) => return Err(e),
-            }
-        }
-        // Only the very last page's `next` can lead further: the list grew meanwhile.
-        let complete = gone == pages.len();
-        let last_next = match pages.last_mut() {
-            Some(Some(last)) if complete => last.next.take(),
-            _ => None,
-        };
-        pages.truncate(gone);
-        let last_next = last_next.map(|n| self.follow(&n, what)).transpose()?;
-        Ok((pages.into_iter().flatten().collect(), last_next))
-    }
-
-    /// Every page of the listing for `scope`: the records of the servers it is about (each
-    /// snapshot once), or an error naming a record of one of them that could not be read.
-    /// After the first page, a DRF page-number list (`next` ends in `page=2`, `count` given)
-    /// has its other pages fetched [`PAGES_IN_FLIGHT`] at a time; any other shape is followed
-    /// link by link. Pages shift while snapshots are created and deleted, so one can show up
-    /// on two pages: it is kept once (counted twice, a kept snapshot would look like one too
-    /// many and be pruned).
-    async fn list(&self, scope: Scope<'_>) -> Result<Vec<Snapshot>, ApiError> {
-        let (what, url) = match scope {
-            Scope::Server(id) => (
-                format!("list snapshots of server {id}"),
-                self.url(&format!("/snapshots/?server_id={id}")),
-            ),
-            Scope::Servers(_) | Scope::Account => {
-                ("list snapshots".to_owned(), self.url("/snapshots/"))
-            }
-        };
-        let first = self.page(&url, &what).await?;
-        let per_page = first.records;
-        let expected = first.count.and_then(|c| usize::try_from(c).ok());
-        let mut next = first.next.map(|n| self.follow(&n, &what)).transpose()?;
-        let mut all = first.snapshots;
-        let mut unreadable = first.unreadable;
-        // The provider's `count` only sizes the buffer, and only up to a sane bound.
-        all.reserve_exact(
-            expected
-                .unwrap_or(0)
-                .saturating_sub(all.len())
-                .min(MAX_PAGES * 10),
-        );
-        let mut fetched = 1;
-        let numbered = next
-            .as_deref()
-            .and_then(|n| numbered_pages(n, first.count, per_page));
-        if let Some(urls) = numbered {
-            fetched += urls.len();
-            let (pages, last_next) = self.fetch_pages(urls, &what).await?;
-            for page in pages {
-                all.extend(page.snapshots);
-                unreadable.extend(page.unreadable);
-            }
-            next = last_next;
-        }
-        while let Some(url) = next {
-            if fetched >= MAX_PAGES {
-                return Err(ApiError::Decode {
-                    what,
-                    message: format!("more than {MAX_PAGES} pages; the `next` links seem to loop"),
-                });
-            }
-            let page = self.page(&url, &what).await?;
-            fetched += 1;
-            all.extend(page.snapshots);
-            unreadable.extend(page.unreadable);
-            next = page.next.map(|n| self.follow(&n, &what)).transpose()?;
-        }
-        check_unreadable(&unreadable, scope, &what)?;
-        match scope {
-            Scope::Server(id) => {
-                // A listing asked for one server answers for that server only: a record of
-                // another one (a filter the provider ignored, a `next` link without it) is
-                // not this server's to count, keep or delete.
-                let before = all.len();
-                all.retain(|s| s.server.id == id);
-                if all.len() < before {
-                    tracing::warn!(
-                        "{what}: left out {} record(s) of other servers (the answer was not filtered by server_id={id})",
-                        before - all.len()
-                    );
-                }
-            }
-            Scope::Servers(wanted) => all.retain(|s| wanted.binary_search(&s.server.id).is_ok()),
-            Scope::Account => {}
-        }
-        let mut seen = HashSet::with_capacity(all.len());
-        all.retain(|s| seen.insert(s.id));
-        Ok(all)
-    }
-
-    /// After a create whose answer was lost: the snapshot of that name, if it exists.
-    async fn look_for(&self, request: &CreateSnapshot) -> Result<Option<Snapshot>, ApiError> {
-        tracing::warn!(snapshot = %request.name, "create answer lost; looking for the snapshot by name");
-        Box::pin(self.find_by_name(request.server_id, &request.name)).await
-    }
-
-    async fn find_by_name(
-        &self,
-        server: ServerId,
-        name: &str,
-    ) -> Result<Option<Snapshot>, ApiError> {
-        Ok(self
-            .list(Scope::Server(server))
-            .await?
-            .into_iter()
-            .find(|s| s.name == name))
-    }
-}
-
-/// Whose records a listing is for: a record of one of these servers that cannot be read is an
-/// error; any other is left out with a warning.
-#[derive(Debug, Clone, Copy)]
-enum Scope<'a> {
-    /// `?server_id=`: every record is taken to be this server's, unless it says otherwise.
-    Server(ServerId),
-    /// The account-wide listing, for these servers (sorted).
-    Servers(&'a [ServerId]),
-    /// The account-wide listing, for nobody in particular (`list`, `restore`).
-    Account,
-}
-
-impl Scope<'_> {
-    /// Whether a record of `server` (`None`: its server could not be read) is asked about.
-    fn wants(self, server: Option<ServerId>) -> bool {
-        match (self, server) {
-            (Self::Server(id), Some(s)) => s == id,
-            // The provider filtered by this server: a record that does not say whose it is
-            // may well be its.
-            (Self::Server(_), None) => true,
-            (Self::Servers(wanted), Some(s)) => wanted.binary_search(&s).is_ok(),
-            (Self::Servers(_), None) | (Self::Account, _) => false,
-        }
-    }
-}
-
-/// One page of a listing: the records that could be read, and those that could not.
-struct ListedPage {
-    count: Option<u64>,
-    next: Option<String>,
-    /// How many records the page had, readable or not (the page size).
-    records: usize,
-    snapshots: Vec<Snapshot>,
-    unreadable: Vec<Unreadable>,
-}
-
-/// A listed record that did not fit, with what could be made out of it to tell whose it is.
-#[derive(Debug)]
-struct Unreadable {
-    /// Its `id` as the provider wrote it (escaped), if it had one.
-    id: Option<String>,
-    server: Option<ServerId>,
-    /// Which field and why, `results[3].created_at: ...` (escaped).
-    error: String,
-}
-
-impl std::fmt::Display for Unreadable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.id, self.server) {
-            (Some(id), Some(server)) => write!(f, "snapshot {id} of server {server}")?,
-            (Some(id), None) => write!(f, "snapshot {id} (its server unreadable)")?,
-            (None, Some(server)) => write!(f, "a snapshot without an id of server {server}")?,
-            (None, None) => f.write_str("a record without an id or server")?,
-        }
-        write!(f, ", field {}", self.error)
-    }
 }
 
 /// A page of a listing, each record read on its own so that one that does not fit (a
 /// hand-made snapshot with `created_at: null`) cannot make the whole listing unreadable.
-fn decode_page(body: &[u8], what: &str) -> Result<ListedPage, ApiError> {
+pub fn decode_page(body: &[u8], what: &str) -> Result<ListedPage, ApiError> {
     let page: Page<Box<serde_json::value::RawValue>> = decode(body, what)?;
     let mut snapshots = Vec::with_capacity(page.results.len());
     let mut unreadable = Vec::new();
@@ -569,70 +296,6 @@ fn without_position(e: &serde_json::Error) -> String {
         Some(at) if e.line() > 0 => text[..at].to_owned(),
         _ => text,
     }
-}
-
-/// An error naming the first unreadable record of a server `scope` asks about; else one
-/// warning naming the others (a few by name, the rest counted).
-fn check_unreadable(
-    unreadable: &[Unreadable],
-    scope: Scope<'_>,
-    what: &str,
-) -> Result<(), ApiError> {
-    if let Some(first) = unreadable.iter().find(|u| scope.wants(u.server)) {
-        let others = unreadable.iter().filter(|u| scope.wants(u.server)).count() - 1;
-        return Err(ApiError::Decode {
-            what: what.to_owned(),
-            message: format!(
-                "{first}{}",
-                match others {
-                    0 => String::new(),
-                    n => format!(" (and {n} more unreadable records of the servers asked about)"),
-                }
-            ),
-        });
-    }
-    if !unreadable.is_empty() {
-        let mut named: Vec<String> = unreadable
-            .iter()
-            .take(UNREADABLE_NAMED)
-            .map(ToString::to_string)
-            .collect();
-        if unreadable.len() > UNREADABLE_NAMED {
-            named.push(format!("and {} more", unreadable.len() - UNREADABLE_NAMED));
-        }
-        tracing::warn!(
-            "{what}: left out {} unreadable record(s), none of a server asked about: {}",
-            unreadable.len(),
-            named.join("; ")
-        );
-    }
-    Ok(())
-}
-
-/// The URLs of pages 2..=n when `next` is DRF's page-number link (`page=2`) and the first
-/// page's size and `count` give n; `None` for any other shape, or when there is only page 2.
-fn numbered_pages(next: &str, count: Option<u64>, per_page: usize) -> Option<Vec<String>> {
-    let count = usize::try_from(count?).ok()?;
-    let pages = count.div_ceil(per_page.max(1));
-    let url = reqwest::Url::parse(next).ok()?;
-    let is_page_two = url.query_pairs().any(|(k, v)| k == "page" && v == "2");
-    if per_page == 0 || !is_page_two || pages <= 2 || pages > MAX_PAGES {
-        return None;
-    }
-    let with_page = |n: usize| {
-        let others: Vec<(String, String)> = url
-            .query_pairs()
-            .filter(|(k, _)| k != "page")
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        let mut u = url.clone();
-        u.query_pairs_mut()
-            .clear()
-            .append_pair("page", &n.to_string())
-            .extend_pairs(others);
-        u.to_string()
-    };
-    Some((2..=pages).map(with_page).collect())
 }
 
 /// The body of an answer, read up to [`MAX_ANSWER_BYTES`]: a provider (or whatever answers
@@ -785,21 +448,6 @@ fn is_requested(
     })
 }
 
-/// Reads one page of a listing as [`HttpClient`] does (record by record: an unreadable record
-/// of a server not asked about is left out with a warning; one of the server asked about is an
-/// error naming it). For a provider that
-/// speaks in memory but should be read like one over HTTP (the soak).
-pub fn read_listing_page(body: &[u8], server: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
-    let what = match server {
-        Some(id) => format!("list snapshots of server {id}"),
-        None => "list snapshots".to_owned(),
-    };
-    let page = decode_page(body, &what)?;
-    let scope = server.map_or(Scope::Account, Scope::Server);
-    check_unreadable(&page.unreadable, scope, &what)?;
-    Ok(page.snapshots)
-}
-
 /// Runs `body` through every decoder the client applies to a provider's answer (a page of
 /// snapshots, a snapshot, a server, a stop/start answer, a restore answer, and the message of
 /// an error body), as the fuzz targets and the fuzz smoke tests do. Returns how many decoded;
@@ -818,16 +466,19 @@ pub fn decode_every_answer(body: &[u8]) -> usize {
 }
 
 impl Provider for HttpClient {
-    async fn list_snapshots(&self, server: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
-        self.list(server.map_or(Scope::Account, Scope::Server))
-            .await
-    }
-
-    async fn list_snapshots_of(&self, servers: &[ServerId]) -> Result<Vec<Snapshot>, ApiError> {
-        let mut wanted = servers.to_vec();
-        wanted.sort_unstable();
-        wanted.dedup();
-        self.list(Scope::Servers(&wanted)).await
+    async fn list_page(
+        &self,
+        scope: Scope<'_>,
+        link: Option<&str>,
+    ) -> Result<ListedPage, ApiError> {
+        let what = scope.what();
+        let url = match (link, scope) {
+            (Some(link), _) => self.follow(link, &what)?,
+            (None, Scope::Server(id)) => self.url(&format!("/snapshots/?server_id={id}")),
+            (None, Scope::Servers(_) | Scope::Account) => self.url("/snapshots/"),
+        };
+        let answer = self.attempt(Method::GET, &url, None, "list", &what).await?;
+        decode_page(&answer, &what)
     }
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
@@ -839,77 +490,28 @@ impl Provider for HttpClient {
             what: what.clone(),
             message: e.to_string(),
         })?;
-        let mut backoff = self.backoff().build();
-        loop {
-            let result = self
-                .attempt(
-                    Method::POST,
-                    &self.url("/snapshots/"),
-                    Some(&body),
-                    "create",
-                    &what,
-                )
-                .await;
-            let error = match result {
-                Ok(answer) => return is_requested(decode(&answer, &what)?, request, &what),
-                Err(e) => e,
-            };
-            let unsure = error.outcome_unknown();
-            let wait = match (&error, backoff.next()) {
-                (_, None) if unsure => {
-                    // Out of tries: one last look, the create may have happened.
-                    return match self.look_for(request).await? {
-                        Some(found) => Ok(found),
-                        None => Err(error),
-                    };
-                }
-                (_, None) => return Err(error),
-                (_, Some(d)) if unsure => d,
-                (ApiError::RateLimited { retry_after, .. }, Some(d)) => {
-                    retry_after.map_or(d, |r| r.max(d))
-                }
-                _ => return Err(error),
-            };
-            tracing::warn!(error = %error, retry_in = ?wait, "create failed; trying again");
-            tokio::time::sleep(wait).await;
-            // The create may have happened, and a slow provider may only show it now: look
-            // right before sending it again.
-            if unsure {
-                if let Some(found) = self.look_for(request).await? {
-                    return Ok(found);
-                }
-            }
-        }
+        let answer = self
+            .attempt(
+                Method::POST,
+                &self.url("/snapshots/"),
+                Some(&body),
+                "create",
+                &what,
+            )
+            .await?;
+        is_requested(decode(&answer, &what)?, request, &what)
     }
 
     async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ApiError> {
         let what = format!("delete snapshot {id}");
         let url = self.url(&format!("/snapshots/{id}/"));
-        let unsure = AtomicBool::new(false);
-        (|| async {
-            let r = self
-                .attempt(Method::DELETE, &url, None, "delete", &what)
-                .await;
-            match r {
-                // A retry after a lost answer finds it gone: the first attempt deleted it.
-                Err(ApiError::NotFound { .. }) if unsure.load(Ordering::Relaxed) => Ok(()),
-                Err(e) => Err(e),
-                Ok(_) => Ok(()),
-            }
-        })
-        .retry(self.backoff())
-        .when(ApiError::is_retryable)
-        .notify(|e, delay| {
-            tracing::warn!(error = %e, retry_in = ?delay, "delete failed; retrying");
-            if e.outcome_unknown() {
-                unsure.store(true, Ordering::Relaxed);
-            }
-        })
-        .await
+        self.attempt(Method::DELETE, &url, None, "delete", &what)
+            .await
+            .map(drop)
     }
 
     async fn restore_snapshot(&self, id: SnapshotId) -> Result<RestoreStarted, ApiError> {
-        self.post_once(
+        self.post(
             &format!("/snapshots/{id}/restore/"),
             None,
             "restore",
@@ -929,7 +531,7 @@ impl Provider for HttpClient {
     async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
         let what = format!("stop server {id}");
         let a: PowerAnswer = self
-            .post_once(&format!("/servers/{id}/stop/"), None, "stop", &what)
+            .post(&format!("/servers/{id}/stop/"), None, "stop", &what)
             .await?;
         about_server(a.server, id, &what)
     }
@@ -937,7 +539,7 @@ impl Provider for HttpClient {
     async fn start_server(&self, id: ServerId) -> Result<Server, ApiError> {
         let what = format!("start server {id}");
         let a: PowerAnswer = self
-            .post_once(&format!("/servers/{id}/start/"), None, "start", &what)
+            .post(&format!("/servers/{id}/start/"), None, "start", &what)
             .await?;
         about_server(a.server, id, &what)
     }

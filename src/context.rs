@@ -11,17 +11,20 @@ use secrecy::SecretString;
 
 use crate::client::HttpClient;
 use crate::clock::{Clock, SystemClock};
+use crate::config::ApiConfig;
 use crate::config::{Config, TokenSource};
 use crate::execute::{Executor, Settings};
 use crate::journal::Journal;
 use crate::model::ServerId;
+use crate::retry::{RetryRules, Retrying};
 use crate::shutdown::Shutdown;
 use crate::simulator::{self, SimConfig, Simulator};
 
 /// What every command that talks to the provider needs.
 pub struct Context {
     pub config: Config,
-    pub client: HttpClient,
+    /// The provider over HTTP, with the retry rules.
+    pub client: Retrying<HttpClient>,
     pub clock: Arc<dyn Clock>,
     /// Present with `--simulate`: the provider the client talks to.
     pub simulator: Option<Simulator>,
@@ -84,7 +87,7 @@ impl Context {
                 .token
                 .clone()
                 .context("no API token was loaded")?;
-            let client = HttpClient::new(&config.api, token)?;
+            let client = http_provider(&config.api, token)?;
             return Ok(Self {
                 alerts: crate::alerts::Alerts::new(config.notify.clone()),
                 config,
@@ -119,7 +122,7 @@ impl Context {
         config.daemon.state_dir = state.path().to_owned();
         config.daemon.poll_interval = config.daemon.poll_interval.min(Duration::from_secs(1));
         tracing::info!(base_url = %config.api.base_url, "using the simulated provider");
-        let client = HttpClient::new(&config.api, SecretString::from(token))?;
+        let client = http_provider(&config.api, SecretString::from(token))?;
         if !config.notify.is_empty()
             || config
                 .policies
@@ -190,6 +193,12 @@ impl Context {
             .find(|p| p.owns(name).is_some())
             .map(|p| p.name.as_str())
     }
+}
+
+/// The provider as production talks to it: the HTTP transport with the retry rules.
+pub fn http_provider(api: &ApiConfig, token: SecretString) -> anyhow::Result<Retrying<HttpClient>> {
+    let transport = HttpClient::new(api, token)?;
+    Ok(Retrying::new(transport, RetryRules::new(api.max_retries)))
 }
 
 /// 32 random lower-case letters and digits: a simulated provider's token, a state directory's name.

@@ -20,6 +20,7 @@ use crate::plan::{plan, Plan};
 use crate::policy::{JournalFailure, Policy};
 use crate::provider::{ApiError, Provider};
 use crate::report::{RunResult, ServerReport};
+use crate::retry::Retrying;
 use crate::shutdown::Shutdown;
 
 /// `now + d` on tokio's clock, saturating far in the future instead of overflowing: no
@@ -207,7 +208,7 @@ enum Next {
 /// for half a `poll_interval`, rounds follow the waiters' own due times again (at most one per
 /// half interval), so the last snapshots of a batch are answered soon after they finish.
 struct Watch<P: Provider> {
-    provider: Arc<P>,
+    provider: Arc<Retrying<P>>,
     poll_interval: Duration,
     state: Mutex<WatchState>,
 }
@@ -349,7 +350,7 @@ pub async fn list<P: Provider>(provider: &P, servers: &[ServerId]) -> Result<Lis
 }
 
 pub struct Executor<P: Provider> {
-    provider: Arc<P>,
+    provider: Arc<Retrying<P>>,
     clock: Arc<dyn Clock>,
     journal: Arc<Journal>,
     settings: Settings,
@@ -371,7 +372,7 @@ pub struct Executor<P: Provider> {
 
 impl<P: Provider> Executor<P> {
     pub fn new(
-        provider: Arc<P>,
+        provider: Arc<Retrying<P>>,
         clock: Arc<dyn Clock>,
         journal: Arc<Journal>,
         settings: Settings,
@@ -1177,7 +1178,7 @@ impl<P: Provider> Executor<P> {
         let mut started_at: Option<Instant> = None;
         let mut last: String = "not looked at yet".into();
         // No call may outlast the deadline (a 429's Retry-After pauses every request, the
-        // client's own retries add up): the path as a whole is bounded by power_timeout.
+        // retry layer's re-sends add up): the path as a whole is bounded by power_timeout.
         let no_answer = || ApiError::Timeout {
             what: format!("get server {server}"),
             timeout,
@@ -1236,33 +1237,13 @@ impl<P: Provider> Executor<P> {
         }
     }
 
-    /// Sends the stop. After a transient failure (5xx, 429, timeout) it looks at the server
-    /// and sends the request again only while the server still runs, so a lost answer never
-    /// makes it act twice. Bounded by `power_timeout`; a shutdown ends it (no further stop is
-    /// sent). Providers send power requests once (the client does not retry a POST), so this
-    /// is their retry.
+    /// Sends the stop ([`Retrying::stop_server_unless`]: sent again only after a look shows the
+    /// server still running, and not once the shutdown is hurried).
     async fn request_stop(&self, server: ServerId) -> anyhow::Result<()> {
-        let deadline = deadline_after(self.settings.power_timeout);
-        let mut delay = Duration::from_secs(2);
-        loop {
-            let error = match self.provider.stop_server(server).await {
-                Ok(_) => return Ok(()),
-                Err(e) => e,
-            };
-            if !error.is_retryable() || Instant::now() + delay >= deadline {
-                return Err(error.into());
-            }
-            tracing::warn!(error = %error, retry_in = ?delay, "stop request failed; looking at the server before sending it again");
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = self.shutdown.hurried() => anyhow::bail!("shutting down; stop not sent again"),
-            }
-            delay = (delay * 2).min(Duration::from_secs(60));
-            if self.provider.get_server(server).await?.status != PowerState::Running {
-                // It went through; only the answer was lost.
-                return Ok(());
-            }
-        }
+        self.provider
+            .stop_server_unless(server, self.shutdown.hurried())
+            .await?;
+        Ok(())
     }
 
     /// Polls the server until it is `stopped`, bounded by `power_timeout`; a shutdown ends
@@ -1493,6 +1474,8 @@ mod tests {
     use super::*;
     use crate::clock::TokioClock;
     use crate::policy::Retention;
+    use crate::provider::{ListedPage, Scope};
+    use crate::retry::RetryRules;
     use crate::schedule::Schedule;
     use crate::simulator::{SimConfig, Simulator};
     use std::path::Path;
@@ -1553,7 +1536,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let journal = Arc::new(Journal::open(dir.path()).unwrap());
             let executor = Executor::new(
-                Arc::new(sim.clone()),
+                retrying(sim.clone()),
                 clock,
                 journal.clone(),
                 settings(),
@@ -1864,22 +1847,27 @@ mod tests {
     }
 
     impl Provider for Faulty {
-        async fn list_snapshots(
+        async fn list_page(
             &self,
-            server: Option<ServerId>,
-        ) -> Result<Vec<Snapshot>, ApiError> {
+            scope: Scope<'_>,
+            link: Option<&str>,
+        ) -> Result<ListedPage, ApiError> {
             self.down()?;
             let bad = self.bad_now.load(std::sync::atomic::Ordering::Relaxed)
-                && server.is_none_or(|s| Some(s) == self.bad_server);
+                && match scope {
+                    Scope::Server(s) => Some(s) == self.bad_server,
+                    Scope::Servers(_) | Scope::Account => true,
+                };
             if self.list_fails || bad {
                 return Err(ApiError::Decode {
                     what: "list snapshots".into(),
                     message: "results[2].created_at: invalid type: null".into(),
                 });
             }
-            let list = self.sim.list_snapshots(server).await?;
+            let list = self.sim.list_page(scope, link).await?;
             if let Some((name, length)) = self.outage_after_completed {
                 let done = list
+                    .snapshots
                     .iter()
                     .any(|s| s.name == name && s.status == SnapshotStatus::Completed);
                 let mut until = self.outage_until.lock().unwrap();
@@ -1924,6 +1912,11 @@ mod tests {
         }
     }
 
+    /// `provider` with the retry rules production uses (seeded, so runs replay).
+    fn retrying<P: Provider>(provider: P) -> Arc<Retrying<P>> {
+        Arc::new(Retrying::new(provider, RetryRules::new(5).seeded(1)))
+    }
+
     fn faulty_executor(faulty: &Faulty, dir: &Path) -> Arc<Executor<Faulty>> {
         executor_on(faulty.clone(), dir, settings(), Shutdown::new())
     }
@@ -1936,7 +1929,7 @@ mod tests {
         shutdown: Shutdown,
     ) -> Arc<Executor<P>> {
         Executor::new(
-            Arc::new(provider),
+            retrying(provider),
             TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap()),
             Arc::new(Journal::open(dir).unwrap()),
             settings,
@@ -2289,7 +2282,7 @@ mod tests {
         faulty.bad_server = Some(DB);
         let dir = tempfile::tempdir().unwrap();
         let executor = Executor::new(
-            Arc::new(faulty),
+            retrying(faulty),
             clock,
             Arc::new(Journal::open(dir.path()).unwrap()),
             settings(),

@@ -3,11 +3,13 @@
 //!
 //! Architecture map (a pure core inside an imperative shell):
 //! - [`model`]: the provider's data (snapshots, servers, states).
-//! - [`provider`]: the one boundary to the provider (a trait) and its errors.
-//! - [`client`]: that boundary over HTTP: budget, retries, idempotent create, readable errors;
-//!   answers checked (no redirects, bounded size, records for what was asked, bad ones skipped).
+//! - [`provider`]: the one boundary to the provider (a trait, one attempt per call), its
+//!   errors, and a listing put together from its pages.
+//! - [`client`]: that boundary over HTTP: request budget, pages, readable errors; answers
+//!   checked (no redirects, bounded size, records for what was asked, bad ones skipped).
+//! - [`retry`]: every retry rule, for every provider: reads, deletes, creates looked up by
+//!   name before a re-send, power requests looked at before a re-send.
 //! - [`text`]: provider text made safe to log, print and send (controls, bidi, chat markup).
-//! - [`retry`]: the client's retry rules for a provider that does not retry itself.
 //! - [`simulator`]: the same boundary in memory, and served over HTTP, for tests and `--simulate`.
 //! - [`config`]: the TOML file, validated into domain types with file:line:column errors.
 //! - [`policy`]: a validated policy and the naming rule for its own snapshots.

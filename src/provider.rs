@@ -1,18 +1,49 @@
 //! The boundary to the provider: one trait, implemented over HTTP (`client`) and in memory
-//! (`simulator`), and the errors a caller must be able to tell apart.
+//! (`simulator`), one attempt per call; the errors a caller must be able to tell apart; and
+//! how a listing is put together from its pages, for every provider alike.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use crate::model::{CreateSnapshot, RestoreStarted, Server, ServerId, Snapshot, SnapshotId};
 
-/// Everything the scheduler asks of a provider. Futures are `Send` so the daemon can spawn them.
+/// The longest `Retry-After` honoured, whoever answers: an absurd value must not hold back
+/// starting a server this program stopped (nor overflow a deadline).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// A listing that pages longer than this is a provider bug, not a fleet.
+pub const MAX_PAGES: usize = 10_000;
+
+/// Pages of one listing asked for at once when their numbers are known (DRF's `?page=N`): a
+/// fleet's listing is hundreds of pages, and one after another they cost hundreds of round trips.
+const PAGES_IN_FLIGHT: usize = 8;
+
+/// Records that could not be read, named one by one in a warning; the rest are counted.
+const UNREADABLE_NAMED: usize = 5;
+
+/// Everything the scheduler asks of a provider, one attempt per call: retrying is
+/// [`crate::retry::Retrying`]'s job, for every provider alike. Futures are `Send` so the
+/// daemon can spawn them.
 pub trait Provider: Send + Sync + 'static {
-    /// All snapshots of one server, or of every server when `server` is `None` (all pages).
+    /// One page of the listing for `scope`: the first (`link` is `None`) or the one a
+    /// previous page's `next` points to.
+    fn list_page(
+        &self,
+        scope: Scope<'_>,
+        link: Option<&str>,
+    ) -> impl Future<Output = Result<ListedPage, ApiError>> + Send;
+
+    /// All snapshots of one server, or of every server when `server` is `None`, put together
+    /// from every page ([`list_pages`]).
     fn list_snapshots(
         &self,
         server: Option<ServerId>,
-    ) -> impl Future<Output = Result<Vec<Snapshot>, ApiError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Snapshot>, ApiError>> + Send {
+        list_pages(self, server.map_or(Scope::Account, Scope::Server))
+    }
 
     /// The snapshots of these servers, from one account-wide listing (one paginated call,
     /// however many servers). A listed record that cannot be read is an error naming it when
@@ -26,14 +57,13 @@ pub trait Provider: Send + Sync + 'static {
         async move {
             let mut wanted = servers.to_vec();
             wanted.sort_unstable();
-            let mut all = self.list_snapshots(None).await?;
-            all.retain(|s| wanted.binary_search(&s.server.id).is_ok());
-            Ok(all)
+            wanted.dedup();
+            list_pages(self, Scope::Servers(&wanted)).await
         }
     }
 
-    /// Creates a snapshot. Implementations never create a second snapshot of the same name
-    /// because of a retry: after a lost answer they look for the name first.
+    /// Creates a snapshot. Sent once: after a lost answer, only a look by name can tell
+    /// whether it happened ([`crate::retry::Retrying`] looks before sending it again).
     fn create_snapshot(
         &self,
         request: &CreateSnapshot,
@@ -51,6 +81,227 @@ pub trait Provider: Send + Sync + 'static {
     fn stop_server(&self, id: ServerId) -> impl Future<Output = Result<Server, ApiError>> + Send;
 
     fn start_server(&self, id: ServerId) -> impl Future<Output = Result<Server, ApiError>> + Send;
+}
+
+/// Whose records a listing is for: a record of one of these servers that cannot be read is an
+/// error; any other is left out with a warning.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// `?server_id=`: every record is taken to be this server's, unless it says otherwise.
+    Server(ServerId),
+    /// The account-wide listing, for these servers (sorted).
+    Servers(&'a [ServerId]),
+    /// The account-wide listing, for nobody in particular (`list`, `restore`).
+    Account,
+}
+
+impl Scope<'_> {
+    /// Whether a record of `server` (`None`: its server could not be read) is asked about.
+    pub fn wants(self, server: Option<ServerId>) -> bool {
+        match (self, server) {
+            (Self::Server(id), Some(s)) => s == id,
+            // The provider filtered by this server: a record that does not say whose it is
+            // may well be its.
+            (Self::Server(_), None) => true,
+            (Self::Servers(wanted), Some(s)) => wanted.binary_search(&s).is_ok(),
+            (Self::Servers(_), None) | (Self::Account, _) => false,
+        }
+    }
+
+    /// The operation, as errors name it.
+    pub fn what(self) -> String {
+        match self {
+            Self::Server(id) => format!("list snapshots of server {id}"),
+            Self::Servers(_) | Self::Account => "list snapshots".to_owned(),
+        }
+    }
+}
+
+/// One page of a listing: the records that could be read, and those that could not.
+#[derive(Debug, Default)]
+pub struct ListedPage {
+    pub count: Option<u64>,
+    /// The provider's link to the next page.
+    pub next: Option<String>,
+    /// How many records the page had, readable or not (the page size).
+    pub records: usize,
+    pub snapshots: Vec<Snapshot>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A listed record that did not fit, with what could be made out of it to tell whose it is.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// Its `id` as the provider wrote it (escaped), if it had one.
+    pub id: Option<String>,
+    pub server: Option<ServerId>,
+    /// Which field and why, `results[3].created_at: ...` (escaped).
+    pub error: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.id, self.server) {
+            (Some(id), Some(server)) => write!(f, "snapshot {id} of server {server}")?,
+            (Some(id), None) => write!(f, "snapshot {id} (its server unreadable)")?,
+            (None, Some(server)) => write!(f, "a snapshot without an id of server {server}")?,
+            (None, None) => f.write_str("a record without an id or server")?,
+        }
+        write!(f, ", field {}", self.error)
+    }
+}
+
+/// Every page of the listing for `scope`, each page asked for with `provider.list_page` (so
+/// a page that fails is retried alone when the provider retries): the records of the
+/// servers it is about, each snapshot once, or an error naming a record of one of them that
+/// could not be read. After the first page, a DRF page-number list (`next` ends in
+/// `page=2`, `count` given) has its other pages asked for [`PAGES_IN_FLIGHT`] at a time; any
+/// other shape is followed link by link. Pages shift while snapshots are created and
+/// deleted, so one can show up on two pages: it is kept once (counted twice, a kept snapshot
+/// would look like one too many and be pruned).
+pub async fn list_pages<P: Provider + ?Sized>(
+    provider: &P,
+    scope: Scope<'_>,
+) -> Result<Vec<Snapshot>, ApiError> {
+    let what = scope.what();
+    let first = provider.list_page(scope, None).await?;
+    let expected = first.count.and_then(|c| usize::try_from(c).ok());
+    let mut all = first.snapshots;
+    let mut unreadable = first.unreadable;
+    // The provider's `count` only sizes the buffer, and only up to a sane bound.
+    all.reserve_exact(
+        expected
+            .unwrap_or(0)
+            .saturating_sub(all.len())
+            .min(MAX_PAGES * 10),
+    );
+    let mut fetched = 1;
+    let mut next = first.next;
+    let numbered = next
+        .as_deref()
+        .and_then(|n| numbered_pages(n, first.count, first.records));
+    if let Some(links) = numbered {
+        fetched += links.len();
+        let mut pages = futures_util::stream::iter(links)
+            .map(|link| async move { provider.list_page(scope, Some(&link)).await })
+            .buffered(PAGES_IN_FLIGHT);
+        let mut last_next = None;
+        while let Some(page) = pages.next().await {
+            match page {
+                // Only the very last page's `next` can lead further: the list grew meanwhile.
+                Ok(page) => {
+                    last_next = page.next;
+                    all.extend(page.snapshots);
+                    unreadable.extend(page.unreadable);
+                }
+                // A page that no longer exists ends the list: it shrank meanwhile.
+                Err(ApiError::NotFound { .. }) => {
+                    last_next = None;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        next = last_next;
+    }
+    while let Some(link) = next {
+        if fetched >= MAX_PAGES {
+            return Err(ApiError::Decode {
+                what,
+                message: format!("more than {MAX_PAGES} pages; the `next` links seem to loop"),
+            });
+        }
+        let page = provider.list_page(scope, Some(&link)).await?;
+        fetched += 1;
+        all.extend(page.snapshots);
+        unreadable.extend(page.unreadable);
+        next = page.next;
+    }
+    check_unreadable(&unreadable, scope, &what)?;
+    match scope {
+        Scope::Server(id) => {
+            // A listing asked for one server answers for that server only: a record of
+            // another one (a filter the provider ignored, a `next` link without it) is
+            // not this server's to count, keep or delete.
+            let before = all.len();
+            all.retain(|s| s.server.id == id);
+            if all.len() < before {
+                tracing::warn!(
+                    "{what}: left out {} record(s) of other servers (the answer was not filtered by server_id={id})",
+                    before - all.len()
+                );
+            }
+        }
+        Scope::Servers(wanted) => all.retain(|s| wanted.binary_search(&s.server.id).is_ok()),
+        Scope::Account => {}
+    }
+    let mut seen = HashSet::with_capacity(all.len());
+    all.retain(|s| seen.insert(s.id));
+    Ok(all)
+}
+
+/// An error naming the first unreadable record of a server `scope` asks about; else one
+/// warning naming the others (a few by name, the rest counted).
+pub fn check_unreadable(
+    unreadable: &[Unreadable],
+    scope: Scope<'_>,
+    what: &str,
+) -> Result<(), ApiError> {
+    if let Some(first) = unreadable.iter().find(|u| scope.wants(u.server)) {
+        let others = unreadable.iter().filter(|u| scope.wants(u.server)).count() - 1;
+        return Err(ApiError::Decode {
+            what: what.to_owned(),
+            message: format!(
+                "{first}{}",
+                match others {
+                    0 => String::new(),
+                    n => format!(" (and {n} more unreadable records of the servers asked about)"),
+                }
+            ),
+        });
+    }
+    if !unreadable.is_empty() {
+        let mut named: Vec<String> = unreadable
+            .iter()
+            .take(UNREADABLE_NAMED)
+            .map(ToString::to_string)
+            .collect();
+        if unreadable.len() > UNREADABLE_NAMED {
+            named.push(format!("and {} more", unreadable.len() - UNREADABLE_NAMED));
+        }
+        tracing::warn!(
+            "{what}: left out {} unreadable record(s), none of a server asked about: {}",
+            unreadable.len(),
+            named.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// The links of pages 2..=n when `next` is DRF's page-number link (`page=2`) and the first
+/// page's size and `count` give n; `None` for any other shape, or when there is only page 2.
+fn numbered_pages(next: &str, count: Option<u64>, per_page: usize) -> Option<Vec<String>> {
+    let count = usize::try_from(count?).ok()?;
+    let pages = count.div_ceil(per_page.max(1));
+    let url = url::Url::parse(next).ok()?;
+    let is_page_two = url.query_pairs().any(|(k, v)| k == "page" && v == "2");
+    if per_page == 0 || !is_page_two || pages <= 2 || pages > MAX_PAGES {
+        return None;
+    }
+    let with_page = |n: usize| {
+        let others: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "page")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut u = url.clone();
+        u.query_pairs_mut()
+            .clear()
+            .append_pair("page", &n.to_string())
+            .extend_pairs(others);
+        u.to_string()
+    };
+    Some((2..=pages).map(with_page).collect())
 }
 
 /// An API failure, worded for the operator who reads it in the journal.
@@ -106,6 +357,39 @@ fn retry_hint(retry_after: &Option<Duration>) -> String {
 }
 
 impl ApiError {
+    /// The error for an answer with this status (not 2xx, not a redirect), as every provider
+    /// words it: `message` is the provider's own words, `retry_after` its `Retry-After`
+    /// (bounded by [`MAX_RETRY_AFTER`]).
+    pub fn from_status(
+        status: u16,
+        what: String,
+        message: String,
+        retry_after: Option<Duration>,
+        token_source: &str,
+    ) -> Self {
+        match status {
+            401 | 403 => Self::Unauthorized {
+                token_source: token_source.to_owned(),
+            },
+            400 => Self::BadRequest { what, message },
+            404 => Self::NotFound { what, message },
+            429 => Self::RateLimited {
+                what,
+                retry_after: retry_after.map(|wait| wait.min(MAX_RETRY_AFTER)),
+            },
+            500..=599 => Self::Server {
+                what,
+                status,
+                message,
+            },
+            _ => Self::Unexpected {
+                what,
+                status,
+                message,
+            },
+        }
+    }
+
     /// Whether the same request may succeed if sent again (for idempotent requests only).
     pub fn is_retryable(&self) -> bool {
         matches!(

@@ -1,124 +1,275 @@
-//! Retries for a provider that does not retry by itself (the in-memory simulator, or any other
-//! [`Provider`] a caller brings), by the HTTP client's rules: reads and deletes are retried on
-//! 429, 5xx, timeouts and resets, waiting at least `Retry-After`; a create whose outcome is
-//! unknown is looked up by name before it is sent again, so it is never made twice; stop,
-//! start and restore go out once (the executor decides what a failed power request means).
-//! The executor relies on its provider retrying: [`crate::client::HttpClient`] does it inside,
-//! a bare provider gets it from [`Retrying`].
+//! Every retry rule, in one place, for every provider: production runs
+//! `Retrying<HttpClient>`, the soak `Retrying<` the simulator `>`, both built by
+//! [`Retrying::new`]. Providers make one attempt per call; this layer decides what is sent
+//! again, and when:
+//!
+//! - reads (each page of a listing on its own, a server) and deletes are sent again after a
+//!   429, a 5xx, a timeout or a reset; a delete that finds its snapshot gone after an answer
+//!   was lost has succeeded;
+//! - a create whose outcome is unknown (5xx, timeout, reset) is looked up by name right
+//!   before each re-send, and once more when the tries are spent: it is never made twice;
+//! - a stop or start whose outcome is unknown is sent again only after a look at the server
+//!   shows it did not happen (a stop only while the server still runs, a start only while it
+//!   is stopped);
+//! - a restore goes out once (the operator asked for it and reads the answer).
+//!
+//! The wait before each re-send doubles from [`MIN_DELAY`] to [`MAX_DELAY`] with jitter, and
+//! is at least the provider's `Retry-After` (bounded by
+//! [`crate::provider::MAX_RETRY_AFTER`]). The jitter is seeded in a simulated run, so it
+//! replays exactly.
 
 use std::future::Future;
 use std::time::Duration;
 
-use crate::model::{CreateSnapshot, RestoreStarted, Server, ServerId, Snapshot, SnapshotId};
-use crate::provider::{ApiError, Provider};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+use crate::model::{
+    CreateSnapshot, PowerState, RestoreStarted, Server, ServerId, Snapshot, SnapshotId,
+};
+use crate::provider::{ApiError, ListedPage, Provider, Scope};
 
 /// The first wait between attempts; it doubles up to [`MAX_DELAY`].
 pub const MIN_DELAY: Duration = Duration::from_millis(500);
+/// The longest wait between attempts, jitter included (unless `Retry-After` asks for more).
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
 
-/// The wait before attempt `attempt + 1` (0-based), at least the provider's `Retry-After`.
-/// No jitter: a simulated run must replay from its seed.
-pub fn delay(attempt: u32, error: &ApiError) -> Duration {
-    let backoff = MIN_DELAY
-        .saturating_mul(2u32.saturating_pow(attempt))
-        .min(MAX_DELAY);
-    match error {
-        ApiError::RateLimited {
-            retry_after: Some(wait),
-            ..
-        } => backoff.max(*wait),
-        _ => backoff,
+/// How many times a request is sent again, and how the waits between are drawn.
+#[derive(Debug, Clone)]
+pub struct RetryRules {
+    max_retries: u32,
+    jitter_seed: Option<u64>,
+    look_up_lost_creates: bool,
+}
+
+impl RetryRules {
+    /// Up to `max_retries` re-sends, with random jitter.
+    pub fn new(max_retries: u32) -> Self {
+        Self {
+            max_retries,
+            jitter_seed: None,
+            look_up_lost_creates: true,
+        }
+    }
+
+    /// The same waits on every run: the jitter is drawn from `seed`.
+    pub fn seeded(self, seed: u64) -> Self {
+        Self {
+            jitter_seed: Some(seed),
+            ..self
+        }
+    }
+
+    /// Sends a create again without looking for it first. Never used by the program: it exists
+    /// so a test can show that the soak catches the duplicates this makes.
+    #[doc(hidden)]
+    pub fn without_lost_create_look_up(self) -> Self {
+        Self {
+            look_up_lost_creates: false,
+            ..self
+        }
+    }
+
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    fn backoff(&self) -> Backoff {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(MIN_DELAY)
+            .with_max_delay(MAX_DELAY)
+            .with_max_times(self.max_retries as usize)
+            .with_jitter();
+        let builder = match self.jitter_seed {
+            Some(seed) => builder.with_jitter_seed(seed),
+            None => builder,
+        };
+        Backoff(builder.build())
     }
 }
 
+/// The waits of one request's re-sends.
+struct Backoff(ExponentialBackoff);
+
+impl Backoff {
+    /// The wait before sending again after `error`, or `None` when the tries are spent.
+    fn after(&mut self, error: &ApiError) -> Option<Duration> {
+        let backoff = self.0.next()?.min(MAX_DELAY);
+        Some(match error {
+            ApiError::RateLimited {
+                retry_after: Some(wait),
+                ..
+            } => backoff.max(*wait),
+            _ => backoff,
+        })
+    }
+}
+
+/// A provider with the retry rules around it.
 #[derive(Debug, Clone)]
 pub struct Retrying<P> {
     inner: P,
-    max_retries: u32,
+    rules: RetryRules,
 }
 
 impl<P: Provider> Retrying<P> {
-    pub fn new(inner: P, max_retries: u32) -> Self {
-        Self { inner, max_retries }
+    pub fn new(inner: P, rules: RetryRules) -> Self {
+        Self { inner, rules }
     }
 
     pub fn inner(&self) -> &P {
         &self.inner
     }
 
+    pub fn rules(&self) -> &RetryRules {
+        &self.rules
+    }
+
     /// An idempotent request, sent again while it fails in a retryable way.
-    async fn idempotent<T, F, Fut>(&self, mut send: F) -> Result<T, ApiError>
+    async fn idempotent<T, F, Fut>(&self, what: &str, mut send: F) -> Result<T, ApiError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        let mut attempt = 0;
+        let mut backoff = self.rules.backoff();
         loop {
-            match send().await {
-                Err(e) if e.is_retryable() && attempt < self.max_retries => {
-                    let wait = delay(attempt, &e);
-                    tracing::warn!(error = %e, retry_in = ?wait, "api request failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
+            let error = match send().await {
+                Err(e) if e.is_retryable() => e,
                 answer => return answer,
+            };
+            let Some(wait) = backoff.after(&error) else {
+                return Err(error);
+            };
+            tracing::warn!(error = %error, retry_in = ?wait, "{what} failed; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// After a create whose answer was lost: the snapshot of that name, if it exists.
+    async fn look_for(&self, request: &CreateSnapshot) -> Result<Option<Snapshot>, ApiError> {
+        tracing::warn!(snapshot = %request.name, "create answer lost; looking for the snapshot by name");
+        let listed = Box::pin(self.list_snapshots(Some(request.server_id))).await?;
+        Ok(listed.into_iter().find(|s| s.name == request.name))
+    }
+
+    /// Sends the stop; after a failure whose outcome is unknown, looks at the server and
+    /// sends it again only while the server still runs, so a lost answer never makes it act
+    /// twice. Once `give_up` completes, no stop is sent again (the one in flight is never
+    /// dropped: it may have reached the provider, and whoever starts the server again must
+    /// know whether it did).
+    pub async fn stop_server_unless(
+        &self,
+        id: ServerId,
+        give_up: impl Future<Output = ()>,
+    ) -> Result<Server, ApiError> {
+        let happened = |state: &PowerState| Some(*state != PowerState::Running);
+        self.power("stop", id, || self.inner.stop_server(id), happened, give_up)
+            .await
+    }
+
+    /// A power request, sent again after a retryable failure only when a look at the server
+    /// says it did not happen: `happened` reads the state as `Some(true)` (it went through,
+    /// only the answer was lost), `Some(false)` (send again) or `None` (in another transition:
+    /// the caller waits it out and decides). No re-send once `give_up` completes.
+    async fn power<F, Fut>(
+        &self,
+        verb: &str,
+        id: ServerId,
+        mut send: F,
+        happened: impl Fn(&PowerState) -> Option<bool>,
+        give_up: impl Future<Output = ()>,
+    ) -> Result<Server, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Server, ApiError>>,
+    {
+        let mut give_up = std::pin::pin!(give_up);
+        let mut backoff = self.rules.backoff();
+        loop {
+            let error = match send().await {
+                Ok(server) => return Ok(server),
+                Err(e) if e.is_retryable() => e,
+                Err(e) => return Err(e),
+            };
+            let Some(wait) = backoff.after(&error) else {
+                return Err(error);
+            };
+            tracing::warn!(error = %error, retry_in = ?wait, "{verb} request failed; looking at the server before sending it again");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut give_up => return Err(error),
+            }
+            let server = self.get_server(id).await?;
+            match happened(&server.status) {
+                Some(true) => return Ok(server),
+                Some(false) => {}
+                None => return Err(error),
             }
         }
     }
 }
 
 impl<P: Provider> Provider for Retrying<P> {
-    async fn list_snapshots(&self, server: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
-        self.idempotent(|| self.inner.list_snapshots(server)).await
-    }
-
-    async fn list_snapshots_of(&self, servers: &[ServerId]) -> Result<Vec<Snapshot>, ApiError> {
-        self.idempotent(|| self.inner.list_snapshots_of(servers))
+    async fn list_page(
+        &self,
+        scope: Scope<'_>,
+        link: Option<&str>,
+    ) -> Result<ListedPage, ApiError> {
+        self.idempotent("listing snapshots", || self.inner.list_page(scope, link))
             .await
     }
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
-        let mut attempt = 0;
+        let mut backoff = self.rules.backoff();
+        // Whether a create already sent may have happened.
+        let mut unsure = false;
         loop {
             let error = match self.inner.create_snapshot(request).await {
                 Ok(s) => return Ok(s),
                 Err(e) => e,
             };
-            if error.outcome_unknown() {
-                tracing::warn!(error = %error, snapshot = %request.name, "create answer lost; looking for the snapshot by name");
-                let listed = self.list_snapshots(Some(request.server_id)).await?;
-                if let Some(found) = listed.into_iter().find(|s| s.name == request.name) {
+            unsure |= error.outcome_unknown();
+            let look = unsure && self.rules.look_up_lost_creates;
+            if !error.is_retryable() {
+                return Err(error);
+            }
+            let Some(wait) = backoff.after(&error) else {
+                // Out of tries: one last look, the create may have happened.
+                if look {
+                    if let Some(found) = self.look_for(request).await? {
+                        return Ok(found);
+                    }
+                }
+                return Err(error);
+            };
+            tracing::warn!(error = %error, retry_in = ?wait, "create failed; trying again");
+            tokio::time::sleep(wait).await;
+            // The create may have happened, and a slow provider may only show it now: look
+            // right before sending it again.
+            if look {
+                if let Some(found) = self.look_for(request).await? {
                     return Ok(found);
                 }
             }
-            let again = error.outcome_unknown() || matches!(error, ApiError::RateLimited { .. });
-            if !again || attempt >= self.max_retries {
-                return Err(error);
-            }
-            let wait = delay(attempt, &error);
-            tracing::warn!(error = %error, retry_in = ?wait, "create failed; trying again");
-            tokio::time::sleep(wait).await;
-            attempt += 1;
         }
     }
 
     async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ApiError> {
+        let mut backoff = self.rules.backoff();
         let mut unsure = false;
-        let mut attempt = 0;
         loop {
-            match self.inner.delete_snapshot(id).await {
+            let error = match self.inner.delete_snapshot(id).await {
                 Ok(()) => return Ok(()),
                 // A retry after a lost answer finds it gone: the first attempt deleted it.
                 Err(ApiError::NotFound { .. }) if unsure => return Ok(()),
-                Err(e) if e.is_retryable() && attempt < self.max_retries => {
-                    unsure |= e.outcome_unknown();
-                    let wait = delay(attempt, &e);
-                    tracing::warn!(error = %e, retry_in = ?wait, "delete failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
+                Err(e) if e.is_retryable() => e,
                 Err(e) => return Err(e),
-            }
+            };
+            unsure |= error.outcome_unknown();
+            let Some(wait) = backoff.after(&error) else {
+                return Err(error);
+            };
+            tracing::warn!(error = %error, retry_in = ?wait, "delete failed; retrying");
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -127,15 +278,25 @@ impl<P: Provider> Provider for Retrying<P> {
     }
 
     async fn get_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        self.idempotent(|| self.inner.get_server(id)).await
+        self.idempotent("reading a server", || self.inner.get_server(id))
+            .await
     }
 
     async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        self.inner.stop_server(id).await
+        self.stop_server_unless(id, std::future::pending()).await
     }
 
+    /// Sends the start; after a failure whose outcome is unknown, looks at the server and
+    /// sends it again only while it is still stopped (starting or running: it went through).
     async fn start_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        self.inner.start_server(id).await
+        let happened = |state: &PowerState| match state {
+            PowerState::Stopped => Some(false),
+            PowerState::Starting | PowerState::Running => Some(true),
+            _ => None,
+        };
+        let never = std::future::pending();
+        self.power("start", id, || self.inner.start_server(id), happened, never)
+            .await
     }
 }
 
@@ -164,26 +325,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn delays_double_to_a_minute_and_respect_retry_after() {
-        let server = ApiError::Server {
+    fn server_error() -> ApiError {
+        ApiError::Server {
             what: "x".into(),
             status: 503,
             message: String::new(),
-        };
-        let waits: Vec<u64> = (0..9)
-            .map(|n| delay(n, &server).as_millis() as u64)
+        }
+    }
+
+    #[test]
+    fn waits_double_to_a_minute_with_jitter_and_respect_retry_after() {
+        let rules = RetryRules::new(9).seeded(7);
+        let mut backoff = rules.backoff();
+        let waits: Vec<Duration> = (0..10)
+            .map_while(|_| backoff.after(&server_error()))
             .collect();
-        assert_eq!(
-            waits,
-            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
-        );
+        assert_eq!(waits.len(), 9, "{waits:?}");
+        let floors = [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000];
+        for (wait, floor) in waits.iter().zip(floors) {
+            let floor = Duration::from_millis(floor);
+            assert!(
+                *wait >= floor && *wait <= (floor * 2).min(MAX_DELAY),
+                "{waits:?}"
+            );
+        }
+        // Seeded: the same waits again.
+        let mut again = rules.backoff();
+        let replay: Vec<Duration> = (0..9).map_while(|_| again.after(&server_error())).collect();
+        assert_eq!(waits, replay);
         let throttled = ApiError::RateLimited {
             what: "x".into(),
             retry_after: Some(Duration::from_secs(7)),
         };
-        assert_eq!(delay(0, &throttled), Duration::from_secs(7));
-        assert_eq!(delay(20, &throttled), MAX_DELAY);
+        assert!(RetryRules::new(1).backoff().after(&throttled) >= Some(Duration::from_secs(7)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -192,7 +366,7 @@ mod tests {
             lost_create_rate: 1.0,
             ..SimConfig::default()
         });
-        let retrying = Retrying::new(sim.clone(), 5);
+        let retrying = Retrying::new(sim.clone(), RetryRules::new(5));
         let made = retrying.create_snapshot(&request("a")).await.unwrap();
         assert_eq!(made.name, "a");
         let stats = sim.stats();
@@ -208,7 +382,7 @@ mod tests {
             error_rate: 1.0,
             ..SimConfig::default()
         });
-        let retrying = Retrying::new(sim.clone(), 3);
+        let retrying = Retrying::new(sim.clone(), RetryRules::new(3));
         let err = retrying.get_server(WEB).await.unwrap_err();
         assert!(err.is_retryable(), "{err}");
         assert_eq!(sim.stats().request_count("get_server"), 4);
@@ -216,9 +390,37 @@ mod tests {
         let refused = retrying.delete_snapshot(1).await.unwrap_err();
         assert!(matches!(refused, ApiError::NotFound { .. }));
         assert_eq!(sim.stats().request_count("delete"), 1);
-        // Power requests go out once: the executor decides what a failure means.
-        sim.set_config(|c| c.error_rate = 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_is_sent_again_only_after_a_look_shows_the_server_still_running() {
+        let sim = sim(SimConfig {
+            error_rate: 1.0,
+            ..SimConfig::default()
+        });
+        let retrying = Retrying::new(sim.clone(), RetryRules::new(2));
         assert!(retrying.stop_server(WEB).await.is_err());
-        assert_eq!(sim.stats().request_count("stop"), 1);
+        let stats = sim.stats();
+        // Three stops, each after the look that showed it running (the looks fail too, and
+        // are retried; a failed look ends the stop).
+        assert_eq!(stats.request_count("stop"), 1);
+        assert_eq!(stats.request_count("get_server"), 3);
+    }
+
+    /// A delete waits out `Retry-After` like every other request, and an absurd
+    /// `Retry-After` from any provider (here the simulator's 300 s) is honoured up to 60 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_deletes_retry_waits_out_retry_after_up_to_a_minute() {
+        let sim = sim(SimConfig {
+            burst_429_rate: 1.0,
+            burst_retry_after: 300,
+            ..SimConfig::default()
+        });
+        let retrying = Retrying::new(sim.clone(), RetryRules::new(1));
+        let started = tokio::time::Instant::now();
+        let refused = retrying.delete_snapshot(1).await.unwrap_err();
+        assert!(matches!(refused, ApiError::RateLimited { .. }), "{refused}");
+        assert_eq!(sim.stats().request_count("delete"), 2);
+        assert_eq!(started.elapsed(), crate::provider::MAX_RETRY_AFTER);
     }
 }

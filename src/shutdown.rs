@@ -105,7 +105,7 @@ pub fn drain_bound(config: &Config) -> Duration {
     let attempts = api.max_retries.saturating_add(1);
     // Before each attempt, a pause: the client's back-off (at most 60 s) or a 429's
     // `Retry-After` (honoured up to the same bound).
-    let pause = Duration::from_secs(crate::client::MAX_RETRY_AFTER_SECS);
+    let pause = crate::provider::MAX_RETRY_AFTER;
     let request = api.timeout.saturating_add(pause).saturating_mul(attempts);
     // A pre hook under way when the signal came, then the post hook.
     let hook = config

@@ -30,7 +30,7 @@ use crate::model::{
     is_valid_snapshot_name, CreateSnapshot, PowerState, RestoreStarted, Server, ServerId,
     ServerRef, Snapshot, SnapshotId, SnapshotStatus,
 };
-use crate::provider::{ApiError, Provider};
+use crate::provider::{ApiError, ListedPage, Provider, Scope};
 
 /// The provider's own cap, kept apart from `policy::SERVER_CAP` on purpose: if the program's
 /// belief about the cap drifts, tests against the simulator must catch it, not follow it.
@@ -305,28 +305,14 @@ impl Refusal {
     }
 
     fn into_api_error(self, what: String) -> ApiError {
-        let message = self.detail;
-        match self.status {
-            400 => ApiError::BadRequest { what, message },
-            401 => ApiError::Unauthorized {
-                token_source: "the simulator's token".to_owned(),
-            },
-            404 => ApiError::NotFound { what, message },
-            429 => ApiError::RateLimited {
-                what,
-                retry_after: self.retry_after.map(Duration::from_secs),
-            },
-            status @ 500..=599 => ApiError::Server {
-                what,
-                status,
-                message,
-            },
-            status => ApiError::Unexpected {
-                what,
-                status,
-                message,
-            },
-        }
+        let retry_after = self.retry_after.map(Duration::from_secs);
+        ApiError::from_status(
+            self.status,
+            what,
+            self.detail,
+            retry_after,
+            "the simulator's token",
+        )
     }
 }
 
@@ -908,11 +894,25 @@ impl Simulator {
 }
 
 impl Provider for Simulator {
-    /// One request however many snapshots there are: the in-memory path does not paginate.
-    async fn list_snapshots(&self, server: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
-        let what = || "listing snapshots".to_owned();
-        self.local("list", what, |st, _, _| Ok(st.list(server)))
-            .await
+    /// One request however many snapshots there are: the in-memory path answers with one page.
+    async fn list_page(
+        &self,
+        scope: Scope<'_>,
+        _link: Option<&str>,
+    ) -> Result<ListedPage, ApiError> {
+        let server = match scope {
+            Scope::Server(id) => Some(id),
+            Scope::Servers(_) | Scope::Account => None,
+        };
+        let snapshots = self
+            .local("list", || scope.what(), |st, _, _| Ok(st.list(server)))
+            .await?;
+        Ok(ListedPage {
+            count: Some(snapshots.len() as u64),
+            records: snapshots.len(),
+            snapshots,
+            ..ListedPage::default()
+        })
     }
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {

@@ -9,8 +9,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use snapshot_scheduler::client::{HttpClient, USER_AGENT};
 use snapshot_scheduler::config::{ApiConfig, Config, LoadOptions, TokenSource};
+use snapshot_scheduler::context::http_provider;
 use snapshot_scheduler::model::{CreateSnapshot, ServerId, SnapshotStatus};
 use snapshot_scheduler::provider::{ApiError, Provider};
+use snapshot_scheduler::retry::Retrying;
 use snapshot_scheduler::simulator::SimConfig;
 use wiremock::matchers::{bearer_token, header, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -32,12 +34,13 @@ fn api(base_url: &str) -> ApiConfig {
     }
 }
 
-fn client(api: &ApiConfig) -> HttpClient {
-    HttpClient::new(api, SecretString::from(TOKEN)).expect("client builds")
+/// The client as production builds it: the HTTP transport with the retry rules.
+fn client(api: &ApiConfig) -> Retrying<HttpClient> {
+    http_provider(api, SecretString::from(TOKEN)).expect("client builds")
 }
 
 /// A wiremock server and a client pointed at its `/api/v1`.
-async fn mock() -> (MockServer, HttpClient) {
+async fn mock() -> (MockServer, Retrying<HttpClient>) {
     let server = MockServer::start().await;
     let client = client(&api(&format!("{}/api/v1", server.uri())));
     (server, client)
@@ -110,6 +113,45 @@ async fn list_follows_absolute_next_links_until_null() {
     let all = client.list_snapshots(None).await.unwrap();
     let ids: Vec<u64> = all.iter().map(|s| s.id).collect();
     assert_eq!(ids, [801, 802, 803]);
+}
+
+/// A page that fails is asked for again on its own: the pages before it are not read twice
+/// (a fleet's listing is hundreds of pages; starting over would multiply every 5xx).
+#[tokio::test]
+async fn a_page_that_fails_is_asked_for_again_alone() {
+    let (server, client) = mock().await;
+    let second = format!("{}/api/v1/snapshots/?page=2", server.uri());
+    Mock::given(method("GET"))
+        .and(path("/api/v1/snapshots/"))
+        .and(query_param_is_missing("page"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(page(vec![snapshot(801, "a", "completed")], Some(second))),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(query_param("page", "2"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("503 Service Unavailable"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(query_param("page", "2"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(page(vec![snapshot(802, "b", "completed")], None)),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let all = client.list_snapshots(None).await.unwrap();
+    let ids: Vec<u64> = all.iter().map(|s| s.id).collect();
+    assert_eq!(ids, [801, 802]);
+    assert_eq!(received(&server, "GET").await, 3);
 }
 
 #[tokio::test]
@@ -538,7 +580,7 @@ async fn token_never_appears_in_trace_output_or_debug_formatting() {
     let config = Config::load(&config_path, LoadOptions::default()).unwrap();
     let loaded = config.api.token.as_ref().expect("the token was loaded");
     assert_eq!(loaded.expose_secret(), TOKEN);
-    let client = HttpClient::new(&config.api, loaded.clone()).unwrap();
+    let client = http_provider(&config.api, loaded.clone()).unwrap();
     assert!(!format!("{config:?}").contains(TOKEN));
     assert!(!format!("{:?}", config.api).contains(TOKEN));
     assert!(!format!("{client:?}").contains(TOKEN));
@@ -741,7 +783,7 @@ async fn provider_error_text_is_escaped_and_shortened() {
 
 /// The account-wide listing the status poll makes for several servers, with `bad` among
 /// good records of WEB and server 2.
-async fn account_listing_with(bad: Value) -> (MockServer, HttpClient) {
+async fn account_listing_with(bad: Value) -> (MockServer, Retrying<HttpClient>) {
     let (server, client) = mock().await;
     Mock::given(method("GET"))
         .and(path("/api/v1/snapshots/"))

@@ -13,14 +13,16 @@ use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use snapshot_scheduler::cli::{check_report, select};
-use snapshot_scheduler::client::{decode_every_answer, HttpClient};
+use snapshot_scheduler::client::decode_every_answer;
 use snapshot_scheduler::clock::{Clock, TokioClock};
 use snapshot_scheduler::config::{Config, ConfigError, LoadOptions};
+use snapshot_scheduler::context::http_provider;
 use snapshot_scheduler::execute::{Executor, Settings};
 use snapshot_scheduler::journal::Journal;
 use snapshot_scheduler::model::PowerState;
 use snapshot_scheduler::plan::plan;
 use snapshot_scheduler::policy::SERVER_CAP;
+use snapshot_scheduler::retry::{RetryRules, Retrying};
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
 
 const EXAMPLE: &str = include_str!("../../config.example.toml");
@@ -328,7 +330,7 @@ fn run_what_the_commands_build(config: &Config) -> Result<(), TestCaseError> {
     let now: DateTime<Utc> = "2025-01-15T02:30:05Z".parse().expect("a time");
     check_report(config, now);
     let token = config.api.token.clone().expect("token_env was set");
-    HttpClient::new(&config.api, token).expect("the HTTP client builds");
+    http_provider(&config.api, token).expect("the HTTP client builds");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -357,7 +359,7 @@ fn run_what_the_commands_build(config: &Config) -> Result<(), TestCaseError> {
             let dir = tempfile::tempdir().expect("temp dir");
             let journal = Arc::new(Journal::open(dir.path()).expect("the journal opens"));
             let executor = Executor::new(
-                Arc::new(sim.clone()),
+                Arc::new(Retrying::new(sim.clone(), RetryRules::new(5).seeded(1))),
                 clock.clone() as Arc<dyn Clock>,
                 journal.clone(),
                 Settings::from_config(&config.daemon, dry_run),

@@ -12,8 +12,10 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use snapshot_scheduler::client::HttpClient;
 use snapshot_scheduler::config::{ApiConfig, TokenSource};
+use snapshot_scheduler::context::http_provider;
 use snapshot_scheduler::model::{ServerId, SnapshotStatus};
 use snapshot_scheduler::provider::Provider;
+use snapshot_scheduler::retry::Retrying;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
 use wiremock::matchers::{method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -123,7 +125,7 @@ fn snapshot(id: u64, name: &str) -> Value {
     })
 }
 
-fn client(base_url: &str) -> HttpClient {
+fn client(base_url: &str) -> Retrying<HttpClient> {
     let api = ApiConfig {
         base_url: base_url.to_owned(),
         token: None,
@@ -132,7 +134,7 @@ fn client(base_url: &str) -> HttpClient {
         requests_per_second: 1000.0,
         max_retries: 1,
     };
-    HttpClient::new(&api, SecretString::from(TOKEN)).expect("client builds")
+    http_provider(&api, SecretString::from(TOKEN)).expect("client builds")
 }
 
 async fn page(server: &MockServer, number: Option<&str>, body: Value) {

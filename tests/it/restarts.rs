@@ -16,6 +16,7 @@ use snapshot_scheduler::execute::{Executor, Settings};
 use snapshot_scheduler::journal::Journal;
 use snapshot_scheduler::model::{PowerState, ServerId, SnapshotStatus};
 use snapshot_scheduler::report::RunResult;
+use snapshot_scheduler::retry::{RetryRules, Retrying};
 use snapshot_scheduler::runlog::RunLog;
 use snapshot_scheduler::shutdown::Shutdown;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
@@ -85,7 +86,7 @@ async fn life(sim: &Simulator, clock: &Arc<TokioClock>, state_dir: &Path, until:
     let shutdown = Shutdown::new();
     let clock: Arc<dyn Clock> = clock.clone();
     let executor = Executor::new(
-        Arc::new(sim.clone()),
+        Arc::new(Retrying::new(sim.clone(), RetryRules::new(5).seeded(1))),
         clock.clone(),
         Arc::new(Journal::open(state_dir).expect("the journal opens")),
         settings.clone(),

@@ -19,7 +19,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use snapshot_scheduler::client::read_listing_page;
+use snapshot_scheduler::client::decode_page;
 use snapshot_scheduler::clock::{Clock, TokioClock};
 use snapshot_scheduler::config::{Config, LoadOptions};
 use snapshot_scheduler::daemon::Service;
@@ -30,8 +30,8 @@ use snapshot_scheduler::model::{
     SnapshotStatus,
 };
 use snapshot_scheduler::policy::Policy;
-use snapshot_scheduler::provider::{ApiError, Provider};
-use snapshot_scheduler::retry::Retrying;
+use snapshot_scheduler::provider::{check_unreadable, ApiError, ListedPage, Provider, Scope};
+use snapshot_scheduler::retry::{RetryRules, Retrying};
 use snapshot_scheduler::runlog::RunLog;
 use snapshot_scheduler::shutdown::Shutdown;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
@@ -197,11 +197,7 @@ impl Checked {
     /// have, and read by the client's page reader as over HTTP. Such a listing failing is a
     /// violation: one bad record once kept every waiting server stopped for the whole
     /// snapshot_timeout.
-    fn read_as_over_http(
-        &self,
-        list: Vec<Snapshot>,
-        server: Option<ServerId>,
-    ) -> Result<Vec<Snapshot>, ApiError> {
+    fn read_as_over_http(&self, list: Vec<Snapshot>, scope: Scope<'_>) -> ListedPage {
         self.findings().malformed_listings += 1;
         let unmanaged = FIRST_SERVER + 1000;
         let results: Vec<serde_json::Value> = list
@@ -227,19 +223,15 @@ impl Checked {
             "count": results.len(), "next": null, "previous": null, "results": results,
         });
         let body = serde_json::to_vec(&body).expect("a page serializes");
-        match read_listing_page(&body, server) {
-            Ok(mut read) => {
-                // The well-formed hand-made record of the unmanaged server is not ours.
-                read.retain(|s| s.server.id != unmanaged);
-                Ok(read)
-            }
-            Err(e) => {
-                self.findings().violation(format!(
-                    "a listing with malformed records of a server no policy names failed: {e}"
-                ));
-                Err(e)
-            }
+        let mut page = decode_page(&body, &scope.what()).expect("the page decodes");
+        if let Err(e) = check_unreadable(&page.unreadable, scope, &scope.what()) {
+            self.findings().violation(format!(
+                "a listing with malformed records of a server no policy names failed: {e}"
+            ));
         }
+        // The well-formed hand-made record of the unmanaged server is not ours.
+        page.snapshots.retain(|s| s.server.id != unmanaged);
+        page
     }
 
     fn findings(&self) -> std::sync::MutexGuard<'_, Findings> {
@@ -365,18 +357,22 @@ impl Checked {
 }
 
 impl Provider for Checked {
-    async fn list_snapshots(&self, server: Option<ServerId>) -> Result<Vec<Snapshot>, ApiError> {
-        let answer = self.sim.list_snapshots(server).await;
+    async fn list_page(
+        &self,
+        scope: Scope<'_>,
+        link: Option<&str>,
+    ) -> Result<ListedPage, ApiError> {
+        let answer = self.sim.list_page(scope, link).await;
         // Every tenth account-wide listing (the shared status poll's) is served as JSON with
         // malformed records and read by the client's page reader. (All of them would cost
         // most of the soak's time in a debug build.)
-        let malformed = server.is_none() && {
+        let malformed = !matches!(scope, Scope::Server(_)) && {
             let mut f = self.findings();
             f.account_listings += 1;
             f.account_listings % 10 == 0
         };
         let answer = if malformed {
-            answer.and_then(|list| self.read_as_over_http(list, server))
+            answer.map(|page| self.read_as_over_http(page.snapshots, scope))
         } else {
             answer
         };
@@ -387,6 +383,19 @@ impl Provider for Checked {
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
         let server = request.server_id;
         let long = self.sim.config().snapshot_duration > LONG_SNAPSHOT / 2;
+        // Judged as asked, not as the provider answers: a create of a name the server already
+        // has is a duplicate, whether or not the provider lets it through.
+        if self
+            .sim
+            .snapshots(server)
+            .iter()
+            .any(|s| s.name == request.name)
+        {
+            self.findings().violation(format!(
+                "asked to create {} on server {server} again: it exists",
+                request.name
+            ));
+        }
         let answer = self.sim.create_snapshot(request).await;
         if let Err(ApiError::BadRequest { message, .. }) = &answer {
             // The provider refuses a create at the cap: we asked for a 6th.
@@ -702,7 +711,7 @@ fn service(
     state_dir: &Path,
     settings: &Settings,
     shutdown: Shutdown,
-) -> Service<Retrying<Checked>> {
+) -> Service<Checked> {
     let clock: Arc<dyn Clock> = clock.clone();
     let journal = Journal::open(state_dir).expect("the journal opens");
     let executor = Executor::new(
@@ -787,7 +796,13 @@ impl std::fmt::Display for Figures {
     }
 }
 
-async fn soak(seed: u64, days: u64) -> Figures {
+/// The retry rules as production builds them (`context::http_provider`), with the jitter
+/// seeded so a run replays.
+fn retry_rules(seed: u64) -> RetryRules {
+    RetryRules::new(MAX_RETRIES).seeded(seed)
+}
+
+async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
     let panics = count_panics();
     // To replay a seed with the daemon's log: SOAK_TRACE=info (any tracing filter).
     if let Ok(filter) = std::env::var("SOAK_TRACE") {
@@ -863,7 +878,7 @@ async fn soak(seed: u64, days: u64) -> Figures {
         clock: clock.clone(),
         first_start: wall0,
     };
-    let provider = Retrying::new(checked, MAX_RETRIES);
+    let provider = Retrying::new(checked, rules);
     let driver = tokio::spawn(drive(
         sim.clone(),
         findings.clone(),
@@ -995,13 +1010,27 @@ async fn ninety_simulated_days_of_faults_and_crashes_break_no_safety_rule() {
     let seed = env_u64("SOAK_SEED", 1);
     let days = env_u64("SOAK_DAYS", 90);
     let started = std::time::Instant::now();
-    let figures = soak(seed, days).await;
+    let figures = soak(seed, days, retry_rules(seed)).await;
     println!(
         "soak seed {seed}: {figures}ran in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(figures.violations.is_empty(), "seed {seed}:\n{figures}");
     assert!(figures.crashes >= (days / 4) as usize, "{figures}");
+}
+
+/// The soak guards the retry rules production runs: with the look-up before a create is sent
+/// again switched off in the shipped retry layer, it reports the duplicates that makes.
+#[tokio::test(start_paused = true)]
+async fn the_soak_catches_a_create_sent_again_without_looking_for_it() {
+    let rules = retry_rules(1).without_lost_create_look_up();
+    let figures = soak(1, 3, rules).await;
+    let duplicates = figures
+        .violations
+        .iter()
+        .filter(|v| v.contains("again: it exists"))
+        .count();
+    assert!(duplicates > 0, "{figures}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -1012,7 +1041,7 @@ async fn soak_seed_sweep() {
     let days = env_u64("SOAK_DAYS", 90);
     let mut failing = Vec::new();
     for seed in from..from + count {
-        let figures = soak(seed, days).await;
+        let figures = soak(seed, days, retry_rules(seed)).await;
         println!("seed {seed}: {} violations", figures.violations.len());
         if !figures.violations.is_empty() {
             println!("{figures}");
