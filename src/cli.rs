@@ -745,12 +745,10 @@ async fn once(
             .map(|(p, _, _)| p.clone())
             .collect()
     };
-    let alerts = executor.alerts().cloned();
+    let alerts = executor.alerts().clone();
     if !dry_run {
-        if let Some(alerts) = &alerts {
-            for p in &pinged {
-                alerts.ping(p.monitoring.ping_url.as_deref(), crate::alerts::Ping::Start);
-            }
+        for p in &pinged {
+            alerts.ping(p.monitoring.ping_url.as_deref(), crate::alerts::Ping::Start);
         }
     }
     let reports = executor.run_all(work).await;
@@ -778,7 +776,7 @@ async fn once(
             }
         );
     }
-    if let (Some(alerts), false) = (&alerts, dry_run) {
+    if !dry_run {
         for p in &pinged {
             let failed = reports
                 .iter()

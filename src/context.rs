@@ -13,7 +13,7 @@ use crate::client::HttpClient;
 use crate::clock::{Clock, SystemClock};
 use crate::config::ApiConfig;
 use crate::config::{Config, TokenSource};
-use crate::execute::{Executor, Settings};
+use crate::execute::{Executor, Parts, Settings};
 use crate::journal::Journal;
 use crate::model::ServerId;
 use crate::retry::{RetryRules, Retrying};
@@ -166,18 +166,15 @@ impl Context {
         } else {
             Journal::open(&self.config.daemon.state_dir)?
         };
-        let executor = Executor::new(
-            Arc::new(self.client.clone()),
-            self.clock.clone(),
-            Arc::new(journal),
-            Settings::from_config(&self.config.daemon, dry_run),
+        Ok(Executor::new(Parts {
+            provider: Arc::new(self.client.clone()),
+            clock: self.clock.clone(),
+            journal: Arc::new(journal),
+            runlog: Arc::new(crate::runlog::RunLog::open(&self.config.daemon.state_dir)),
+            alerts: self.alerts.clone(),
+            settings: Settings::from_config(&self.config.daemon, dry_run),
             shutdown,
-        );
-        executor.set_alerts(self.alerts.clone());
-        executor.set_runlog(Arc::new(crate::runlog::RunLog::open(
-            &self.config.daemon.state_dir,
-        )));
-        Ok(executor)
+        }))
     }
 
     /// The state directory `--simulate` made for this run, removed when the context is.

@@ -83,7 +83,7 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
         shutdown.clone(),
         reload_tx,
         reloader,
-        executor.alerts().cloned(),
+        executor.alerts().clone(),
         ctx.simulated_state_dir().map(ToOwned::to_owned),
     ));
     let watchdog = sd_notify::watchdog_enabled();
@@ -257,9 +257,7 @@ impl<P: Provider> Service<P> {
     /// requested, the run is finished now (its snapshot waited for, the policy pruned): the
     /// plan creates nothing for a slot whose snapshot exists, so nothing is stopped.
     async fn finish_interrupted(&self, policies: &[Policy], tasks: &mut JoinSet<()>) {
-        let Some(log) = self.executor.runlog() else {
-            return;
-        };
+        let log = self.executor.runlog();
         for policy in policies {
             let Some((slot, servers)) = log.interrupted(policy) else {
                 continue;
@@ -344,7 +342,7 @@ fn handle_signals(
     shutdown: Shutdown,
     reload: watch::Sender<Vec<Policy>>,
     reloader: Reloader,
-    alerts: Option<Arc<Alerts>>,
+    alerts: Arc<Alerts>,
     scratch: Option<PathBuf>,
 ) -> impl std::future::Future<Output = ()> {
     let handlers = (
@@ -403,7 +401,7 @@ async fn signal_loop(
     shutdown: Shutdown,
     reload: watch::Sender<Vec<Policy>>,
     reloader: Reloader,
-    alerts: Option<Arc<Alerts>>,
+    alerts: Arc<Alerts>,
     scratch: Option<PathBuf>,
 ) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
@@ -415,7 +413,7 @@ async fn signal_loop(
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
-                reload_config(&reload, &reloader, alerts.as_deref());
+                reload_config(&reload, &reloader, &alerts);
                 continue;
             }
         };
@@ -429,11 +427,7 @@ async fn signal_loop(
     }
 }
 
-fn reload_config(
-    reload: &watch::Sender<Vec<Policy>>,
-    reloader: &Reloader,
-    alerts: Option<&Alerts>,
-) {
+fn reload_config(reload: &watch::Sender<Vec<Policy>>, reloader: &Reloader, alerts: &Alerts) {
     notify(&[NotifyState::Reloading]);
     let loaded = Config::load(
         &reloader.path,
@@ -465,14 +459,12 @@ fn reload_config(
             metrics::counter!("snapshot_scheduler_config_reload_failures_total").increment(1);
             let text = format!("{e:#}");
             tracing::error!("config reload failed; keeping the running config: {text}");
-            if let Some(a) = alerts {
-                a.send(
-                    crate::config::AlertEvent::ConfigReloadFailed,
-                    None,
-                    None,
-                    &text,
-                );
-            }
+            alerts.send(
+                crate::config::AlertEvent::ConfigReloadFailed,
+                None,
+                None,
+                &text,
+            );
             let status = format!(
                 "config reload failed, running the old config: {}",
                 text.replace('\n', " ")
@@ -496,9 +488,7 @@ impl<P: Provider> Dispatcher<P> {
     /// Records `policy` as handled up to `at`, by a fire of that slot or without one
     /// (durably, before any work for it starts).
     fn mark_handled(&self, policy: &Policy, at: DateTime<Utc>, fired: bool) {
-        let Some(log) = self.executor.runlog() else {
-            return;
-        };
+        let log = self.executor.runlog();
         let written = if fired {
             log.mark_fired(policy, at)
         } else {
@@ -512,7 +502,7 @@ impl<P: Provider> Dispatcher<P> {
 
 impl<P: Provider> LoopEvents for Dispatcher<P> {
     fn recorded(&self, policy: &Policy) -> Option<Recorded> {
-        self.executor.runlog()?.recorded(&policy.name)
+        self.executor.runlog().recorded(&policy.name)
     }
 
     fn handled(&mut self, policy: &Policy, at: DateTime<Utc>) {
@@ -520,9 +510,7 @@ impl<P: Provider> LoopEvents for Dispatcher<P> {
     }
 
     fn configured(&mut self, policies: &[Policy]) {
-        let Some(log) = self.executor.runlog() else {
-            return;
-        };
+        let log = self.executor.runlog();
         for warning in log.retired_warnings(policies) {
             tracing::warn!("{warning}");
         }
@@ -560,11 +548,9 @@ impl<P: Provider> LoopEvents for Dispatcher<P> {
                 None => executor.list(&servers).await.ok().map(Arc::new),
             };
             let policy = Arc::new(policy);
-            let alerts = executor.alerts().cloned();
+            let alerts = executor.alerts().clone();
             let ping_url = policy.monitoring.ping_url.clone();
-            if let Some(a) = &alerts {
-                a.ping(ping_url.as_deref(), Ping::Start);
-            }
+            alerts.ping(ping_url.as_deref(), Ping::Start);
             let mut per_server = JoinSet::new();
             for server in servers {
                 let (executor, policy, listing, inflight, shutdown) = (
@@ -604,10 +590,8 @@ impl<P: Provider> LoopEvents for Dispatcher<P> {
                 any_failed |= r.unwrap_or(true);
             }
             executor.flush();
-            if let Some(a) = &alerts {
-                let ping = if any_failed { Ping::Fail } else { Ping::Success };
-                a.ping(ping_url.as_deref(), ping);
-            }
+            let ping = if any_failed { Ping::Fail } else { Ping::Success };
+            alerts.ping(ping_url.as_deref(), ping);
         });
     }
 

@@ -13,6 +13,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::alerts::Alerts;
 use crate::clock::Clock;
 use crate::journal::{self, Journal};
 use crate::model::{CreateSnapshot, PowerState, ServerId, Snapshot, SnapshotStatus};
@@ -21,6 +22,7 @@ use crate::policy::{JournalFailure, Policy};
 use crate::provider::{ApiError, Provider};
 use crate::report::{RunResult, ServerReport};
 use crate::retry::Retrying;
+use crate::runlog::RunLog;
 use crate::shutdown::Shutdown;
 
 /// `now + d` on tokio's clock, saturating far in the future instead of overflowing: no
@@ -357,10 +359,10 @@ pub struct Executor<P: Provider> {
     locks: ServerLocks,
     turns: Turns,
     watch: Arc<Watch<P>>,
-    /// Where failures, recoveries and servers left stopped are reported (optional).
-    alerts: std::sync::OnceLock<Arc<crate::alerts::Alerts>>,
-    /// Where each run's outcome is kept for `status` (optional).
-    runlog: std::sync::OnceLock<Arc<crate::runlog::RunLog>>,
+    /// Where failures, recoveries and servers left stopped are reported.
+    alerts: Arc<Alerts>,
+    /// Where each run's outcome is kept for `status`, and the slots the daemon handled.
+    runlog: Arc<RunLog>,
     /// Once begun, runs still waiting for their server or turn are skipped and no server is
     /// stopped; once hurried, waits end and stopped servers are started again.
     shutdown: Shutdown,
@@ -370,14 +372,29 @@ pub struct Executor<P: Provider> {
     alerted: Mutex<HashSet<ServerId>>,
 }
 
+/// What an executor works with, each made once by whoever builds it (`context` for the
+/// commands, the soak and tests for themselves).
+pub struct Parts<P: Provider> {
+    pub provider: Arc<Retrying<P>>,
+    pub clock: Arc<dyn Clock>,
+    pub journal: Arc<Journal>,
+    pub runlog: Arc<RunLog>,
+    pub alerts: Arc<Alerts>,
+    pub settings: Settings,
+    pub shutdown: Shutdown,
+}
+
 impl<P: Provider> Executor<P> {
-    pub fn new(
-        provider: Arc<Retrying<P>>,
-        clock: Arc<dyn Clock>,
-        journal: Arc<Journal>,
-        settings: Settings,
-        shutdown: Shutdown,
-    ) -> Arc<Self> {
+    pub fn new(parts: Parts<P>) -> Arc<Self> {
+        let Parts {
+            provider,
+            clock,
+            journal,
+            runlog,
+            alerts,
+            settings,
+            shutdown,
+        } = parts;
         Arc::new(Self {
             watch: Arc::new(Watch {
                 provider: provider.clone(),
@@ -390,8 +407,8 @@ impl<P: Provider> Executor<P> {
             turns: Turns::new(settings.max_concurrent),
             settings,
             locks: ServerLocks::default(),
-            alerts: std::sync::OnceLock::new(),
-            runlog: std::sync::OnceLock::new(),
+            alerts,
+            runlog,
             newest: Mutex::default(),
             shutdown,
             alerted: Mutex::default(),
@@ -402,23 +419,14 @@ impl<P: Provider> Executor<P> {
         &self.settings
     }
 
-    /// Reports failures (once per streak), recoveries and servers left stopped to `alerts`.
-    pub fn set_alerts(&self, alerts: Arc<crate::alerts::Alerts>) {
-        let _ = self.alerts.set(alerts);
+    pub fn alerts(&self) -> &Arc<Alerts> {
+        &self.alerts
     }
 
-    /// Keeps each run's outcome in `runlog` (flushed after `run_all` and by [`Self::flush`]).
-    pub fn set_runlog(&self, runlog: Arc<crate::runlog::RunLog>) {
-        let _ = self.runlog.set(runlog);
-    }
-
-    pub fn alerts(&self) -> Option<&Arc<crate::alerts::Alerts>> {
-        self.alerts.get()
-    }
-
-    /// The run log set by [`Self::set_runlog`]; the daemon also keeps handled slots in it.
-    pub fn runlog(&self) -> Option<&Arc<crate::runlog::RunLog>> {
-        self.runlog.get()
+    /// The run log (flushed after `run_all` and by [`Self::flush`]); the daemon also keeps
+    /// handled slots in it.
+    pub fn runlog(&self) -> &Arc<RunLog> {
+        &self.runlog
     }
 
     /// Remembers the newest completed snapshot of a server from a listing of it.
@@ -454,9 +462,7 @@ impl<P: Provider> Executor<P> {
 
     /// Writes the run log if it changed.
     pub fn flush(&self) {
-        if let Some(log) = self.runlog.get() {
-            log.flush();
-        }
+        self.runlog.flush();
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -611,21 +617,19 @@ impl<P: Provider> Executor<P> {
         // cron) already failed, that failure was reported then, and a success is a recovery.
         let failed_before = self
             .runlog
-            .get()
-            .and_then(|log| log.get(&r.policy, r.server))
+            .get(&r.policy, r.server)
             .is_some_and(|last| last.result.is_failure());
-        if let Some(log) = self.runlog.get() {
-            log.record(crate::runlog::LastRun {
-                policy: r.policy.clone(),
-                server: r.server,
-                slot: r.slot,
-                finished_at: self.clock.now(),
-                result: r.result,
-                message: r.message.clone(),
-                created: r.created.clone(),
-            });
-        }
-        if let Some(alerts) = self.alerts.get() {
+        self.runlog.record(crate::runlog::LastRun {
+            policy: r.policy.clone(),
+            server: r.server,
+            slot: r.slot,
+            finished_at: self.clock.now(),
+            result: r.result,
+            message: r.message.clone(),
+            created: r.created.clone(),
+        });
+        {
+            let alerts = &self.alerts;
             if failed_before {
                 alerts.already_failing(&r.policy, r.server);
             }
@@ -1153,14 +1157,12 @@ impl<P: Provider> Executor<P> {
     }
 
     fn alert_left_stopped(&self, server: ServerId, message: &str) {
-        if let Some(alerts) = self.alerts.get() {
-            alerts.send(
-                crate::config::AlertEvent::ServerLeftStopped,
-                None,
-                Some(server),
-                message,
-            );
-        }
+        self.alerts.send(
+            crate::config::AlertEvent::ServerLeftStopped,
+            None,
+            Some(server),
+            message,
+        );
     }
 
     fn alerted(&self) -> std::sync::MutexGuard<'_, HashSet<ServerId>> {
@@ -1534,14 +1536,9 @@ mod tests {
             };
             let sim = Simulator::with_server_ids(config, &[WEB], clock.clone());
             let dir = tempfile::tempdir().unwrap();
-            let journal = Arc::new(Journal::open(dir.path()).unwrap());
-            let executor = Executor::new(
-                retrying(sim.clone()),
-                clock,
-                journal.clone(),
-                settings(),
-                Shutdown::new(),
-            );
+            let parts = parts(sim.clone(), clock, dir.path());
+            let journal = parts.journal.clone();
+            let executor = Executor::new(parts);
             Self {
                 sim,
                 executor,
@@ -1921,6 +1918,20 @@ mod tests {
         executor_on(faulty.clone(), dir, settings(), Shutdown::new())
     }
 
+    /// What an executor on `provider` works with: the retry rules, its journal and run log in
+    /// `dir`, muted alerts, the tests' settings.
+    fn parts<P: Provider>(provider: P, clock: Arc<TokioClock>, dir: &Path) -> Parts<P> {
+        Parts {
+            provider: retrying(provider),
+            clock,
+            journal: Arc::new(Journal::open(dir).unwrap()),
+            runlog: Arc::new(RunLog::open(dir)),
+            alerts: Alerts::muted(),
+            settings: settings(),
+            shutdown: Shutdown::new(),
+        }
+    }
+
     /// An executor on `provider` with its journal in `dir`, its clock where the rigs' starts.
     fn executor_on<P: Provider>(
         provider: P,
@@ -1928,13 +1939,12 @@ mod tests {
         settings: Settings,
         shutdown: Shutdown,
     ) -> Arc<Executor<P>> {
-        Executor::new(
-            retrying(provider),
-            TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap()),
-            Arc::new(Journal::open(dir).unwrap()),
+        let clock = TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap());
+        Executor::new(Parts {
             settings,
             shutdown,
-        )
+            ..parts(provider, clock, dir)
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -2281,13 +2291,7 @@ mod tests {
         let mut faulty = Faulty::new(&sim);
         faulty.bad_server = Some(DB);
         let dir = tempfile::tempdir().unwrap();
-        let executor = Executor::new(
-            retrying(faulty),
-            clock,
-            Arc::new(Journal::open(dir.path()).unwrap()),
-            settings(),
-            Shutdown::new(),
-        );
+        let executor = Executor::new(parts(faulty, clock, dir.path()));
         let work = vec![
             (policy("nightly", true), WEB, slot()),
             (policy("nightly", true), DB, slot()),

@@ -12,17 +12,19 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use snapshot_scheduler::alerts::Alerts;
 use snapshot_scheduler::cli::{check_report, select};
 use snapshot_scheduler::client::decode_every_answer;
 use snapshot_scheduler::clock::{Clock, TokioClock};
 use snapshot_scheduler::config::{Config, ConfigError, LoadOptions};
 use snapshot_scheduler::context::http_provider;
-use snapshot_scheduler::execute::{Executor, Settings};
+use snapshot_scheduler::execute::{Executor, Parts, Settings};
 use snapshot_scheduler::journal::Journal;
 use snapshot_scheduler::model::PowerState;
 use snapshot_scheduler::plan::plan;
 use snapshot_scheduler::policy::SERVER_CAP;
 use snapshot_scheduler::retry::{RetryRules, Retrying};
+use snapshot_scheduler::runlog::RunLog;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
 
 const EXAMPLE: &str = include_str!("../../config.example.toml");
@@ -358,13 +360,15 @@ fn run_what_the_commands_build(config: &Config) -> Result<(), TestCaseError> {
         for dry_run in [true, false] {
             let dir = tempfile::tempdir().expect("temp dir");
             let journal = Arc::new(Journal::open(dir.path()).expect("the journal opens"));
-            let executor = Executor::new(
-                Arc::new(Retrying::new(sim.clone(), RetryRules::new(5).seeded(1))),
-                clock.clone() as Arc<dyn Clock>,
-                journal.clone(),
-                Settings::from_config(&config.daemon, dry_run),
-                snapshot_scheduler::shutdown::Shutdown::new(),
-            );
+            let executor = Executor::new(Parts {
+                provider: Arc::new(Retrying::new(sim.clone(), RetryRules::new(5).seeded(1))),
+                clock: clock.clone() as Arc<dyn Clock>,
+                journal: journal.clone(),
+                runlog: Arc::new(RunLog::open(dir.path())),
+                alerts: Alerts::muted(),
+                settings: Settings::from_config(&config.daemon, dry_run),
+                shutdown: snapshot_scheduler::shutdown::Shutdown::new(),
+            });
             for report in executor.run_all(work.clone()).await {
                 prop_assert!(
                     !report.message.contains("ended abnormally"),

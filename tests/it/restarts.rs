@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use snapshot_scheduler::alerts::Alerts;
 use snapshot_scheduler::clock::{Clock, TokioClock};
 use snapshot_scheduler::config::{Config, LoadOptions};
 use snapshot_scheduler::daemon::Service;
-use snapshot_scheduler::execute::{Executor, Settings};
+use snapshot_scheduler::execute::{Executor, Parts, Settings};
 use snapshot_scheduler::journal::Journal;
 use snapshot_scheduler::model::{PowerState, ServerId, SnapshotStatus};
 use snapshot_scheduler::report::RunResult;
@@ -85,14 +86,15 @@ async fn life(sim: &Simulator, clock: &Arc<TokioClock>, state_dir: &Path, until:
     let settings = Settings::from_config(&config.daemon, false);
     let shutdown = Shutdown::new();
     let clock: Arc<dyn Clock> = clock.clone();
-    let executor = Executor::new(
-        Arc::new(Retrying::new(sim.clone(), RetryRules::new(5).seeded(1))),
-        clock.clone(),
-        Arc::new(Journal::open(state_dir).expect("the journal opens")),
-        settings.clone(),
-        shutdown.clone(),
-    );
-    executor.set_runlog(Arc::new(RunLog::open(state_dir)));
+    let executor = Executor::new(Parts {
+        provider: Arc::new(Retrying::new(sim.clone(), RetryRules::new(5).seeded(1))),
+        clock: clock.clone(),
+        journal: Arc::new(Journal::open(state_dir).expect("the journal opens")),
+        runlog: Arc::new(RunLog::open(state_dir)),
+        alerts: Alerts::muted(),
+        settings: settings.clone(),
+        shutdown: shutdown.clone(),
+    });
     let service = Service {
         executor,
         clock,

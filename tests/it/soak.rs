@@ -19,11 +19,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use snapshot_scheduler::alerts::Alerts;
 use snapshot_scheduler::client::decode_page;
 use snapshot_scheduler::clock::{Clock, TokioClock};
 use snapshot_scheduler::config::{Config, LoadOptions};
 use snapshot_scheduler::daemon::Service;
-use snapshot_scheduler::execute::{Executor, Settings};
+use snapshot_scheduler::execute::{Executor, Parts, Settings};
 use snapshot_scheduler::journal::Journal;
 use snapshot_scheduler::model::{
     CreateSnapshot, PowerState, RestoreStarted, Server, ServerId, Snapshot, SnapshotId,
@@ -714,15 +715,16 @@ fn service(
 ) -> Service<Checked> {
     let clock: Arc<dyn Clock> = clock.clone();
     let journal = Journal::open(state_dir).expect("the journal opens");
-    let executor = Executor::new(
-        Arc::new(provider.clone()),
-        clock.clone(),
-        Arc::new(journal),
-        settings.clone(),
-        shutdown.clone(),
-    );
-    // Like the daemon: the run log in state_dir tells a restart which slots were handled.
-    executor.set_runlog(Arc::new(RunLog::open(state_dir)));
+    let executor = Executor::new(Parts {
+        provider: Arc::new(provider.clone()),
+        clock: clock.clone(),
+        journal: Arc::new(journal),
+        // Like the daemon: the run log in state_dir tells a restart which slots were handled.
+        runlog: Arc::new(RunLog::open(state_dir)),
+        alerts: Alerts::muted(),
+        settings: settings.clone(),
+        shutdown: shutdown.clone(),
+    });
     Service {
         executor,
         clock,
