@@ -1,0 +1,163 @@
+//! The operator's TOML file, in two stages: a serde mirror that rejects unknown keys, then a
+//! validated [`Config`] in which every value is parsed (cron compiled, timezone resolved,
+//! durations typed, token read). Whatever holds a `Config` can trust it; `check` builds exactly
+//! what `run` builds. Every error names the file, line, column, key and what is allowed.
+//!
+//! Here: the whole file ([`Config`], `load`/`parse`, [`ConfigError`]). Stage 1 is `raw.rs`;
+//! stage 2 is one file per section (`api.rs`, `daemon.rs`, `policies.rs`, `notify.rs`), over
+//! `check.rs` (limits, positions) and `token.rs` (secrets).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::model::ServerId;
+use crate::policy::Policy;
+
+mod api;
+mod check;
+mod daemon;
+mod notify;
+mod policies;
+mod raw;
+mod token;
+
+pub use api::ApiConfig;
+pub use check::Problem;
+pub use daemon::{DaemonConfig, LogFormat};
+pub use notify::{AlertEvent, NotifyTarget};
+pub use token::{TokenSource, CREDENTIAL_NAME};
+
+use api::validate_api;
+use check::{key_of_toml_error, line_column, Checker};
+use daemon::validate_daemon;
+use notify::validate_notify;
+use policies::validate_policies;
+use raw::RawConfig;
+
+pub const DEFAULT_PATH: &str = "/etc/snapshot-scheduler/config.toml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub api: ApiConfig,
+    pub daemon: DaemonConfig,
+    pub policies: Vec<Policy>,
+    /// Where alerts go (`[[notify]]`).
+    pub notify: Vec<NotifyTarget>,
+    /// Things worth telling the operator that do not stop the program (group-readable token).
+    pub warnings: Vec<String>,
+}
+
+/// How a config is loaded: `--simulate` needs no token (the simulated provider has its own).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub simulate: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(path: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}:{}: {}: {}",
+                path.display(),
+                p.line,
+                p.column,
+                p.key,
+                p.message
+            )
+        })
+        .collect();
+    let noun = if lines.len() == 1 { "error" } else { "errors" };
+    format!(
+        "invalid config ({} {noun}):\n  {}",
+        lines.len(),
+        lines.join("\n  ")
+    )
+}
+
+impl Config {
+    /// Reads, parses and validates the file; reads the token too (unless simulating).
+    pub fn load(path: &Path, options: LoadOptions) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &source, options, &std::env::vars().collect())
+    }
+
+    /// Validates `source` as if read from `path`; `env` stands in for the process environment.
+    pub fn parse(
+        path: &Path,
+        source: &str,
+        options: LoadOptions,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        };
+        let raw: RawConfig = toml::from_str(source).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, column) = line_column(source, offset);
+            invalid(vec![Problem {
+                line,
+                column,
+                key: key_of_toml_error(e.message(), source, offset),
+                message: e.message().trim().to_owned(),
+            }])
+        })?;
+        let mut check = Checker {
+            source,
+            problems: Vec::new(),
+        };
+        let mut warnings = Vec::new();
+        let api = validate_api(&mut check, &raw.api, options.simulate, env, &mut warnings);
+        let daemon = validate_daemon(&mut check, &raw.daemon);
+        let policies = validate_policies(&mut check, &raw.policy, raw.api.span());
+        let notify = raw
+            .notify
+            .iter()
+            .map(|n| validate_notify(&mut check, n, env, &mut warnings))
+            .collect();
+        if !check.problems.is_empty() {
+            return Err(invalid(check.problems));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            api,
+            daemon,
+            policies,
+            notify,
+            warnings,
+        })
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// Every server any policy names, once, in order.
+    pub fn servers(&self) -> Vec<ServerId> {
+        let mut seen = HashSet::new();
+        self.policies
+            .iter()
+            .flat_map(|p| p.servers.iter().copied())
+            .filter(|s| seen.insert(*s))
+            .collect()
+    }
+}
