@@ -1,6 +1,7 @@
-//! The one place with effects: runs a [`Plan`] against the provider. Free a slot if needed →
-//! (optionally) stop the server → create → wait → start → prune. A dry run is this same path
-//! with every write refused. Waiting is shared: one listing answers every snapshot in flight.
+//! The one place with effects: prepare (every read a decision needs) → [`Plan`] → apply it
+//! against the provider: free a slot if needed → (optionally) stop the server → create → wait
+//! → start → prune. A dry run is this same path stopped before apply; the `plan` command is its
+//! first two steps. Waiting is shared: one listing answers every snapshot in flight.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -17,7 +18,7 @@ use crate::alerts::Alerts;
 use crate::clock::Clock;
 use crate::journal::{self, Journal};
 use crate::model::{CreateSnapshot, PowerState, ServerId, Snapshot, SnapshotStatus};
-use crate::plan::{plan, Plan};
+use crate::plan::{plan, Create, Plan, SlotOutcome, Target};
 use crate::policy::{JournalFailure, Policy};
 use crate::provider::{ApiError, Provider};
 use crate::report::{RunResult, ServerReport};
@@ -156,6 +157,17 @@ impl Listing {
     pub fn server(&self, id: ServerId) -> Vec<Snapshot> {
         self.by_server.get(&id).cloned().unwrap_or_default()
     }
+}
+
+/// What [`Executor::prepare`] read about one server: all a plan for it decides on.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The server, with its power state when the policy stops it.
+    pub target: Target,
+    /// Everything on the server: any policy, hand-made, any status.
+    pub snapshots: Vec<Snapshot>,
+    /// For the hooks' `SERVER_NAME` (empty when no hook runs, or the provider would not say).
+    pub server_name: String,
 }
 
 /// How the start path ended without an error.
@@ -660,6 +672,8 @@ impl<P: Provider> Executor<P> {
         }
     }
 
+    /// Prepare (every read the decision needs) → plan → apply. A dry run stops before apply;
+    /// the `plan` command is the first two steps.
     async fn rotate(
         &self,
         policy: &Policy,
@@ -668,13 +682,9 @@ impl<P: Provider> Executor<P> {
         listing: Option<&Listing>,
         report: &mut ServerReport,
     ) -> anyhow::Result<()> {
-        let snapshots = match listing {
-            Some(l) => l.server(server),
-            None => self.provider.list_snapshots(Some(server)).await?,
-        };
-        self.note_newest(server, &snapshots);
-        let mut first = plan(policy, &snapshots, slot, self.clock.now());
-        first.server = server;
+        let prepared = self.prepare(policy, server, listing).await?;
+        self.note_newest(server, &prepared.snapshots);
+        let first = self.plan(policy, slot, &prepared);
         for note in &first.notes {
             tracing::info!("{note}");
         }
@@ -682,67 +692,120 @@ impl<P: Provider> Executor<P> {
             tracing::warn!("{warning}");
         }
         report.plan = Some(first.clone());
-        if let Some(blocked) = &first.blocked {
-            report.blocked = true;
+        if let Some(blocked) = first.outcome.blocked() {
+            report.blocked = matches!(first.outcome, SlotOutcome::CapBlocked(_));
             anyhow::bail!("{}", blocked.reason);
         }
-        // Every read the real run decides on comes before a dry run stops, so both say the
-        // same: a stuck snapshot fails, a server in transition is skipped.
-        if first.create.is_none() {
-            self.fail_if_stuck(&snapshots)?;
+        // Judged before a dry run stops, so both say the same: a stuck snapshot fails.
+        if first.create().is_none() {
+            self.fail_if_stuck(&prepared.snapshots)?;
         }
-        // A server in transition (restoring, starting, ...) is not snapshotted; found out
-        // before a slot is freed, or a good snapshot would go for nothing.
-        let power = if first.create.is_some() && policy.stop_server {
-            match self.power_state(server).await? {
-                Ok(state) => Some(state),
-                Err(busy) => {
-                    report.result = RunResult::Skipped;
-                    report.message = busy;
-                    return Ok(());
-                }
-            }
-        } else {
-            None
-        };
         if self.settings.dry_run {
-            report.result = RunResult::DryRun;
-            report.message = dry_run_summary(policy, &first);
+            // A skip is a skip in both; anything else is told as what would happen.
+            (report.result, report.message) = if first.outcome.is_skip() {
+                (RunResult::Skipped, first.outcome_line().to_owned())
+            } else {
+                (RunResult::DryRun, dry_run_summary(policy, &first))
+            };
             return Ok(());
         }
+        self.apply(policy, slot, &prepared, &first, report).await
+    }
 
-        let Some(create) = &first.create else {
-            self.delete_planned(policy, &first, report).await?;
-            report.result = if first
-                .no_create
-                .as_deref()
-                .is_some_and(|w| w.starts_with("skip:"))
-            {
-                RunResult::Skipped
-            } else {
-                RunResult::Unchanged
-            };
-            report.message = first.outcome().to_owned();
-            return Ok(());
+    /// Every read a decision about `server` needs, before anything changes: its listing (from
+    /// `listing` when there is one), its power state when the policy stops it (a server in
+    /// transition is skipped before a slot is freed, or a good snapshot would go for
+    /// nothing), and its name when a hook will be told it.
+    pub async fn prepare(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        listing: Option<&Listing>,
+    ) -> Result<Prepared, ApiError> {
+        let snapshots = match listing {
+            Some(l) => l.server(server),
+            None => self.provider.list_snapshots(Some(server)).await?,
         };
+        let hooked = policy.hooks.pre.is_some() || policy.hooks.post.is_some();
+        let (power, server_name) = if policy.stop_server {
+            let s = self.provider.get_server(server).await?;
+            (Some(s.status), s.name)
+        } else if !hooked {
+            (None, String::new())
+        } else if let Some(s) = snapshots.first() {
+            (None, s.server.name.clone())
+        } else {
+            // Only a hook's environment needs it: a server that will not say has no name.
+            let name = self.provider.get_server(server).await.map(|s| s.name);
+            (None, name.unwrap_or_default())
+        };
+        Ok(Prepared {
+            target: Target { id: server, power },
+            snapshots,
+            server_name,
+        })
+    }
 
+    /// The plan for what [`prepare`](Self::prepare) read, as of now.
+    pub fn plan(&self, policy: &Policy, slot: DateTime<Utc>, prepared: &Prepared) -> Plan {
+        plan(
+            policy,
+            &prepared.target,
+            &prepared.snapshots,
+            slot,
+            self.clock.now(),
+        )
+    }
+
+    /// Does what `first` says. The run's result follows the slot's outcome, never the words
+    /// of its reason.
+    async fn apply(
+        &self,
+        policy: &Policy,
+        slot: DateTime<Utc>,
+        prepared: &Prepared,
+        first: &Plan,
+        report: &mut ServerReport,
+    ) -> anyhow::Result<()> {
+        let result = match &first.outcome {
+            SlotOutcome::Create(create) => {
+                return self
+                    .create_with_hooks(policy, slot, prepared, first, create, report)
+                    .await
+            }
+            SlotOutcome::SlotTaken { .. } => RunResult::Unchanged,
+            SlotOutcome::SnapshotInProgress { .. } | SlotOutcome::ServerInTransition { .. } => {
+                RunResult::Skipped
+            }
+            SlotOutcome::CapBlocked(b) | SlotOutcome::OtherServers(b) => {
+                anyhow::bail!("{}", b.reason)
+            }
+        };
+        self.delete_planned(policy, first, report).await?;
+        report.result = result;
+        report.message = first.outcome_line().to_owned();
+        Ok(())
+    }
+
+    /// The hooks around free a slot → (stop) → create → wait → (start) → prune.
+    async fn create_with_hooks(
+        &self,
+        policy: &Policy,
+        slot: DateTime<Utc>,
+        prepared: &Prepared,
+        first: &Plan,
+        create: &Create,
+        report: &mut ServerReport,
+    ) -> anyhow::Result<()> {
+        let server = prepared.target.id;
         // Hooks wrap everything that changes the server, the slot-freeing delete included.
         let hooks = &policy.hooks;
         let mut env = Vec::new();
         if hooks.pre.is_some() || hooks.post.is_some() {
-            let server_name = match snapshots.first() {
-                Some(s) => s.server.name.clone(),
-                None => self
-                    .provider
-                    .get_server(server)
-                    .await
-                    .map(|s| s.name)
-                    .unwrap_or_default(),
-            };
             env = vec![
                 ("SNAPSHOT_POLICY", policy.name.clone()),
                 ("SERVER_ID", server.to_string()),
-                ("SERVER_NAME", server_name),
+                ("SERVER_NAME", prepared.server_name.clone()),
                 ("SNAPSHOT_NAME", create.name.clone()),
             ];
         }
@@ -762,8 +825,9 @@ impl<P: Provider> Executor<P> {
                 }
             }
         }
+        let power = prepared.target.power.clone();
         let result = self
-            .create_and_prune(policy, server, slot, &first, power, report)
+            .create_and_prune(policy, server, slot, first, power, report)
             .await;
         if hooks.post.is_some() {
             let completed = report.result == RunResult::Created && result.is_ok();
@@ -875,8 +939,7 @@ impl<P: Provider> Executor<P> {
         report: &mut ServerReport,
     ) -> anyhow::Result<()> {
         let name = &first
-            .create
-            .as_ref()
+            .create()
             .map_or_else(|| policy.snapshot_name(slot), |c| c.name.clone());
         if self.shutdown.is_stopping() {
             anyhow::bail!("shutting down; no snapshot taken");
@@ -911,7 +974,13 @@ impl<P: Provider> Executor<P> {
         // Prune with what the provider says now: the second plan deletes what is beyond the
         // rules only because a newer snapshot has completed (or cleans up our failed one).
         self.note_newest(server, &listing_after);
-        let second = plan(policy, &listing_after, slot, self.clock.now());
+        let second = plan(
+            policy,
+            &server.into(),
+            &listing_after,
+            slot,
+            self.clock.now(),
+        );
         for d in second.deletes_now() {
             tracing::info!(delete = %d.name, "{}", d.reason);
             match self.provider.delete_snapshot(d.snapshot_id).await {
@@ -1449,17 +1518,17 @@ impl<P: Provider> Executor<P> {
 
 fn dry_run_summary(policy: &Policy, p: &Plan) -> String {
     let mut parts = Vec::new();
-    if let (Some(pre), Some(_)) = (&policy.hooks.pre, &p.create) {
+    if let (Some(pre), Some(_)) = (&policy.hooks.pre, p.create()) {
         parts.push(format!("would run pre hook {pre:?}"));
     }
     for d in p.deletes_now().chain(p.deletes_before_create()) {
         parts.push(format!("would delete {} ({})", d.name, d.reason));
     }
-    match &p.create {
+    match p.create() {
         Some(c) => parts.push(format!("would create {} ({})", c.name, c.reason)),
-        None => parts.push(p.outcome().to_owned()),
+        None => parts.push(p.outcome_line().to_owned()),
     }
-    if let (Some(post), Some(_)) = (&policy.hooks.post, &p.create) {
+    if let (Some(post), Some(_)) = (&policy.hooks.post, p.create()) {
         parts.push(format!("would run post hook {post:?}"));
     }
     for d in p.deferred() {
@@ -1764,6 +1833,119 @@ mod tests {
         assert_eq!(report.result, RunResult::Skipped, "{}", report.message);
         assert!(report.deleted.is_empty(), "deleted {:?}", report.deleted);
         assert_eq!(rig.sim.snapshots(WEB).len(), 5);
+    }
+
+    /// A listing answered with another server's records must not be planned as this server's:
+    /// its failed snapshot would be deleted and a create sent on the strength of it.
+    #[tokio::test(start_paused = true)]
+    async fn a_listing_of_another_servers_snapshots_is_a_failure_that_touches_nothing() {
+        let rig = Rig::new(SimConfig::default());
+        let other: ServerId = WEB + 1;
+        let at: DateTime<Utc> = "2025-01-14T02:31:00Z".parse().unwrap();
+        let record = |id: u64, name: &str, status: SnapshotStatus| Snapshot {
+            id,
+            server: crate::model::ServerRef {
+                id: other,
+                name: "db-server-01".into(),
+            },
+            name: name.into(),
+            status,
+            size_mb: None,
+            created_at: at,
+            description: None,
+        };
+        let listing = Listing {
+            taken_at: Instant::now(),
+            by_server: BTreeMap::from([(
+                WEB,
+                vec![
+                    record(901, "nightly-20250113T023000Z", SnapshotStatus::Completed),
+                    record(902, "nightly-20250114T023000Z", SnapshotStatus::Failed),
+                ],
+            )]),
+        };
+
+        let report = rig
+            .executor
+            .run_server(&policy("nightly", false), WEB, slot(), Some(&listing))
+            .await;
+
+        assert_eq!(report.result, RunResult::Failed, "{report:#?}");
+        assert!(
+            report.message.contains("other servers (12346)"),
+            "{}",
+            report.message
+        );
+        assert!(
+            !report.blocked,
+            "not a cap_blocked alert: the cap is not the problem"
+        );
+        let stats = rig.sim.stats();
+        for endpoint in ["create", "delete"] {
+            assert_eq!(stats.request_count(endpoint), 0, "{endpoint}");
+        }
+    }
+
+    /// A reason's words are for people: rewording one must not turn a skip into an unchanged
+    /// run (which tells the webhook the policy recovered) or an unchanged run into a skip.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_result_follows_the_slot_outcome_not_the_words_of_its_reason() {
+        let rig = Rig::new(SimConfig::default());
+        let p = policy("nightly", true);
+        let prepared = Prepared {
+            target: WEB.into(),
+            snapshots: Vec::new(),
+            server_name: String::new(),
+        };
+        let cases = [
+            (
+                SlotOutcome::ServerInTransition {
+                    state: PowerState::Restoring,
+                    reason: "server is restoring; the next fire tries again".into(),
+                },
+                RunResult::Skipped,
+            ),
+            (
+                SlotOutcome::SlotTaken {
+                    snapshot: NAME.into(),
+                    reason: format!("skip: {NAME} already holds this slot"),
+                },
+                RunResult::Unchanged,
+            ),
+        ];
+        for (outcome, want) in cases {
+            let planned = Plan {
+                server: WEB,
+                policy: p.name.clone(),
+                slot: slot(),
+                outcome,
+                decisions: Vec::new(),
+                notes: Vec::new(),
+                warnings: Vec::new(),
+            };
+            let mut report = ServerReport {
+                policy: p.name.clone(),
+                server: WEB,
+                slot: slot(),
+                snapshot: NAME.into(),
+                result: RunResult::Failed,
+                created: None,
+                deleted: Vec::new(),
+                message: String::new(),
+                blocked: false,
+                created_id: None,
+                plan: None,
+            };
+
+            rig.executor
+                .apply(&p, slot(), &prepared, &planned, &mut report)
+                .await
+                .unwrap();
+
+            assert_eq!(report.result, want, "{:?}", planned.outcome);
+            assert_eq!(report.message, planned.outcome_line());
+        }
+        assert_eq!(rig.sim.stats().request_count("create"), 0);
     }
 
     #[tokio::test(start_paused = true)]

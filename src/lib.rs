@@ -19,10 +19,12 @@
 //!   policy handled last, so a restart catches up only a slot that was missed.
 //! - [`scheduler`]: when policies fire: one loop, DST-correct, catch-up once and only for a
 //!   missed slot, no double runs.
-//! - [`plan`]: the pure planner: what to create and delete on one server, each with a reason.
+//! - [`plan`]: the pure planner: what the slot gets on one server (a typed outcome) and what
+//!   is deleted, each with a reason.
 //! - [`hooks`]: pre/post hooks: argv commands in their own process group, killed at the timeout.
 //! - [`journal`]: the power journal that makes "a stopped server is started again" survive crashes.
-//! - [`execute`]: the one place with effects: runs a plan (stop, create, wait, start, prune).
+//! - [`execute`]: the one place with effects: prepare (reads) → plan → apply (stop, create,
+//!   wait, start, prune); a dry run and `plan` stop before apply.
 //! - [`report`]: what one run came to on one server; written by `execute`, kept by `runlog`.
 //! - [`shutdown`]: SIGTERM/SIGINT for `run` and `once`: stop taking work, hurry, the time it takes.
 //! - [`status`]: freshness of each policy on each server; the Nagios line.

@@ -1,13 +1,17 @@
-//! The pure planner: from one policy, one server's full snapshot listing and the slot being
-//! served, decide what to create and what to delete, every decision with the reason the `plan`
-//! command prints. No clock, network, file or environment in here.
+//! The pure planner: from one policy, the server it decides about (with its power state when
+//! the policy stops it), that server's full snapshot listing and the slot being served, decide
+//! what the slot gets (a typed [`SlotOutcome`]) and what to delete, every decision with the
+//! reason the `plan` command prints. The outcome's variant is the decision; its reason only
+//! explains it. No clock, network, file or environment in here.
 //!
 //! The safety rules, each pinned by a test below:
 //! - Only `<policy>-<YYYYMMDDTHHMMSSZ>` is the policy's own; everything else is ignored, except
 //!   that `prune_unmanaged` may delete the oldest hand-made completed snapshot when nothing of
 //!   the policy's own can free a slot under the cap. Another policy's snapshots are never touched.
 //! - A snapshot in progress (or in a state we do not know) anywhere on the server freezes it:
-//!   no create and no delete until it settles.
+//!   no create and no delete until it settles. So does a server in transition (restoring,
+//!   starting, ...) for a policy that stops it.
+//! - A listing holding another server's snapshots is blocked: nothing in it is trusted.
 //! - Retention is the union of its rules over the policy's own completed snapshots; a policy
 //!   without any rule deletes nothing (zero rules never mean "delete all").
 //! - A good snapshot beyond retention is deleted only once a newer one has completed: with a
@@ -22,27 +26,96 @@ use chrono::{DateTime, SecondsFormat, Timelike, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::model::{ServerId, Snapshot, SnapshotId, SnapshotStatus};
+use crate::model::{PowerState, ServerId, Snapshot, SnapshotId, SnapshotStatus};
 use crate::policy::{parse_snapshot_name, Policy, Retention, SERVER_CAP};
+
+/// The server a plan decides about, as read just before planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub id: ServerId,
+    /// Its power state, read when the policy stops the server for the snapshot (`None`: not
+    /// read). A server in transition (restoring, starting, ...) is not snapshotted.
+    pub power: Option<PowerState>,
+}
+
+impl From<ServerId> for Target {
+    /// A server whose power state was not read.
+    fn from(id: ServerId) -> Self {
+        Self { id, power: None }
+    }
+}
 
 /// What to do on one server for one slot of one policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
-    /// The server the listing belongs to (0 for an empty listing: the caller knows which
-    /// server it asked for).
+    /// The server the plan decides about.
     pub server: ServerId,
     pub policy: String,
     pub slot: DateTime<Utc>,
-    pub create: Option<Create>,
-    /// Why nothing is created; `Some` exactly when `create` is `None`.
-    pub no_create: Option<String>,
+    /// What the slot gets: a snapshot, or why not.
+    pub outcome: SlotOutcome,
     /// One decision per snapshot in the listing, newest first.
     pub decisions: Vec<Decision>,
-    /// Set when the plan cannot do its job (an error for the operator, not a skip).
-    pub blocked: Option<Blocked>,
     pub notes: Vec<String>,
     /// What the operator should look at (a name stamped in the future).
     pub warnings: Vec<String>,
+}
+
+/// What the planner decided about the slot. The variant is the decision (the executor acts
+/// on it); the reason only explains it, and is what `plan` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SlotOutcome {
+    /// A snapshot is made for the slot.
+    Create(Create),
+    /// This slot's snapshot exists already (completed, or failed: then it is deleted and not
+    /// retried in this slot). Nothing to create; what is beyond retention may go.
+    SlotTaken { snapshot: String, reason: String },
+    /// A snapshot in progress, or in a state we do not know, freezes the server: nothing is
+    /// created or deleted until it settles. Not an error; the next fire tries again.
+    SnapshotInProgress {
+        snapshots: Vec<String>,
+        reason: String,
+    },
+    /// The server is neither running nor stopped (restoring, starting, ...): not snapshotted,
+    /// nothing deleted. Not an error; the next fire tries again.
+    ServerInTransition { state: PowerState, reason: String },
+    /// The server is at (or over) the cap and this plan may not free enough: foreign
+    /// snapshots fill it, the policy has no retention rule, or it is over by more than one.
+    /// An error for the operator; nothing is deleted.
+    CapBlocked(Blocked),
+    /// The listing holds snapshots of another server than the one planned for: nothing in it
+    /// can be trusted to be this server's. An error; nothing is deleted.
+    OtherServers(Blocked),
+}
+
+impl SlotOutcome {
+    /// The one line about the slot, as `plan` prints it.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Create(c) => &c.reason,
+            Self::SlotTaken { reason, .. }
+            | Self::SnapshotInProgress { reason, .. }
+            | Self::ServerInTransition { reason, .. } => reason,
+            Self::CapBlocked(b) | Self::OtherServers(b) => &b.reason,
+        }
+    }
+
+    /// Not an error, and nothing done now: the next fire tries again.
+    pub fn is_skip(&self) -> bool {
+        matches!(
+            self,
+            Self::SnapshotInProgress { .. } | Self::ServerInTransition { .. }
+        )
+    }
+
+    /// Why the plan cannot do its job, if it cannot.
+    pub fn blocked(&self) -> Option<&Blocked> {
+        match self {
+            Self::CapBlocked(b) | Self::OtherServers(b) => Some(b),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -104,11 +177,19 @@ impl fmt::Display for Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Blocked {
     pub reason: String,
-    /// The snapshots that fill the server.
+    /// Every snapshot in the listing (the reason names the first few).
     pub snapshots: Vec<String>,
 }
 
 impl Plan {
+    /// The snapshot to create, if the slot gets one.
+    pub fn create(&self) -> Option<&Create> {
+        match &self.outcome {
+            SlotOutcome::Create(c) => Some(c),
+            _ => None,
+        }
+    }
+
     pub fn deletes_now(&self) -> impl Iterator<Item = &Decision> {
         self.with_action(Action::DeleteNow)
     }
@@ -124,18 +205,14 @@ impl Plan {
 
     /// Nothing to create and nothing to delete now.
     pub fn is_noop(&self) -> bool {
-        self.create.is_none()
+        self.create().is_none()
             && self.deletes_now().next().is_none()
             && self.deletes_before_create().next().is_none()
     }
 
     /// The one line about the slot: the create's reason, or why there is none.
-    pub fn outcome(&self) -> &str {
-        match (&self.create, &self.no_create) {
-            (Some(c), _) => &c.reason,
-            (None, Some(why)) => why,
-            (None, None) => "no create",
-        }
+    pub fn outcome_line(&self) -> &str {
+        self.outcome.reason()
     }
 
     fn with_action(&self, action: Action) -> impl Iterator<Item = &Decision> {
@@ -390,10 +467,11 @@ fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// Decides what to do on one server for `slot`. `snapshots` is everything on that server:
-/// any policy, hand-made, any status. `now` only feeds notes (ages, a slot in the future).
+/// Decides what to do on `server` for `slot`. `snapshots` is everything on that server: any
+/// policy, hand-made, any status. `now` only feeds notes (ages, a slot in the future).
 pub fn plan(
     policy: &Policy,
+    server: &Target,
     snapshots: &[Snapshot],
     slot: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -462,7 +540,11 @@ pub fn plan(
         .filter(|(_, st)| **st == State::Busy)
         .map(|(s, _)| s)
         .collect();
-    let servers: BTreeSet<ServerId> = snapshots.iter().map(|s| s.server.id).collect();
+    let others: BTreeSet<ServerId> = snapshots
+        .iter()
+        .map(|s| s.server.id)
+        .filter(|&id| id != server.id)
+        .collect();
     let all_names = || snapshots.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
 
     if slot > now {
@@ -480,24 +562,24 @@ pub fn plan(
         );
     }
 
-    // `no_create`: why the slot gets no snapshot. `hold`: why nothing at all is deleted.
-    let mut no_create: Option<String> = None;
+    // `outcome`: what the slot gets, once something rules out the create (the first that
+    // does, in this order). `hold`: why nothing at all is deleted.
+    let mut outcome: Option<SlotOutcome> = None;
     let mut hold: Option<String> = None;
-    let mut blocked: Option<Blocked> = None;
 
-    if servers.len() > 1 {
-        let ids: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+    if !others.is_empty() {
+        let ids: Vec<String> = others.iter().map(|s| s.to_string()).collect();
         let reason = format!(
-            "blocked: the listing holds snapshots of {} servers ({}); a plan covers one server",
-            servers.len(),
+            "blocked: the listing of server {} holds snapshots of other servers ({}); a plan \
+             covers one server",
+            server.id,
             name_list(&ids)
         );
-        no_create = Some(reason.clone());
         hold = Some("the plan is blocked".into());
-        blocked = Some(Blocked {
+        outcome = Some(SlotOutcome::OtherServers(Blocked {
             reason,
             snapshots: all_names(),
-        });
+        }));
     } else if !busy.is_empty() {
         let unknown = busy
             .iter()
@@ -529,7 +611,21 @@ pub fn plan(
                 ));
             }
         }
-        no_create = Some(format!("skip: {what}"));
+        outcome = Some(SlotOutcome::SnapshotInProgress {
+            snapshots: busy.iter().map(|s| s.name.clone()).collect(),
+            reason: format!("skip: {what}"),
+        });
+        hold = Some(what);
+    } else if let Some(state) = server
+        .power
+        .as_ref()
+        .filter(|p| !matches!(p, PowerState::Running | PowerState::Stopped))
+    {
+        let what = format!("server is {state} (neither running nor stopped)");
+        outcome = Some(SlotOutcome::ServerInTransition {
+            state: state.clone(),
+            reason: format!("skip: {what}; not snapshotted"),
+        });
         hold = Some(what);
     } else if let Some(holder) = snapshots
         .iter()
@@ -537,7 +633,7 @@ pub fn plan(
         // With duplicate names, a completed one is what makes the slot done.
         .min_by_key(|s| State::of(&s.status) != State::Completed)
     {
-        no_create = Some(if State::of(&holder.status) == State::Failed {
+        let reason = if State::of(&holder.status) == State::Failed {
             format!(
                 "no create: slot already taken by {} (failed; it is deleted, and not retried \
                  in this slot to avoid a loop: the next fire takes a new slot)",
@@ -548,6 +644,10 @@ pub fn plan(
                 "no create: slot already taken by {} ({})",
                 holder.name, holder.status
             )
+        };
+        outcome = Some(SlotOutcome::SlotTaken {
+            snapshot: holder.name.clone(),
+            reason,
         });
     }
     if rules.is_empty() && hold.is_none() {
@@ -556,7 +656,7 @@ pub fn plan(
 
     // The cap: make room for the create, or block.
     let mut freed: HashMap<usize, String> = HashMap::new();
-    if no_create.is_none() {
+    if outcome.is_none() {
         let failed_deleted = if hold.is_none() { own_failed } else { 0 };
         let count = snapshots.len() - failed_deleted;
         let need = (count + 1).saturating_sub(SERVER_CAP);
@@ -593,22 +693,27 @@ pub fn plan(
             ))
         };
         if let Some(reason) = refusal {
-            no_create = Some(reason.clone());
             hold.get_or_insert_with(|| "the plan is blocked".into());
-            blocked = Some(Blocked {
+            outcome = Some(SlotOutcome::CapBlocked(Blocked {
                 reason,
                 snapshots: all_names(),
-            });
+            }));
         }
     }
-    let create = no_create.is_none().then(|| Create {
-        name: new_name.clone(),
-        reason: format!("create: slot {}", stamp(slot)),
+    let outcome = outcome.unwrap_or_else(|| {
+        SlotOutcome::Create(Create {
+            name: new_name.clone(),
+            reason: format!("create: slot {}", stamp(slot)),
+        })
     });
+    let create = match &outcome {
+        SlotOutcome::Create(c) => Some(c),
+        _ => None,
+    };
 
     // Retention, counting the planned create as the completed snapshot it will become.
     // The planned snapshot will be the newest of all, whatever the clocks say.
-    let planned = create.as_ref().map(|_| Point::newest(slot));
+    let planned = create.map(|_| Point::newest(slot));
     let survivors: Vec<(usize, Point)> = own_completed
         .iter()
         .filter(|(i, _)| !freed.contains_key(i))
@@ -637,7 +742,7 @@ pub fn plan(
                     (Owner::Own(_), State::Completed) => completed_decision(
                         &rules,
                         kept.get(&i).map(Vec::as_slice).unwrap_or_default(),
-                        create.as_ref(),
+                        create,
                         hold.as_deref(),
                         slot_done,
                     ),
@@ -663,13 +768,11 @@ pub fn plan(
     });
 
     Plan {
-        server: servers.first().copied().unwrap_or_default(),
+        server: server.id,
         policy: policy.name.clone(),
         slot,
-        create,
-        no_create,
+        outcome,
         decisions,
-        blocked,
         notes,
         warnings,
     }
@@ -889,11 +992,35 @@ mod tests {
         want: Vec<(SnapshotId, Action, &'static str)>,
     }
 
+    /// How the line of each outcome begins, for the reader of `plan`.
+    fn verb(outcome: &SlotOutcome) -> &'static str {
+        match outcome {
+            SlotOutcome::Create(_) => "create: ",
+            SlotOutcome::SlotTaken { .. } => "no create: ",
+            SlotOutcome::SnapshotInProgress { .. } | SlotOutcome::ServerInTransition { .. } => {
+                "skip: "
+            }
+            SlotOutcome::CapBlocked(_) | SlotOutcome::OtherServers(_) => "blocked: ",
+        }
+    }
+
     fn check(case: Case) -> Plan {
         let now = t(case.slot) + chrono::Duration::minutes(5);
-        let p = plan(&case.policy, &case.snapshots, t(case.slot), now);
-        assert_eq!(p.outcome(), case.outcome, "{}: outcome", case.name);
-        assert_eq!(p.create.is_some(), p.no_create.is_none(), "{}", case.name);
+        let p = plan(
+            &case.policy,
+            &SERVER.into(),
+            &case.snapshots,
+            t(case.slot),
+            now,
+        );
+        assert_eq!(p.outcome_line(), case.outcome, "{}: outcome", case.name);
+        assert!(
+            case.outcome.starts_with(verb(&p.outcome)),
+            "{}: {:?} explained as {:?}",
+            case.name,
+            p.outcome,
+            case.outcome
+        );
         let mut got: Vec<(SnapshotId, Action, &str)> = p
             .decisions
             .iter()
@@ -1262,19 +1389,19 @@ mod tests {
             own(2, JAN13, Completed),
             own(3, JAN14, Completed),
         ];
-        let first = plan(&p, &server, t(JAN15), t(JAN15));
+        let first = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
         let deferred: Vec<SnapshotId> = first.deferred().map(|d| d.snapshot_id).collect();
         assert_eq!(deferred, [2, 1]);
         assert!(first.deletes_now().next().is_none());
         // While the new one is in progress, nothing moves.
         server.push(own(4, JAN15, InProgress));
-        let waiting = plan(&p, &server, t(JAN15), t(JAN15));
+        let waiting = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
         assert!(waiting.is_noop());
         server.last_mut().unwrap().status = Completed;
-        let second = plan(&p, &server, t(JAN15), t(JAN15));
+        let second = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
         let now: Vec<SnapshotId> = second.deletes_now().map(|d| d.snapshot_id).collect();
         assert_eq!(now, deferred);
-        assert!(second.create.is_none());
+        assert!(second.create().is_none());
     }
 
     /// An own name stamped years ahead, made on Jan 13 by a host whose clock was wrong.
@@ -1293,7 +1420,7 @@ mod tests {
         // Jan 15's snapshot has just completed: it is the one kept, the stale one goes.
         let server = [future_stamped(1), own(2, JAN15, Completed)];
 
-        let after = plan(&p, &server, t(JAN15), t(JAN15));
+        let after = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
 
         let decided: Vec<(SnapshotId, Action)> = after
             .decisions
@@ -1316,9 +1443,9 @@ mod tests {
             own(3, JAN15, Failed),
         ];
 
-        let after = plan(&p, &server, t(JAN15), t(JAN15));
+        let after = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
 
-        assert!(after.create.is_none());
+        assert!(after.create().is_none());
         let deleted: Vec<SnapshotId> = after
             .decisions
             .iter()
@@ -1365,9 +1492,17 @@ mod tests {
                 ),
             ),
         ] {
-            let p = plan(&policy(keep(1)), &names(count), t(JAN15), t(JAN15));
-            assert_eq!(p.outcome(), want, "{count} snapshots");
-            let blocked = p.blocked.expect("blocked");
+            let p = plan(
+                &policy(keep(1)),
+                &SERVER.into(),
+                &names(count),
+                t(JAN15),
+                t(JAN15),
+            );
+            assert_eq!(p.outcome_line(), want, "{count} snapshots");
+            let SlotOutcome::CapBlocked(blocked) = p.outcome else {
+                panic!("{count} snapshots: {:?}", p.outcome)
+            };
             assert_eq!(blocked.reason, want);
             assert_eq!(
                 blocked.snapshots.len() as u64,
@@ -1386,6 +1521,7 @@ mod tests {
 
         let after = plan(
             &p,
+            &SERVER.into(),
             &server,
             t(JAN15),
             t(JAN15) + chrono::Duration::minutes(5),
@@ -1418,9 +1554,9 @@ mod tests {
             })
             .collect();
 
-        let plan = plan(&p, &server, t(JAN15), t(JAN15));
+        let plan = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
 
-        let why = plan.outcome();
+        let why = plan.outcome_line();
         assert!(why.contains("and 30 more"), "{why}");
         assert!(why.len() < 600, "{} characters", why.len());
         assert!(plan.notes.len() <= 10, "{} notes", plan.notes.len());
@@ -1436,6 +1572,7 @@ mod tests {
 
         let after = plan(
             &p,
+            &SERVER.into(),
             &server,
             t(JAN15),
             t(JAN15) + chrono::Duration::minutes(2),
@@ -1455,35 +1592,142 @@ mod tests {
         let mut other = own(2, JAN13, Completed);
         other.server.id = SERVER + 1;
         let server = [own(1, JAN12, Completed), other, own(3, JAN14, Failed)];
-        let p = plan(&policy(keep(1)), &server, t(JAN15), t(JAN15));
-        assert_eq!(
-            p.outcome(),
-            "blocked: the listing holds snapshots of 2 servers (12345, 12346); a plan covers one \
-             server"
+        let p = plan(
+            &policy(keep(1)),
+            &SERVER.into(),
+            &server,
+            t(JAN15),
+            t(JAN15),
         );
-        assert!(p.blocked.is_some() && p.create.is_none());
+        assert_eq!(
+            p.outcome_line(),
+            "blocked: the listing of server 12345 holds snapshots of other servers (12346); a \
+             plan covers one server"
+        );
+        assert!(matches!(p.outcome, SlotOutcome::OtherServers(_)));
         assert!(p.decisions.iter().all(|d| !d.action.is_delete()));
+    }
+
+    #[test]
+    fn a_listing_of_another_server_alone_is_blocked_not_planned_for_this_one() {
+        let theirs: Vec<Snapshot> = [
+            own(1, JAN12, Completed),
+            own(2, JAN13, Completed),
+            own(3, JAN14, Failed),
+        ]
+        .into_iter()
+        .map(|mut s| {
+            s.server.id = SERVER + 1;
+            s
+        })
+        .collect();
+
+        let p = plan(
+            &policy(keep(1)),
+            &SERVER.into(),
+            &theirs,
+            t(JAN15),
+            t(JAN15),
+        );
+
+        assert_eq!(p.server, SERVER);
+        assert_eq!(
+            p.outcome_line(),
+            "blocked: the listing of server 12345 holds snapshots of other servers (12346); a \
+             plan covers one server"
+        );
+        assert!(matches!(p.outcome, SlotOutcome::OtherServers(_)));
+        assert!(p.decisions.iter().all(|d| !d.action.is_delete()));
+    }
+
+    #[test]
+    fn a_server_in_transition_is_skipped_and_nothing_is_deleted() {
+        let p = policy(keep(1));
+        // Beyond keep, a failed one, and a free slot: a running server would see all go.
+        let server = [
+            own(1, JAN12, Completed),
+            own(2, JAN13, Completed),
+            own(3, JAN14, Failed),
+        ];
+        let restoring = Target {
+            id: SERVER,
+            power: Some(PowerState::Restoring),
+        };
+
+        let skipped = plan(&p, &restoring, &server, t(JAN15), t(JAN15));
+
+        assert_eq!(
+            skipped.outcome_line(),
+            "skip: server is restoring (neither running nor stopped); not snapshotted"
+        );
+        assert!(skipped.outcome.is_skip(), "{:?}", skipped.outcome);
+        let decided: Vec<(SnapshotId, Action, &str)> = skipped
+            .decisions
+            .iter()
+            .map(|d| (d.snapshot_id, d.action, d.reason.as_str()))
+            .collect();
+        assert_eq!(
+            decided,
+            [
+                (
+                    3,
+                    Keep,
+                    "keep: failed, not deleted: server is restoring (neither running nor stopped)"
+                ),
+                (2, Keep, "keep: newest completed (keep=1)"),
+                (
+                    1,
+                    Keep,
+                    "keep: beyond retention, not deleted: server is restoring (neither running \
+                     nor stopped)"
+                ),
+            ]
+        );
+        for power in [PowerState::Running, PowerState::Stopped] {
+            let target = Target {
+                id: SERVER,
+                power: Some(power.clone()),
+            };
+            let p = plan(&p, &target, &server, t(JAN15), t(JAN15));
+            assert_eq!(p.outcome_line(), CREATE15, "{power}");
+        }
     }
 
     #[test]
     fn plan_serializes_for_json_output() {
         let p = plan(
             &policy(keep(1)),
+            &SERVER.into(),
             &[own(1, JAN14, Completed)],
             t(JAN15),
             t(JAN15),
         );
         let json = serde_json::to_value(&p).unwrap();
-        assert_eq!(json["create"]["name"], "nightly-20250115T023000Z");
+        assert_eq!(json["outcome"]["kind"], "create");
+        assert_eq!(json["outcome"]["name"], "nightly-20250115T023000Z");
+        assert_eq!(json["outcome"]["reason"], CREATE15);
         assert_eq!(json["decisions"][0]["action"], "delete_after_create");
         assert_eq!(json["decisions"][0]["status"], "completed");
         assert_eq!(json["server"], SERVER);
+
+        let full: Vec<Snapshot> = (1..=5)
+            .map(|i| foreign(i, &format!("f{i}"), Completed))
+            .collect();
+        let p = plan(&policy(keep(1)), &SERVER.into(), &full, t(JAN15), t(JAN15));
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["outcome"]["kind"], "cap_blocked");
+        assert_eq!(json["outcome"]["snapshots"][4], "f5");
+        assert!(json["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("blocked: the server is at the cap of 5"));
     }
 
     #[test]
     fn notes_say_how_long_a_snapshot_has_been_in_progress() {
         let p = plan(
             &policy(keep(1)),
+            &SERVER.into(),
             &[own(1, JAN15, InProgress)],
             t(JAN15),
             t("2025-01-15T04:41:30Z"),
@@ -1586,9 +1830,8 @@ mod tests {
         fn never_deletes_foreign_or_busy_snapshots((entries, keep, daily, prune) in arb_server()) {
             let pol = policy_in(Tz::UTC, retention(keep, daily), prune);
             let server = build(&entries);
-            let p = plan(&pol, &server, t(BASE), t(BASE));
+            let p = plan(&pol, &SERVER.into(), &server, t(BASE), t(BASE));
             prop_assert_eq!(p.decisions.len(), server.len());
-            prop_assert_eq!(p.create.is_some(), p.no_create.is_none());
             for d in p.decisions.iter().filter(|d| d.action.is_delete()) {
                 let busy = matches!(d.status, InProgress | SnapshotStatus::Other(_));
                 prop_assert!(!busy, "deletes busy {:?}", d);
@@ -1607,13 +1850,12 @@ mod tests {
         fn never_plans_more_than_the_cap((entries, keep, daily, prune) in arb_server()) {
             let pol = policy_in(Tz::UTC, retention(keep, daily), prune);
             let server = build(&entries);
-            let p = plan(&pol, &server, t(BASE), t(BASE));
+            let p = plan(&pol, &SERVER.into(), &server, t(BASE), t(BASE));
             let after = server.len() - deletes(&p).len();
-            if p.create.is_some() {
+            if p.create().is_some() {
                 prop_assert!(after < SERVER_CAP, "{} left plus a create", after);
             }
-            if p.blocked.is_some() {
-                prop_assert!(p.create.is_none());
+            if p.outcome.blocked().is_some() {
                 prop_assert!(p.decisions.iter().all(|d| !d.action.is_delete()));
             }
         }
@@ -1623,14 +1865,14 @@ mod tests {
             let pol = policy_in(Tz::UTC, retention(keep, daily), prune);
             let mut server = build(&entries);
             let before = own_completed(&pol, &server);
-            let first = plan(&pol, &server, t(BASE), t(BASE));
+            let first = plan(&pol, &SERVER.into(), &server, t(BASE), t(BASE));
             let gone = deletes(&first);
             server.retain(|s| !gone.contains(&s.id));
-            if let Some(c) = &first.create {
+            if let Some(c) = first.create() {
                 server.push(snap(1000, &c.name, t(BASE) + chrono::Duration::minutes(1), Completed));
             }
             let later = t(BASE) + chrono::Duration::minutes(10);
-            let second = plan(&pol, &server, t(BASE), later);
+            let second = plan(&pol, &SERVER.into(), &server, t(BASE), later);
             let gone: Vec<SnapshotId> = second.deletes_now().map(|d| d.snapshot_id).collect();
             server.retain(|s| !gone.contains(&s.id));
             let after = own_completed(&pol, &server);

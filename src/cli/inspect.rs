@@ -120,17 +120,14 @@ pub(super) async fn show_plan(
     let mut servers: Vec<ServerId> = work.iter().map(|(_, s, _)| *s).collect();
     servers.sort_unstable();
     servers.dedup();
-    // Reads only: no executor, no state directory.
-    let listing = crate::execute::list(&ctx.client, &servers).await?;
-    let now = ctx.clock.now();
-    let plans: Vec<crate::plan::Plan> = work
-        .iter()
-        .map(|(policy, server, slot)| {
-            let mut p = crate::plan::plan(policy, &listing.server(*server), *slot, now);
-            p.server = *server;
-            p
-        })
-        .collect();
+    // What a run would decide on, read by a dry run's executor: no state directory.
+    let executor = ctx.executor(true)?;
+    let listing = executor.list(&servers).await?;
+    let mut plans = Vec::with_capacity(work.len());
+    for (policy, server, slot) in &work {
+        let prepared = executor.prepare(policy, *server, Some(&listing)).await?;
+        plans.push(executor.plan(policy, *slot, &prepared));
+    }
     if json {
         outln!("{}", serde_json::to_string_pretty(&plans)?)?;
         return Ok(0);
@@ -143,9 +140,9 @@ pub(super) async fn show_plan(
             p.slot.format("%Y-%m-%dT%H:%M:%SZ")
         )?;
         let mut rows = Vec::new();
-        match &p.create {
+        match p.create() {
             Some(c) => rows.push(["create".to_owned(), c.name.clone(), c.reason.clone()]),
-            None => rows.push(["-".to_owned(), String::new(), p.outcome().to_owned()]),
+            None => rows.push(["-".to_owned(), String::new(), p.outcome_line().to_owned()]),
         }
         for d in &p.decisions {
             let action = d.action.as_str().to_owned();
@@ -158,7 +155,7 @@ pub(super) async fn show_plan(
         for line in render_table(&rows).lines() {
             outln!("  {line}")?;
         }
-        if let Some(b) = &p.blocked {
+        if let Some(b) = p.outcome.blocked() {
             // The reason names the snapshots (the first few); `--json` has them all.
             outln!("  BLOCKED: {}", b.reason)?;
         }
@@ -166,9 +163,9 @@ pub(super) async fn show_plan(
             outln!("  note: {note}")?;
         }
         for warning in &p.warnings {
-            println!("  WARNING: {warning}");
+            outln!("  WARNING: {warning}")?;
         }
-        if p.create.is_some() {
+        if p.create().is_some() {
             let hooks = &policy.hooks;
             if let Some(pre) = &hooks.pre {
                 outln!("  pre hook (not run by plan): {pre:?}")?;

@@ -354,7 +354,13 @@ fn run_what_the_commands_build(config: &Config) -> Result<(), TestCaseError> {
         let work = select(config, None, None, now).expect("every policy is selected");
         prop_assert!(!work.is_empty());
         for (policy, server, slot) in &work {
-            plan(policy, &sim.snapshots(*server), *slot, now);
+            plan(
+                policy,
+                &(*server).into(),
+                &sim.snapshots(*server),
+                *slot,
+                now,
+            );
             snapshot_scheduler::status::row(policy, *server, &sim.snapshots(*server), None, now);
         }
         for dry_run in [true, false] {

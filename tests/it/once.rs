@@ -441,7 +441,8 @@ async fn plan_prints_every_decision_with_its_reason_and_json_parses() {
     let plans = plans.as_array().expect("a list of plans");
     assert_eq!(plans.len(), 1);
     assert_eq!(plans[0]["server"], WEB);
-    assert_eq!(plans[0]["create"]["name"], new.as_str());
+    assert_eq!(plans[0]["outcome"]["kind"], "create");
+    assert_eq!(plans[0]["outcome"]["name"], new.as_str());
     let actions: Vec<(&str, &str)> = plans[0]["decisions"]
         .as_array()
         .unwrap()
@@ -462,6 +463,47 @@ async fn plan_prints_every_decision_with_its_reason_and_json_parses() {
         (stats.request_count("create"), stats.request_count("delete")),
         (0, 0)
     );
+}
+
+#[tokio::test]
+async fn plan_says_skip_like_once_for_a_restoring_server_of_a_stop_server_policy() {
+    let policies = policy("nightly", YEARLY, &[WEB], "stop_server = true");
+    let setup = Setup::new(&[WEB], quick(), &policies, "").await;
+    seed(&setup.sim, WEB, &[OLDEST, OLDER, OLD]);
+    setup.sim.set_server_status(WEB, PowerState::Restoring);
+    let new = slot_name("nightly", YEARLY);
+
+    let out = setup.run(&["plan"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("skip: server is restoring (neither running nor stopped)"),
+        "{text}"
+    );
+    assert!(!text.contains(&new), "no create planned:\n{text}");
+    assert!(
+        !text.lines().any(|l| l.trim_start().starts_with("delete")),
+        "nothing deleted on a server in transition:\n{text}"
+    );
+
+    let out = setup.run(&["plan", "--json"]).await;
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let plans: Value = serde_json::from_str(&stdout(&out)).expect("plan --json is JSON");
+    assert_eq!(
+        plans[0]["outcome"]["kind"], "server_in_transition",
+        "{plans:#}"
+    );
+
+    // The run it stands for says the same.
+    let out = setup.run(&["once"]).await;
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let line = summary_line(&out, WEB, "nightly");
+    assert!(line.contains("skipped"), "{line}");
+    let stats = setup.sim.stats();
+    for endpoint in ["create", "delete", "stop", "start"] {
+        assert_eq!(stats.request_count(endpoint), 0, "{endpoint} was requested");
+    }
 }
 
 // ---- many policies, many servers ----
