@@ -224,7 +224,7 @@ async fn restore_of_a_failed_or_in_progress_snapshot_is_refused_naming_its_statu
     assert_eq!(p.restores(), 0, "no restore may be sent");
 }
 
-/// Runs `restore ID` at a pseudo-terminal (util-linux `script`) and types `answer`.
+/// Runs `restore ID` at a pseudo-terminal (`script`, Debian package bsdutils) and types `answer`.
 fn restore_at_a_terminal(
     config: &std::path::Path,
     id: &str,
@@ -243,7 +243,7 @@ fn restore_at_a_terminal(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("script (util-linux) runs");
+        .expect("script runs (Debian package bsdutils)");
     child
         .stdin
         .take()
