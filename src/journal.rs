@@ -26,11 +26,26 @@ pub struct Entry {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("power journal {}: {source}", path.display())]
-pub struct JournalError {
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
+pub enum JournalError {
+    /// The journal is there but cannot be read. Read as "no entries", it would let this start
+    /// forget a server the last one stopped, so nothing acts without it.
+    #[error(
+        "power journal {} cannot be read: {source}; it lists the servers a previous run \
+         stopped, so nothing is done without it. Fix its owner, mode or contents (JSON); move \
+         it away only once every server it lists runs again",
+        path.display()
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("power journal {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why the state directory could not be taken.
@@ -68,7 +83,7 @@ impl Journal {
     /// Opens (creating `state_dir` if needed) and reads the journal.
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
         let path = state_dir.join(FILE_NAME);
-        fs::create_dir_all(state_dir).map_err(|source| JournalError {
+        fs::create_dir_all(state_dir).map_err(|source| JournalError::Write {
             path: path.clone(),
             source,
         })?;
@@ -174,25 +189,42 @@ impl Journal {
         let bytes = serde_json::to_vec_pretty(entries).map_err(std::io::Error::other);
         bytes
             .and_then(|b| write_atomic(&self.path, &b))
-            .map_err(|source| JournalError {
+            .map_err(|source| JournalError::Write {
                 path: self.path.clone(),
                 source,
             })
     }
 }
 
-/// The entries in the journal file; none when it does not exist.
+/// The entries in the journal file; none only when nothing at all is at its path. Anything
+/// there that does not read as a journal (a directory, a link to nowhere, a FIFO, bytes that
+/// are not a JSON list of entries, a file this user may not read) is an error.
 fn read_entries(path: &Path) -> Result<Vec<Entry>, JournalError> {
-    let err = |source| JournalError {
+    use std::io::{Error, ErrorKind};
+    let err = |source| JournalError::Read {
         path: path.to_owned(),
         source,
     };
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(err(e)),
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(err(e)),
+        Ok(_) => {}
     }
+    // Following a link: one to nowhere is "not found" about its target, not the journal.
+    let kind = fs::metadata(path).map_err(err)?.file_type();
+    if !kind.is_file() {
+        // Checked before opening: opening a FIFO would wait for a writer forever.
+        return Err(err(Error::new(
+            ErrorKind::InvalidData,
+            if kind.is_dir() {
+                "a directory, not a file"
+            } else {
+                "not a regular file"
+            },
+        )));
+    }
+    let bytes = fs::read(path).map_err(err)?;
+    serde_json::from_slice(&bytes).map_err(|e| err(Error::new(ErrorKind::InvalidData, e)))
 }
 
 /// Opens the lock file read-only (flock needs no more, so a lock file another user left,
@@ -306,6 +338,99 @@ mod tests {
             text.contains(&dir.path().join("lock").display().to_string()),
             "{text}"
         );
+    }
+
+    /// A journal that exists but cannot be read is an error naming it, from [`Journal::open`]
+    /// and from [`Journal::try_lock`]'s second read: taken as empty, it would let the next
+    /// start forget a server the last one stopped.
+    fn assert_unreadable_is_refused(dir: &Path, what: &str) {
+        let path = dir.join(FILE_NAME).display().to_string();
+        let err = Journal::open(dir).expect_err(&format!("{what}: read as an empty journal"));
+        assert!(err.to_string().contains(&path), "{what}: {err}");
+    }
+
+    #[test]
+    fn a_directory_where_the_journal_should_be_is_an_error_not_an_empty_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(FILE_NAME)).unwrap();
+        assert_unreadable_is_refused(dir.path(), "a directory");
+    }
+
+    #[test]
+    fn a_journal_of_unreadable_bytes_is_an_error_not_an_empty_journal() {
+        let whole = serde_json::to_vec(&[entry(1)]).unwrap();
+        for (what, bytes) in [
+            ("truncated", &whole[..whole.len() / 2]),
+            ("not UTF-8", b"[\xff\xfe]".as_slice()),
+            ("empty", b"".as_slice()),
+            ("null", b"null".as_slice()),
+            ("an object", b"{}".as_slice()),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join(FILE_NAME), bytes).unwrap();
+            assert_unreadable_is_refused(dir.path(), what);
+        }
+    }
+
+    #[test]
+    fn a_dangling_link_where_the_journal_should_be_is_an_error_not_an_empty_journal() {
+        // The journal linked to a file on a filesystem that is not mounted: "not found" about
+        // the link's target, not about the journal.
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("unmounted/power-journal.json");
+        std::os::unix::fs::symlink(target, dir.path().join(FILE_NAME)).unwrap();
+        assert_unreadable_is_refused(dir.path(), "a dangling link");
+    }
+
+    #[test]
+    fn a_fifo_where_the_journal_should_be_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = std::ffi::CString::new(
+            dir.path()
+                .join(FILE_NAME)
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path and nothing else.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+        let (done, opened) = std::sync::mpsc::channel();
+        let state_dir = dir.path().to_owned();
+        std::thread::spawn(move || {
+            let _ = done.send(Journal::open(&state_dir).map(|j| j.entries()));
+        });
+        let opened = opened
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening the journal hung on a FIFO, waiting for a writer");
+        let err = opened.expect_err("a FIFO read as a journal");
+        assert!(
+            err.to_string()
+                .contains(&dir.path().join(FILE_NAME).display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_journal_says_why_nothing_is_done_and_what_to_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE_NAME), b"[").unwrap();
+        let text = Journal::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            text.contains("cannot be read")
+                && text.contains("servers a previous run stopped")
+                && text.contains("nothing is done"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_journal_that_turns_unreadable_before_the_lock_is_an_error_not_an_empty_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let late = Journal::open(dir.path()).unwrap();
+        fs::write(dir.path().join(FILE_NAME), b"[{\"server\": 7,").unwrap();
+        let err = late.try_lock().expect_err("acted on an unreadable journal");
+        let path = dir.path().join(FILE_NAME).display().to_string();
+        assert!(err.to_string().contains(&path), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,6 +15,63 @@ use snapshot_scheduler::simulator::{self, SimConfig, Simulator};
 
 pub const TOKEN: &str = "test-token-3f9a1c";
 
+/// Set to `1` by `.ci/run`, where every test must run: what a test needs and lacks (a tool,
+/// root) fails it instead of skipping it. `CI` (set by CI services) means the same.
+pub const REQUIRE_TOOLS: &str = "SNAPSHOT_SCHEDULER_REQUIRE_TOOLS";
+
+/// The programs tests run besides the binary, each with the Debian package it comes in.
+/// `.ci/run` installs the package of any that is missing.
+pub const TOOLS: &[(&str, &str)] = &[
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
+    ("script", "bsdutils"),
+    ("kill", "procps"),
+];
+
+/// Whether every test must run here: [`REQUIRE_TOOLS`] set to anything but `0`, or, without
+/// it, `CI` set to anything but `0` or `false`.
+fn tools_required() -> bool {
+    let set = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+    match set(REQUIRE_TOOLS) {
+        Some(v) => v != "0",
+        None => set("CI").is_some_and(|v| v != "0" && v != "false"),
+    }
+}
+
+/// Whether `tool` (one of [`TOOLS`]) runs here. A test that goes on without it proves nothing,
+/// so where every test must run a missing tool fails the test, naming its Debian package;
+/// elsewhere the skip is announced (see [`unavailable`]) and `false` returned.
+pub fn tool_available(tool: &str) -> bool {
+    let package = TOOLS
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .map_or("?", |(_, p)| *p);
+    let runs = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    runs || unavailable(&format!(
+        "`{tool}` is not installed (Debian package {package}: apt-get install {package})"
+    ))
+}
+
+/// A test cannot run here because `missing` is missing. Where every test must run, that fails
+/// the test; elsewhere it prints a line to stderr, around the test harness's capture (which
+/// hides what a passing test prints), and returns `false` for the test to return early.
+pub fn unavailable(missing: &str) -> bool {
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    assert!(
+        !tools_required(),
+        "{test}: {missing}; every test must run here ({REQUIRE_TOOLS} or CI is set)"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED {test}: {missing}. It proved nothing here; with {REQUIRE_TOOLS}=1 \
+         (as in .ci/run) this fails. ***\n"
+    );
+    false
+}
+
 /// The real binary, with a clean environment for the variables it reads.
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapshot-scheduler"));
@@ -26,15 +83,16 @@ pub fn bin() -> Command {
 pub const NOBODY: u32 = 65534;
 
 /// Like [`bin`], run as user and group [`NOBODY`] (through setpriv), for what a daemon that
-/// does not run as root meets. `None` where that cannot be done (not root, no setpriv).
+/// does not run as root meets. `None` where that cannot be done (not root, no setpriv): the
+/// test fails where every test must run, and is skipped loudly elsewhere ([`unavailable`]).
 pub fn bin_as_nobody() -> Option<Command> {
     // SAFETY: geteuid has no preconditions and touches no memory.
     let root = unsafe { libc::geteuid() } == 0;
-    let setpriv = Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !root || !setpriv {
+    if !root {
+        unavailable("root, to run the binary as another user (CI runs as root)");
+        return None;
+    }
+    if !tool_available("setpriv") {
         return None;
     }
     let mut cmd = Command::new("setpriv");

@@ -1,11 +1,12 @@
-//! check: every bad input is rejected with its file, line, key and what is allowed.
+//! check: every bad input is rejected with its file, line, key and what is allowed; `once`
+//! and `run` reject it the same way before they touch anything.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use chrono::{Datelike, NaiveDate, Weekday};
 
-use crate::common::{bin, config_with_policy, run, stderr, stdout, Scratch};
+use crate::common::{bin, config_with_policy, run, serve_sim, stderr, stdout, Scratch};
 
 /// Checks never contact the provider, so any https URL will do.
 const BASE_URL: &str = "https://vps.example/api/v1";
@@ -1018,4 +1019,72 @@ fn check_as_an_unprivileged_user_names_an_unreadable_webhook_token_file_and_the_
     assert!(hit.contains(&webhook.display().to_string()), "{hit}");
     assert!(hit.contains("LoadCredential="), "{hit}");
     assert_no_secret(&out);
+}
+
+/// Acting commands meet a bad config exactly as `check` does, before anything: exit 2 with
+/// the file, line, key and what is allowed, not one request to the provider, no state_dir.
+/// Each case: a line replaced (or added) in a config that would otherwise stop the server
+/// and snapshot it at once, the key named and what is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_and_run_with_a_bad_config_exit_2_naming_the_key_and_touch_nothing() {
+    const GOOD: &str = "name = \"nightly\"\nschedule = \"*/2 * * * * *\"\nservers = [12345]\n\
+                        stop_server = true\nkeep = 2";
+    let cases = [
+        (
+            "keep = 2",
+            "keep = 0",
+            "policy \"nightly\".keep",
+            "allowed: 1..=5",
+        ),
+        ("keep = 2", "keep = 2\nkep = 3", "kep", "expected one of"),
+        (
+            "schedule = \"*/2 * * * * *\"",
+            "schedule = \"61 2 * * *\"",
+            "policy \"nightly\".schedule",
+            "allowed: 5-field cron",
+        ),
+        (
+            "keep = 2",
+            "keep = 2\non_journal_failure = \"maybe\"",
+            "policy \"nightly\".on_journal_failure",
+            "allowed:",
+        ),
+        (
+            "poll_interval = \"200ms\"",
+            "poll_interval = \"soon\"",
+            "daemon.poll_interval",
+            "allowed: 100ms..=1h",
+        ),
+    ];
+    for (good, bad, key, allowed) in cases {
+        for command in ["once", "run"] {
+            let (sim, base_url) = serve_sim(&[12345], Default::default()).await;
+            let scratch = Scratch::new();
+            let body = config_with_policy(GOOD).replacen(good, bad, 1);
+            assert_ne!(body, config_with_policy(GOOD), "{bad}: nothing replaced");
+            let path = scratch.config(&body, &base_url);
+
+            let mut cmd = bin();
+            cmd.arg("--config").arg(&path).arg(command);
+            let mut cmd = tokio::process::Command::from(cmd);
+            cmd.kill_on_drop(true);
+            let out = tokio::time::timeout(std::time::Duration::from_secs(15), cmd.output())
+                .await
+                .unwrap_or_else(|_| panic!("{command} with {bad:?} went on"))
+                .expect("the binary runs");
+
+            assert_eq!(
+                sim.stats().total_requests,
+                0,
+                "{command} with {bad:?} talked to the provider:\n{}",
+                stderr(&out)
+            );
+            assert!(
+                !scratch.state_dir().exists(),
+                "{command} with {bad:?} created the state_dir"
+            );
+            let needle = bad.lines().last().expect("a line");
+            assert_rejected(&out, line_of(&path, needle, 1), key, allowed);
+        }
+    }
 }

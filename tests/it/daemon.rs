@@ -20,7 +20,8 @@ use snapshot_scheduler::simulator::SimConfig;
 use tokio::time::Instant;
 
 use crate::common::{
-    bin, bin_as_nobody, fast_config, policy, stderr, with_open_files_limit, Setup, NOBODY,
+    bin, bin_as_nobody, fast_config, policy, stderr, unavailable, with_open_files_limit, Setup,
+    NOBODY,
 };
 
 const WEB: ServerId = 12345;
@@ -645,7 +646,6 @@ async fn a_root_owned_lock_file_still_keeps_a_root_once_out_while_the_daemon_run
     // another user, could not open it for writing and went on without the lock, so the next
     // root `once` ran beside it, each with its own copy of the power journal.
     let Some(as_nobody) = bin_as_nobody() else {
-        eprintln!("skipped: needs root and setpriv to run the daemon as another user");
         return;
     };
     let setup = Setup::new(
@@ -694,7 +694,6 @@ async fn no_state_lock_possible_refuses_to_run_and_says_what_to_fix() {
     // state_dir belongs to root and has no lock file yet: a daemon running as another user
     // can neither open nor create one. It used to go on without the lock.
     let Some(as_nobody) = bin_as_nobody() else {
-        eprintln!("skipped: needs root and setpriv to run the daemon as another user");
         return;
     };
     let setup = Setup::new(
@@ -807,7 +806,10 @@ async fn idle_metrics_connections_neither_exhaust_descriptors_nor_keep_a_server_
     // server was stopped for its snapshot.
     const IDLE: usize = 1_100;
     if !raise_own_open_files_limit(IDLE as u64 + 1_000) {
-        eprintln!("skipped: this process may not open {IDLE} connections");
+        unavailable(&format!(
+            "an open-files limit of {} (this process may not raise its own that far)",
+            IDLE + 1_000
+        ));
         return;
     }
     let port = {

@@ -4,6 +4,7 @@
 //! have got, no retry storm), the power state of the server and the power journal.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,10 @@ use snapshot_scheduler::simulator::{self, SimConfig, Simulator};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::common::{bin, config_with_policy, serve_sim, stderr, stdout, Daemon, Scratch, TOKEN};
+use crate::common::{
+    bin, bin_as_nobody, config_with_policy, read_journal, serve_sim, stderr, stdout, Daemon,
+    Scratch, NOBODY, TOKEN,
+};
 
 const WEB: ServerId = 12345;
 const EVERY_2S: &str = "*/2 * * * * *";
@@ -57,12 +61,10 @@ fn free_addr() -> SocketAddr {
     listener.local_addr().expect("addr")
 }
 
-/// The power journal as the next start would read it.
+/// The power journal as the next start would read it (none without a file; a journal that
+/// exists and cannot be read fails the test, never passes as empty).
 fn journal(scratch: &Scratch) -> Vec<Value> {
-    match std::fs::read(scratch.state_dir().join("power-journal.json")) {
-        Ok(bytes) => serde_json::from_slice(&bytes).expect("the journal is JSON"),
-        Err(_) => Vec::new(),
-    }
+    read_journal(&scratch.state_dir().join("power-journal.json"))
 }
 
 /// `once`, without blocking the runtime that serves the simulated provider.
@@ -556,4 +558,121 @@ async fn an_own_snapshot_created_in_the_future_neither_wipes_retention_nor_silen
         "the new snapshot was deleted\n{text}"
     );
     assert_eq!(after.status.code(), Some(0), "{}", stdout(&after));
+}
+
+/// What a killed run leaves in the journal: server `WEB` stopped for a snapshot.
+fn stopped_entry() -> Vec<u8> {
+    let now = chrono::Utc::now();
+    serde_json::to_vec(&serde_json::json!([{
+        "server": WEB, "policy": "nightly", "snapshot": "nightly-20250115T023000Z",
+        "stopped_at": now - chrono::Duration::minutes(5), "deadline": now + chrono::Duration::hours(1),
+    }]))
+    .expect("serializes")
+}
+
+/// `command` (`once` or `run`) through `cmd`, which must exit on its own within 15 s.
+async fn acting(
+    mut cmd: std::process::Command,
+    command: &str,
+    config: &Path,
+) -> std::process::Output {
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--log-format", "text", command]);
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(15), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{command} went on with a journal it could not read"))
+        .expect("the binary runs")
+}
+
+/// `once` and `run` with `journal` (a path in state_dir) unreadable, by `cmd`: exit 1 naming
+/// the file, not one request to the provider, the journal left as it was.
+async fn assert_refused_to_act(
+    what: &str,
+    sim: &Simulator,
+    config: &Path,
+    journal: &Path,
+    cmd: impl Fn() -> std::process::Command,
+) {
+    let before = std::fs::symlink_metadata(journal)
+        .map(|m| (m.is_dir(), std::fs::read(journal).ok()))
+        .expect("the journal is there");
+    for command in ["once", "run"] {
+        let out = acting(cmd(), command, config).await;
+
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}, {command}:\n{err}");
+        assert!(
+            err.contains(&format!(
+                "power journal {} cannot be read",
+                journal.display()
+            )),
+            "{what}, {command}: the file is not named:\n{err}"
+        );
+        assert_eq!(
+            sim.stats().total_requests,
+            0,
+            "{what}, {command} acted without its journal:\n{err}"
+        );
+        let after = std::fs::symlink_metadata(journal)
+            .map(|m| (m.is_dir(), std::fs::read(journal).ok()))
+            .expect("the journal is still there");
+        assert_eq!(after, before, "{what}, {command} changed the journal");
+    }
+    assert_eq!(sim.server(WEB).unwrap().status, PowerState::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_journal_cannot_be_read() {
+    let whole = stopped_entry();
+    let torn = whole[..whole.len() / 2].to_vec();
+    for (what, contents) in [("a directory", None), ("torn", Some(torn))] {
+        let (sim, base_url) = serve_sim(&[WEB], quick()).await;
+        // A previous run stopped the server; its journal entry is what cannot be read now.
+        sim.set_server_status(WEB, PowerState::Stopped);
+        let scratch = Scratch::new();
+        let config = scratch.config(
+            &config(&policy(EVERY_2S, "stop_server = true"), "", ""),
+            &base_url,
+        );
+        let journal = scratch.state_dir().join("power-journal.json");
+        std::fs::create_dir_all(scratch.state_dir()).expect("mkdir state");
+        match contents {
+            None => std::fs::create_dir(&journal).expect("mkdir"),
+            Some(bytes) => std::fs::write(&journal, bytes).expect("write the journal"),
+        }
+
+        assert_refused_to_act(what, &sim, &config, &journal, bin).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_journal_not_readable_by_the_user_it_runs_as() {
+    // A journal root wrote (0600), and the service now runs as another user.
+    if bin_as_nobody().is_none() {
+        return;
+    }
+    let (sim, base_url) = serve_sim(&[WEB], quick()).await;
+    sim.set_server_status(WEB, PowerState::Stopped);
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        &config(&policy(EVERY_2S, "stop_server = true"), "", ""),
+        &base_url,
+    );
+    let state = scratch.state_dir();
+    std::fs::create_dir_all(&state).expect("mkdir state");
+    let journal = state.join("power-journal.json");
+    std::fs::write(&journal, stopped_entry()).expect("write the journal");
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOBODY)).expect("chown state_dir");
+    std::os::unix::fs::chown(scratch.token_path(), Some(NOBODY), None).expect("chown token");
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the scratch directory");
+
+    assert_refused_to_act("permission denied", &sim, &config, &journal, || {
+        bin_as_nobody().expect("checked above")
+    })
+    .await;
 }

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod catch_up;
+mod ci;
 mod client;
 mod commands;
 mod common;
