@@ -1,0 +1,382 @@
+//! The one place with effects: prepare (every read a decision needs) → [`Plan`] → apply it
+//! against the provider: free a slot if needed → (optionally) stop the server → create → wait
+//! → start → prune. A dry run is this same path stopped before apply; the `plan` command is its
+//! first two steps. Waiting is shared: one listing answers every snapshot in flight.
+
+mod poll;
+mod power;
+mod rotation;
+mod turns;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::alerts::Alerts;
+use crate::clock::Clock;
+use crate::journal::Journal;
+use crate::model::{ServerId, Snapshot, SnapshotStatus};
+use crate::policy::Policy;
+use crate::provider::{ApiError, Provider};
+use crate::report::{RunResult, ServerReport};
+use crate::retry::Retrying;
+use crate::runlog::RunLog;
+use crate::shutdown::Shutdown;
+
+pub use poll::{list, Listing};
+pub use rotation::Prepared;
+pub use turns::ServerLocks;
+
+use poll::Watch;
+use turns::Turns;
+
+/// `now + d` on tokio's clock, saturating far in the future instead of overflowing: no
+/// configured duration may panic a run that holds a server stopped.
+pub fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
+/// `t + d` in wall time, saturating instead of overflowing.
+pub fn wall_after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub poll_interval: Duration,
+    pub snapshot_timeout: Duration,
+    pub power_timeout: Duration,
+    pub max_concurrent: usize,
+    /// Every write is refused (and reported as what would have happened).
+    pub dry_run: bool,
+}
+
+impl Settings {
+    pub fn from_config(daemon: &crate::config::DaemonConfig, dry_run: bool) -> Self {
+        Self {
+            poll_interval: daemon.poll_interval,
+            snapshot_timeout: daemon.snapshot_timeout,
+            power_timeout: daemon.power_timeout,
+            max_concurrent: daemon.max_concurrent,
+            dry_run,
+        }
+    }
+}
+
+pub struct Executor<P: Provider> {
+    provider: Arc<Retrying<P>>,
+    clock: Arc<dyn Clock>,
+    journal: Arc<Journal>,
+    settings: Settings,
+    locks: ServerLocks,
+    turns: Turns,
+    watch: Arc<Watch<P>>,
+    /// Where failures, recoveries and servers left stopped are reported.
+    alerts: Arc<Alerts>,
+    /// Where each run's outcome is kept for `status`, and the slots the daemon handled.
+    runlog: Arc<RunLog>,
+    /// Once begun, runs still waiting for their server or turn are skipped and no server is
+    /// stopped; once hurried, waits end and stopped servers are started again.
+    shutdown: Shutdown,
+    /// The newest completed snapshot seen on each server, for the age metric.
+    newest: Mutex<HashMap<ServerId, DateTime<Utc>>>,
+    /// Servers reported left stopped (or gone) and not settled since: one alert per streak.
+    alerted: Mutex<HashSet<ServerId>>,
+}
+
+/// What an executor works with, each made once by whoever builds it (`context` for the
+/// commands, the soak and tests for themselves).
+pub struct Parts<P: Provider> {
+    pub provider: Arc<Retrying<P>>,
+    pub clock: Arc<dyn Clock>,
+    pub journal: Arc<Journal>,
+    pub runlog: Arc<RunLog>,
+    pub alerts: Arc<Alerts>,
+    pub settings: Settings,
+    pub shutdown: Shutdown,
+}
+
+impl<P: Provider> Executor<P> {
+    pub fn new(parts: Parts<P>) -> Arc<Self> {
+        let Parts {
+            provider,
+            clock,
+            journal,
+            runlog,
+            alerts,
+            settings,
+            shutdown,
+        } = parts;
+        Arc::new(Self {
+            watch: Arc::new(Watch::new(provider.clone(), settings.poll_interval)),
+            provider,
+            clock,
+            journal,
+            turns: Turns::new(settings.max_concurrent),
+            settings,
+            locks: ServerLocks::default(),
+            alerts,
+            runlog,
+            newest: Mutex::default(),
+            shutdown,
+            alerted: Mutex::default(),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn alerts(&self) -> &Arc<Alerts> {
+        &self.alerts
+    }
+
+    /// The run log (flushed after `run_all` and by [`Self::flush`]); the daemon also keeps
+    /// handled slots in it.
+    pub fn runlog(&self) -> &Arc<RunLog> {
+        &self.runlog
+    }
+
+    /// Remembers the newest completed snapshot of a server from a listing of it.
+    fn note_newest(&self, server: ServerId, snapshots: &[Snapshot]) {
+        let newest = snapshots
+            .iter()
+            .filter(|s| s.status == SnapshotStatus::Completed)
+            .map(|s| s.created_at)
+            .max();
+        if let Some(t) = newest {
+            self.newest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(server, t);
+            metrics::gauge!("snapshot_scheduler_newest_snapshot_age_seconds", "server" => server.to_string())
+                .set((self.clock.now() - t).num_seconds().max(0) as f64);
+        }
+    }
+
+    /// Sets `snapshot_scheduler_newest_snapshot_age_seconds{server}` for every server seen.
+    pub fn export_snapshot_ages(&self) {
+        let now = self.clock.now();
+        let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+        for (server, t) in newest.iter() {
+            metrics::gauge!("snapshot_scheduler_newest_snapshot_age_seconds", "server" => server.to_string())
+                .set((now - *t).num_seconds().max(0) as f64);
+        }
+    }
+
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Writes the run log if it changed.
+    pub fn flush(&self) {
+        self.runlog.flush();
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn locks(&self) -> &ServerLocks {
+        &self.locks
+    }
+
+    /// Runs each (policy, server, slot) once: at most `max_concurrent` servers worked on at a
+    /// time (a server only waiting for its snapshot gives its turn to the next, unless it is
+    /// stopped for it), one operation per server at a time, everything listed with one
+    /// paginated call, every snapshot in flight waited for by one shared poll.
+    pub async fn run_all(
+        self: &Arc<Self>,
+        work: Vec<(Policy, ServerId, DateTime<Utc>)>,
+    ) -> Vec<ServerReport> {
+        let servers: Vec<ServerId> = {
+            let mut s: Vec<ServerId> = work.iter().map(|(_, s, _)| *s).collect();
+            s.sort_unstable();
+            s.dedup();
+            s
+        };
+        let listing = match self.list(&servers).await {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list snapshots up front; each server lists its own");
+                None
+            }
+        };
+        // One shared copy of each policy for all its servers' tasks (policy names are unique).
+        let mut shared: HashMap<String, Arc<Policy>> = HashMap::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (policy, server, slot) in work {
+            let policy = shared
+                .entry(policy.name.clone())
+                .or_insert_with(|| Arc::new(policy))
+                .clone();
+            let this = self.clone();
+            let listing = listing.clone();
+            tasks.spawn(async move {
+                this.run_server(&policy, server, slot, listing.as_deref())
+                    .await
+            });
+        }
+        drop(shared);
+        let mut reports = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                // The plan has done its job (a fleet's worth of plans is megabytes).
+                Ok(report) => reports.push(ServerReport {
+                    plan: None,
+                    ..report
+                }),
+                Err(e) => {
+                    // Should not happen; still a failure the summary and exit code must show.
+                    tracing::error!(error = %e, "a server task ended abnormally");
+                    reports.push(ServerReport {
+                        policy: "?".into(),
+                        server: 0,
+                        slot: DateTime::<Utc>::MIN_UTC,
+                        snapshot: String::new(),
+                        result: RunResult::Failed,
+                        created: None,
+                        deleted: Vec::new(),
+                        message: format!("a server task ended abnormally: {e}"),
+                        blocked: false,
+                        created_id: None,
+                        plan: None,
+                    });
+                }
+            }
+        }
+        reports.sort_by(|a, b| (a.server, &a.policy).cmp(&(b.server, &b.policy)));
+        self.flush();
+        reports
+    }
+
+    /// One listing for these servers (see [`list`]).
+    pub async fn list(&self, servers: &[ServerId]) -> Result<Listing, ApiError> {
+        list(&*self.provider, servers).await
+    }
+
+    /// Runs one policy's slot on one server, start to finish. Never panics, never leaves a
+    /// server it stopped stopped (short of a crash, which the journal covers).
+    pub async fn run_server(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        slot: DateTime<Utc>,
+        listing: Option<&Listing>,
+    ) -> ServerReport {
+        let name = policy.snapshot_name(slot);
+        let span = tracing::info_span!("rotation", policy = %policy.name, server, snapshot = %name);
+        async {
+            // The server lock before the turn: a run waiting for a lock holds no turn.
+            let lock = self.locks.entry(server);
+            let mut last_change = lock.lock().await;
+            let mut turn = self.turns.take().await;
+            let mut report = ServerReport {
+                policy: policy.name.clone(),
+                server,
+                slot,
+                snapshot: name.clone(),
+                result: RunResult::Failed,
+                created: None,
+                deleted: Vec::new(),
+                message: String::new(),
+                blocked: false,
+                created_id: None,
+                plan: None,
+            };
+            if self.shutdown.is_stopping() {
+                // Queued behind others when shutdown began: start nothing new (no stop).
+                report.result = RunResult::Skipped;
+                report.message = "shutting down; not started".into();
+                self.log_report(&report);
+                return report;
+            }
+            let fresh = listing.filter(|l| last_change.is_none_or(|t| l.taken_at > t));
+            // Boxed: a run waiting for its lock or turn stays small (a fleet of them waits).
+            let result =
+                Box::pin(self.rotate(policy, server, slot, fresh, &mut report, &mut turn)).await;
+            // A write that failed or timed out may still have changed the server (a create
+            // left in progress): the next operation on it must not trust an older listing.
+            let wrote = report.plan.as_ref().is_some_and(|p| !p.is_noop());
+            if !self.settings.dry_run && wrote {
+                *last_change = Some(Instant::now());
+            }
+            if let Err(e) = result {
+                report.result = RunResult::Failed;
+                report.message = format!("{e:#}");
+            }
+            self.log_report(&report);
+            self.record(&report);
+            report
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn record(&self, r: &ServerReport) {
+        if self.settings.dry_run {
+            return;
+        }
+        // The run log outlives the process: when the last run (maybe another `once` from
+        // cron) already failed, that failure was reported then, and a success is a recovery.
+        let failed_before = self
+            .runlog
+            .get(&r.policy, r.server)
+            .is_some_and(|last| last.result.is_failure());
+        self.runlog.record(crate::runlog::LastRun {
+            policy: r.policy.clone(),
+            server: r.server,
+            slot: r.slot,
+            finished_at: self.clock.now(),
+            result: r.result,
+            message: r.message.clone(),
+            created: r.created.clone(),
+        });
+        {
+            let alerts = &self.alerts;
+            if failed_before {
+                alerts.already_failing(&r.policy, r.server);
+            }
+            match r.result {
+                RunResult::Failed => {
+                    let event = if r.blocked {
+                        crate::config::AlertEvent::CapBlocked
+                    } else {
+                        crate::config::AlertEvent::Failure
+                    };
+                    alerts.failure(event, &r.policy, r.server, &r.message);
+                }
+                RunResult::Created | RunResult::Unchanged => alerts.success(&r.policy, r.server),
+                RunResult::Skipped | RunResult::DryRun => {}
+            }
+        }
+    }
+
+    fn log_report(&self, r: &ServerReport) {
+        let policy = r.policy.as_str();
+        match r.result {
+            RunResult::Failed => {
+                metrics::counter!("snapshot_scheduler_runs_failed_total", "policy" => policy.to_owned()).increment(1);
+                tracing::error!(result = "failed", "{}", r.message);
+            }
+            RunResult::Skipped => tracing::warn!(result = "skipped", "{}", r.message),
+            _ => tracing::info!(result = ?r.result, "{}", r.message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

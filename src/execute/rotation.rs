@@ -1,0 +1,431 @@
+//! One rotation on one server: prepare (every read) → plan → apply (free a slot, create,
+//! wait, prune), with the hooks around it; a dry run stops before apply.
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{CreateSnapshot, PowerState, ServerId, Snapshot, SnapshotStatus};
+use crate::plan::{plan, Create, Plan, SlotOutcome, Target};
+use crate::policy::Policy;
+use crate::provider::{ApiError, Provider};
+use crate::report::{RunResult, ServerReport};
+
+use super::poll::{Listing, Waited};
+use super::turns::Turn;
+use super::{wall_after, Executor};
+
+/// What [`Executor::prepare`] read about one server: all a plan for it decides on.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The server, with its power state when the policy stops it.
+    pub target: Target,
+    /// Everything on the server: any policy, hand-made, any status.
+    pub snapshots: Vec<Snapshot>,
+    /// For the hooks' `SERVER_NAME` (empty when no hook runs, or the provider would not say).
+    pub server_name: String,
+}
+
+impl<P: Provider> Executor<P> {
+    /// Prepare (every read the decision needs) → plan → apply. A dry run stops before apply;
+    /// the `plan` command is the first two steps.
+    pub(super) async fn rotate(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        slot: DateTime<Utc>,
+        listing: Option<&Listing>,
+        report: &mut ServerReport,
+        turn: &mut Turn,
+    ) -> anyhow::Result<()> {
+        let prepared = self.prepare(policy, server, listing).await?;
+        self.note_newest(server, &prepared.snapshots);
+        let first = self.plan(policy, slot, &prepared);
+        for note in &first.notes {
+            tracing::info!("{note}");
+        }
+        for warning in &first.warnings {
+            tracing::warn!("{warning}");
+        }
+        report.plan = Some(first.clone());
+        if let Some(blocked) = first.outcome.blocked() {
+            report.blocked = matches!(first.outcome, SlotOutcome::CapBlocked(_));
+            anyhow::bail!("{}", blocked.reason);
+        }
+        // Judged before a dry run stops, so both say the same: a stuck snapshot fails.
+        if first.create().is_none() {
+            self.fail_if_stuck(&prepared.snapshots)?;
+        }
+        if self.settings.dry_run {
+            // A skip is a skip in both; anything else is told as what would happen.
+            (report.result, report.message) = if first.outcome.is_skip() {
+                (RunResult::Skipped, first.outcome_line().to_owned())
+            } else {
+                (RunResult::DryRun, dry_run_summary(policy, &first))
+            };
+            return Ok(());
+        }
+        self.apply(policy, &prepared, &first, report, turn).await
+    }
+
+    /// Every read a decision about `server` needs, before anything changes: its listing (from
+    /// `listing` when there is one), its power state when the policy stops it (a server in
+    /// transition is skipped before a slot is freed, or a good snapshot would go for
+    /// nothing), and its name when a hook will be told it.
+    pub async fn prepare(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        listing: Option<&Listing>,
+    ) -> Result<Prepared, ApiError> {
+        let snapshots = match listing {
+            Some(l) => l.server(server),
+            None => self.provider.list_snapshots(Some(server)).await?,
+        };
+        let hooked = policy.hooks.pre.is_some() || policy.hooks.post.is_some();
+        let (power, server_name) = if policy.stop_server {
+            let s = self.provider.get_server(server).await?;
+            (Some(s.status), s.name)
+        } else if !hooked {
+            (None, String::new())
+        } else if let Some(s) = snapshots.first() {
+            (None, s.server.name.clone())
+        } else {
+            // Only a hook's environment needs it: a server that will not say has no name.
+            let name = self.provider.get_server(server).await.map(|s| s.name);
+            (None, name.unwrap_or_default())
+        };
+        Ok(Prepared {
+            target: Target { id: server, power },
+            snapshots,
+            server_name,
+        })
+    }
+
+    /// The plan for what [`prepare`](Self::prepare) read, as of now.
+    pub fn plan(&self, policy: &Policy, slot: DateTime<Utc>, prepared: &Prepared) -> Plan {
+        plan(
+            policy,
+            &prepared.target,
+            &prepared.snapshots,
+            slot,
+            self.clock.now(),
+        )
+    }
+
+    /// Does what `first` says. The run's result follows the slot's outcome, never the words
+    /// of its reason.
+    pub(super) async fn apply(
+        &self,
+        policy: &Policy,
+        prepared: &Prepared,
+        first: &Plan,
+        report: &mut ServerReport,
+        turn: &mut Turn,
+    ) -> anyhow::Result<()> {
+        let result = match &first.outcome {
+            SlotOutcome::Create(create) => {
+                return self
+                    .create_with_hooks(policy, prepared, first, create, report, turn)
+                    .await
+            }
+            SlotOutcome::SlotTaken { .. } => RunResult::Unchanged,
+            SlotOutcome::SnapshotInProgress { .. } | SlotOutcome::ServerInTransition { .. } => {
+                RunResult::Skipped
+            }
+            SlotOutcome::CapBlocked(b) | SlotOutcome::OtherServers(b) => {
+                anyhow::bail!("{}", b.reason)
+            }
+        };
+        self.delete_planned(policy, first, report).await?;
+        report.result = result;
+        report.message = first.outcome_line().to_owned();
+        Ok(())
+    }
+
+    /// The hooks around free a slot → (stop) → create → wait → (start) → prune.
+    async fn create_with_hooks(
+        &self,
+        policy: &Policy,
+        prepared: &Prepared,
+        first: &Plan,
+        create: &Create,
+        report: &mut ServerReport,
+        turn: &mut Turn,
+    ) -> anyhow::Result<()> {
+        let server = prepared.target.id;
+        // Hooks wrap everything that changes the server, the slot-freeing delete included.
+        let hooks = &policy.hooks;
+        let mut env = Vec::new();
+        if hooks.pre.is_some() || hooks.post.is_some() {
+            env = vec![
+                ("SNAPSHOT_POLICY", policy.name.clone()),
+                ("SERVER_ID", server.to_string()),
+                ("SERVER_NAME", prepared.server_name.clone()),
+                ("SNAPSHOT_NAME", create.name.clone()),
+            ];
+        }
+        if let Some(pre) = &hooks.pre {
+            let mut pre_env = env.clone();
+            pre_env.push(("PHASE", "pre".into()));
+            let outcome = crate::hooks::run("pre", pre, &pre_env, hooks.timeout).await;
+            if !outcome.success {
+                if hooks.continue_on_pre_failure {
+                    tracing::warn!(detail = %outcome.detail, "pre hook failed; taking the snapshot anyway (on_pre_hook_failure = \"continue\")");
+                } else {
+                    self.post_hook(policy, &env, false, None).await;
+                    anyhow::bail!(
+                        "pre hook failed ({}); snapshot skipped (on_pre_hook_failure = \"skip\")",
+                        outcome.detail
+                    );
+                }
+            }
+        }
+        let power = prepared.target.power.clone();
+        let result = self
+            .create_and_prune(policy, first, power, report, turn)
+            .await;
+        if hooks.post.is_some() {
+            let completed = report.result == RunResult::Created && result.is_ok();
+            let id = report.created_id;
+            self.post_hook(policy, &env, completed, id).await;
+        }
+        result
+    }
+
+    /// A snapshot in progress blocks the server (nothing is created or deleted beside it).
+    /// Within `snapshot_timeout` that is a skip; past it, the snapshot is stuck, and a run
+    /// that can never create anything is a failure that names it (it is still not deleted).
+    fn fail_if_stuck(&self, snapshots: &[Snapshot]) -> anyhow::Result<()> {
+        let now = self.clock.now();
+        let stuck: Vec<String> = snapshots
+            .iter()
+            .filter(|s| !s.status.is_settled())
+            .filter(|s| wall_after(s.created_at, self.settings.snapshot_timeout) <= now)
+            .map(|s| {
+                let age = (now - s.created_at).to_std().unwrap_or_default();
+                format!(
+                    "{} (id {}, {} for {})",
+                    s.name,
+                    s.id,
+                    s.status,
+                    crate::plan::rough_age(age)
+                )
+            })
+            .collect();
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        let shown = 10;
+        let stuck = if stuck.len() > shown {
+            format!(
+                "{} and {} more",
+                stuck[..shown].join(", "),
+                stuck.len() - shown
+            )
+        } else {
+            stuck.join(", ")
+        };
+        anyhow::bail!(
+            "snapshot stuck longer than snapshot_timeout {}: {}; it blocks every snapshot of \
+             this server and is not deleted; ask the provider about it or delete it by hand",
+            humantime::format_duration(self.settings.snapshot_timeout),
+            stuck
+        )
+    }
+
+    /// Runs the post hook with `RESULT` and, when a snapshot exists, `SNAPSHOT_ID`.
+    async fn post_hook(
+        &self,
+        policy: &Policy,
+        env: &[(&'static str, String)],
+        success: bool,
+        snapshot_id: Option<u64>,
+    ) {
+        let Some(post) = &policy.hooks.post else {
+            return;
+        };
+        let mut env = env.to_vec();
+        env.push(("PHASE", "post".into()));
+        env.push(("RESULT", if success { "success" } else { "failure" }.into()));
+        if let Some(id) = snapshot_id {
+            env.push(("SNAPSHOT_ID", id.to_string()));
+        }
+        let outcome = crate::hooks::run("post", post, &env, policy.hooks.timeout).await;
+        if !outcome.success {
+            tracing::error!(detail = %outcome.detail, "post hook failed");
+        }
+    }
+
+    /// Deletes what the plan says must go now or before the create.
+    async fn delete_planned(
+        &self,
+        policy: &Policy,
+        plan: &Plan,
+        report: &mut ServerReport,
+    ) -> anyhow::Result<()> {
+        for d in plan.deletes_now().chain(plan.deletes_before_create()) {
+            tracing::info!(delete = %d.name, "{}", d.reason);
+            self.provider.delete_snapshot(d.snapshot_id).await?;
+            metrics::counter!("snapshot_scheduler_snapshots_deleted_total", "policy" => policy.name.clone()).increment(1);
+            report.deleted.push(d.name.clone());
+        }
+        Ok(())
+    }
+
+    /// Free a slot → (stop) → create → wait → (start) → prune by a second plan.
+    async fn create_and_prune(
+        &self,
+        policy: &Policy,
+        first: &Plan,
+        power: Option<PowerState>,
+        report: &mut ServerReport,
+        turn: &mut Turn,
+    ) -> anyhow::Result<()> {
+        let (server, slot) = (first.server, first.slot);
+        let name = &first
+            .create()
+            .map_or_else(|| policy.snapshot_name(slot), |c| c.name.clone());
+        if self.shutdown.is_stopping() {
+            anyhow::bail!("shutting down; no snapshot taken");
+        }
+        // A pre hook may have taken a while (or changed the server): look again after one.
+        let power = match power {
+            Some(_) if policy.hooks.pre.is_some() => match self.power_state(server).await? {
+                Ok(state) => Some(state),
+                Err(busy) => {
+                    report.result = RunResult::Skipped;
+                    report.message = busy;
+                    return Ok(());
+                }
+            },
+            known => known,
+        };
+        self.delete_planned(policy, first, report).await?;
+        let outcome = self.snapshot(policy, server, name, power, turn).await;
+        let (settled, listing_after) = match outcome {
+            Ok(Some(pair)) => pair,
+            Ok(None) => {
+                report.result = RunResult::Skipped;
+                report.message =
+                    "server is busy (neither running nor stopped); not snapshotted".into();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        report.created = Some(settled.name.clone());
+        report.created_id = Some(settled.id);
+
+        // Prune with what the provider says now: the second plan deletes what is beyond the
+        // rules only because a newer snapshot has completed (or cleans up our failed one).
+        self.note_newest(server, &listing_after);
+        let second = plan(
+            policy,
+            &server.into(),
+            &listing_after,
+            slot,
+            self.clock.now(),
+        );
+        for d in second.deletes_now() {
+            tracing::info!(delete = %d.name, "{}", d.reason);
+            match self.provider.delete_snapshot(d.snapshot_id).await {
+                Ok(()) => {
+                    metrics::counter!("snapshot_scheduler_snapshots_deleted_total", "policy" => policy.name.clone()).increment(1);
+                    report.deleted.push(d.name.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, snapshot = %d.name, "could not prune; the next run tries again")
+                }
+            }
+        }
+        match settled.status {
+            SnapshotStatus::Completed => {
+                metrics::counter!("snapshot_scheduler_snapshots_created_total", "policy" => policy.name.clone()).increment(1);
+                metrics::gauge!("snapshot_scheduler_last_success_timestamp_seconds", "policy" => policy.name.clone(), "server" => server.to_string())
+                    .set(self.clock.now().timestamp() as f64);
+                report.result = RunResult::Created;
+                report.message = format!(
+                    "created {} ({}); deleted {}",
+                    settled.name,
+                    crate::format::format_size(settled.size_mb),
+                    if report.deleted.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        report.deleted.join(", ")
+                    }
+                );
+            }
+            status => {
+                metrics::counter!("snapshot_scheduler_snapshots_failed_total", "policy" => policy.name.clone()).increment(1);
+                anyhow::bail!(
+                    "snapshot {} ended {status}{}",
+                    settled.name,
+                    if report.deleted.contains(&settled.name) {
+                        "; deleted it"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn create_and_wait(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        name: &str,
+        turn: &mut Turn,
+    ) -> anyhow::Result<(Snapshot, Vec<Snapshot>)> {
+        let created = self
+            .provider
+            .create_snapshot(&CreateSnapshot {
+                server_id: server,
+                name: name.to_owned(),
+                description: Some(policy.description.clone()),
+            })
+            .await?;
+        tracing::info!(
+            id = created.id,
+            "snapshot requested; waiting for it to finish"
+        );
+        // Waiting costs only a place in the shared poll, so the turn goes to the next server
+        // now, unless this server is stopped for the snapshot (then at most `max_concurrent`
+        // servers are down at once). What is left after the wait (a prune) is a request or
+        // two on the shared budget; queueing again behind every server not yet started would
+        // keep thousands of finished waits in memory until the end of the run.
+        if !policy.stop_server {
+            turn.give_back();
+        }
+        match self.wait_for(server, name).await {
+            Waited::Settled(s, listing) => Ok((s, listing)),
+            Waited::TimedOut => anyhow::bail!(
+                "snapshot {name} still in progress after snapshot_timeout {}",
+                humantime::format_duration(self.settings.snapshot_timeout)
+            ),
+            Waited::Cancelled => {
+                anyhow::bail!("stopped waiting for snapshot {name}: shutting down")
+            }
+        }
+    }
+}
+
+fn dry_run_summary(policy: &Policy, p: &Plan) -> String {
+    let mut parts = Vec::new();
+    if let (Some(pre), Some(_)) = (&policy.hooks.pre, p.create()) {
+        parts.push(format!("would run pre hook {pre:?}"));
+    }
+    for d in p.deletes_now().chain(p.deletes_before_create()) {
+        parts.push(format!("would delete {} ({})", d.name, d.reason));
+    }
+    match p.create() {
+        Some(c) => parts.push(format!("would create {} ({})", c.name, c.reason)),
+        None => parts.push(p.outcome_line().to_owned()),
+    }
+    if let (Some(post), Some(_)) = (&policy.hooks.post, p.create()) {
+        parts.push(format!("would run post hook {post:?}"));
+    }
+    for d in p.deferred() {
+        parts.push(format!("then would delete {} ({})", d.name, d.reason));
+    }
+    parts.join("; ")
+}
