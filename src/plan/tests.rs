@@ -1,0 +1,978 @@
+//! The planner's tests: tables of listings and the decisions they get, with their reasons,
+//! and properties over random server states.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use super::ownership::Owner;
+use super::Action::{DeleteAfterCreate, DeleteBeforeCreate, DeleteNow, Ignore, Keep};
+use super::*;
+use crate::model::SnapshotStatus::{Completed, Failed, InProgress};
+use crate::model::{PowerState, ServerId, ServerRef, Snapshot, SnapshotId, SnapshotStatus};
+use crate::policy::{snapshot_name, Policy, Retention, SERVER_CAP};
+use crate::schedule::Schedule;
+use proptest::prelude::*;
+
+const SERVER: ServerId = 12345;
+const JAN10: &str = "2025-01-10T02:30:00Z";
+const JAN11: &str = "2025-01-11T02:30:00Z";
+const JAN12: &str = "2025-01-12T02:30:00Z";
+const JAN13: &str = "2025-01-13T02:30:00Z";
+const JAN14: &str = "2025-01-14T02:30:00Z";
+const JAN15: &str = "2025-01-15T02:30:00Z";
+
+const CREATE15: &str = "create: slot 2025-01-15T02:30:00Z";
+const AFTER15: &str = "delete: beyond retention, once nightly-20250115T023000Z has completed";
+const FREES: &str = "delete: frees a slot under the cap of 5 (oldest completed)";
+const BEYOND: &str = "delete: beyond retention";
+const FAILED: &str = "delete: own failed snapshot";
+const FOREIGN: &str = "ignore: not created by this policy";
+const IN_PROGRESS: &str = "keep: in progress (not usable, not deletable until it completes)";
+const WAITING: &str = "keep: waiting for a newer completed snapshot";
+const NO_RULE: &str = "keep: the policy has no retention rule, so nothing is deleted";
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn keep(n: u32) -> Retention {
+    Retention {
+        keep: n,
+        ..Default::default()
+    }
+}
+
+fn policy_in(tz: Tz, retention: Retention, prune_unmanaged: bool) -> Policy {
+    Policy {
+        name: "nightly".into(),
+        schedule: Schedule::parse("30 2 * * *", tz).unwrap(),
+        servers: vec![SERVER],
+        retention,
+        stop_server: false,
+        description: String::new(),
+        catch_up: true,
+        prune_unmanaged,
+        jitter: None,
+        hooks: Default::default(),
+        monitoring: Default::default(),
+        on_journal_failure: Default::default(),
+    }
+}
+
+fn policy(retention: Retention) -> Policy {
+    policy_in(Tz::UTC, retention, false)
+}
+
+fn snap(id: SnapshotId, name: &str, created_at: DateTime<Utc>, status: SnapshotStatus) -> Snapshot {
+    Snapshot {
+        id,
+        server: ServerRef {
+            id: SERVER,
+            name: "web-server-01".into(),
+        },
+        name: name.into(),
+        status,
+        size_mb: None,
+        created_at,
+        description: None,
+    }
+}
+
+/// One of the policy's own, taken a minute after its slot.
+fn own(id: SnapshotId, slot: &str, status: SnapshotStatus) -> Snapshot {
+    let slot = t(slot);
+    snap(
+        id,
+        &snapshot_name("nightly", slot),
+        slot + chrono::Duration::minutes(1),
+        status,
+    )
+}
+
+/// Not the policy's; the higher the id, the newer (so "oldest" reads off the ids).
+fn foreign(id: SnapshotId, name: &str, status: SnapshotStatus) -> Snapshot {
+    snap(
+        id,
+        name,
+        t("2025-01-01T00:00:00Z") + chrono::Duration::hours(id as i64),
+        status,
+    )
+}
+
+struct Case {
+    name: &'static str,
+    policy: Policy,
+    snapshots: Vec<Snapshot>,
+    slot: &'static str,
+    outcome: &'static str,
+    want: Vec<(SnapshotId, Action, &'static str)>,
+}
+
+/// How the line of each outcome begins, for the reader of `plan`.
+fn verb(outcome: &SlotOutcome) -> &'static str {
+    match outcome {
+        SlotOutcome::Create(_) => "create: ",
+        SlotOutcome::SlotTaken { .. } => "no create: ",
+        SlotOutcome::SnapshotInProgress { .. } | SlotOutcome::ServerInTransition { .. } => "skip: ",
+        SlotOutcome::CapBlocked(_) | SlotOutcome::OtherServers(_) => "blocked: ",
+    }
+}
+
+fn check(case: Case) -> Plan {
+    let now = t(case.slot) + chrono::Duration::minutes(5);
+    let p = plan(
+        &case.policy,
+        &SERVER.into(),
+        &case.snapshots,
+        t(case.slot),
+        now,
+    );
+    assert_eq!(p.outcome_line(), case.outcome, "{}: outcome", case.name);
+    assert!(
+        case.outcome.starts_with(verb(&p.outcome)),
+        "{}: {:?} explained as {:?}",
+        case.name,
+        p.outcome,
+        case.outcome
+    );
+    let mut got: Vec<(SnapshotId, Action, &str)> = p
+        .decisions
+        .iter()
+        .map(|d| (d.snapshot_id, d.action, d.reason.as_str()))
+        .collect();
+    got.sort_by_key(|d| d.0);
+    let mut want = case.want.clone();
+    want.sort_by_key(|d| d.0);
+    assert_eq!(got, want, "{}: decisions", case.name);
+    p
+}
+
+#[test]
+fn retention_cap_and_ownership() {
+    let k3 = "keep: newest completed (keep=3)";
+    let k5 = "keep: newest completed (keep=5)";
+    let k1 = "keep: newest completed (keep=1)";
+    // One case a block, one snapshot list a line: kept as written, not reflowed.
+    #[rustfmt::skip]
+    let cases = vec![
+        Case {
+            name: "steady state: the oldest goes once the new one has completed",
+            policy: policy(keep(3)),
+            snapshots: vec![own(1, JAN12, Completed), own(2, JAN13, Completed), own(3, JAN14, Completed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(1, DeleteAfterCreate, AFTER15), (2, Keep, k3), (3, Keep, k3)],
+        },
+        Case {
+            name: "steady state, second plan: the slot completed, the deferred one goes now",
+            policy: policy(keep(3)),
+            snapshots: vec![own(1, JAN12, Completed), own(2, JAN13, Completed), own(3, JAN14, Completed), own(4, JAN15, Completed)],
+            slot: JAN15,
+            outcome: "no create: slot already taken by nightly-20250115T023000Z (completed)",
+            want: vec![(1, DeleteNow, BEYOND), (2, Keep, k3), (3, Keep, k3), (4, Keep, k3)],
+        },
+        Case {
+            name: "beyond keep: all beyond ones wait for the new one",
+            policy: policy(keep(1)),
+            snapshots: vec![own(1, JAN12, Completed), own(2, JAN13, Completed), own(3, JAN14, Completed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(1, DeleteAfterCreate, AFTER15), (2, DeleteAfterCreate, AFTER15), (3, DeleteAfterCreate, AFTER15)],
+        },
+        Case {
+            name: "few snapshots: nothing beyond keep",
+            policy: policy(keep(3)),
+            snapshots: vec![own(1, JAN14, Completed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(1, Keep, k3)],
+        },
+        Case {
+            name: "full server of own snapshots: the oldest frees a slot",
+            policy: policy(keep(5)),
+            snapshots: vec![own(1, JAN10, Completed), own(2, JAN11, Completed), own(3, JAN12, Completed), own(4, JAN13, Completed), own(5, JAN14, Completed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(1, DeleteBeforeCreate, FREES), (2, Keep, k5), (3, Keep, k5), (4, Keep, k5), (5, Keep, k5)],
+        },
+        Case {
+            name: "full server, keep=3: one goes before, the rest beyond keep after",
+            policy: policy(keep(3)),
+            snapshots: vec![own(1, JAN10, Completed), own(2, JAN11, Completed), own(3, JAN12, Completed), own(4, JAN13, Completed), own(5, JAN14, Completed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(1, DeleteBeforeCreate, FREES), (2, DeleteAfterCreate, AFTER15), (3, DeleteAfterCreate, AFTER15), (4, Keep, k3), (5, Keep, k3)],
+        },
+        Case {
+            name: "full server with foreign ones: only own are deleted",
+            policy: policy(keep(3)),
+            snapshots: vec![foreign(101, "pre-migration-snapshot", Completed), foreign(102, "weekly-20250112T000000Z", Completed), own(1, JAN12, Completed), own(2, JAN13, Completed), own(3, JAN14, Completed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(101, Ignore, FOREIGN), (102, Ignore, FOREIGN), (1, DeleteBeforeCreate, FREES), (2, Keep, k3), (3, Keep, k3)],
+        },
+        Case {
+            name: "server filled by foreign snapshots: blocked, nothing touched",
+            policy: policy(keep(3)),
+            snapshots: vec![foreign(101, "a", Completed), foreign(102, "b", Completed), foreign(103, "c", Failed), foreign(104, "d", Completed), foreign(105, "weekly-20250112T000000Z", Completed)],
+            slot: JAN15,
+            outcome: "blocked: the server is at the cap of 5 and this policy may delete none of its snapshots: a, b, c, d, weekly-20250112T000000Z",
+            want: vec![(101, Ignore, FOREIGN), (102, Ignore, FOREIGN), (103, Ignore, FOREIGN), (104, Ignore, FOREIGN), (105, Ignore, FOREIGN)],
+        },
+        Case {
+            name: "blocked: not even an own failed snapshot is deleted",
+            policy: policy(keep(3)),
+            snapshots: vec![foreign(101, "a", Completed), foreign(102, "b", Completed), foreign(103, "c", Completed), foreign(104, "d", Completed), foreign(105, "e", Completed), own(1, JAN14, Failed)],
+            slot: JAN15,
+            outcome: "blocked: the server is at the cap of 5 and this policy may delete none of its snapshots: a, b, c, d, e, nightly-20250114T023000Z",
+            want: vec![(101, Ignore, FOREIGN), (102, Ignore, FOREIGN), (103, Ignore, FOREIGN), (104, Ignore, FOREIGN), (105, Ignore, FOREIGN), (1, Keep, "keep: failed, not deleted: the plan is blocked")],
+        },
+        Case {
+            name: "over the cap by two: blocked, one freed slot would not be enough",
+            policy: policy(keep(1)),
+            snapshots: vec![foreign(101, "a", Completed), foreign(102, "b", Completed), foreign(103, "c", Completed), foreign(104, "d", Completed), own(1, JAN13, Completed), own(2, JAN14, Completed)],
+            slot: JAN15,
+            outcome: "blocked: the server holds 6 snapshots, over the cap of 5; a plan frees at most one slot per create: a, b, c, d, nightly-20250113T023000Z, nightly-20250114T023000Z",
+            want: vec![(101, Ignore, FOREIGN), (102, Ignore, FOREIGN), (103, Ignore, FOREIGN), (104, Ignore, FOREIGN), (1, Keep, "keep: beyond retention, not deleted: the plan is blocked"), (2, Keep, k1)],
+        },
+        Case {
+            name: "in progress: skip, nothing deleted",
+            policy: policy(keep(1)),
+            snapshots: vec![own(1, JAN13, Completed), own(2, JAN14, Completed), own(3, JAN15, InProgress), own(4, JAN12, Failed)],
+            slot: JAN15,
+            outcome: "skip: server has a snapshot in progress (nightly-20250115T023000Z)",
+            want: vec![
+                (1, Keep, "keep: beyond retention, not deleted: server has a snapshot in progress (nightly-20250115T023000Z)"),
+                (2, Keep, k1),
+                (3, Keep, IN_PROGRESS),
+                (4, Keep, "keep: failed, not deleted: server has a snapshot in progress (nightly-20250115T023000Z)"),
+            ],
+        },
+        Case {
+            name: "a foreign snapshot in progress also freezes the server",
+            policy: policy(keep(1)),
+            snapshots: vec![own(1, JAN13, Completed), own(2, JAN14, Completed), foreign(101, "manual", InProgress)],
+            slot: JAN15,
+            outcome: "skip: server has a snapshot in progress (manual)",
+            want: vec![(1, Keep, "keep: beyond retention, not deleted: server has a snapshot in progress (manual)"), (2, Keep, k1), (101, Ignore, FOREIGN)],
+        },
+        Case {
+            name: "unknown status counts as in progress and is never kept by a rule",
+            policy: policy(keep(1)),
+            snapshots: vec![own(1, JAN14, SnapshotStatus::Other("queued".into())), own(2, JAN13, Completed)],
+            slot: JAN15,
+            outcome: "skip: server has a snapshot in progress or in an unknown state (nightly-20250114T023000Z: unknown status \"queued\")",
+            want: vec![(1, Keep, "keep: unknown status \"queued\" (not usable, not deletable until it settles)"), (2, Keep, k1)],
+        },
+        Case {
+            name: "own failed snapshots go first and are never kept",
+            policy: policy(keep(3)),
+            snapshots: vec![own(1, JAN13, Failed), own(2, JAN14, Completed), own(3, JAN12, Failed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(1, DeleteNow, FAILED), (2, Keep, k3), (3, DeleteNow, FAILED)],
+        },
+        Case {
+            name: "own failed ones make room under the cap before any good one",
+            policy: policy(keep(3)),
+            snapshots: vec![own(1, JAN11, Completed), own(2, JAN12, Completed), own(3, JAN13, Completed), own(4, JAN14, Failed), foreign(101, "manual", Completed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(1, DeleteAfterCreate, AFTER15), (2, Keep, k3), (3, Keep, k3), (4, DeleteNow, FAILED), (101, Ignore, FOREIGN)],
+        },
+        Case {
+            name: "slot taken by a failed snapshot: deleted, not recreated, the old ones wait",
+            policy: policy(keep(1)),
+            snapshots: vec![own(1, JAN13, Completed), own(2, JAN14, Completed), own(3, JAN15, Failed)],
+            slot: JAN15,
+            outcome: "no create: slot already taken by nightly-20250115T023000Z (failed; it is deleted, and not retried in this slot to avoid a loop: the next fire takes a new slot)",
+            want: vec![(1, Keep, WAITING), (2, Keep, k1), (3, DeleteNow, FAILED)],
+        },
+        Case {
+            name: "a second policy's snapshots are never touched, even at the cap",
+            policy: policy_in(Tz::UTC, keep(1), true),
+            snapshots: vec![foreign(101, "weekly-20250105T000000Z", Completed), foreign(102, "weekly-20250112T000000Z", Completed), foreign(103, "nightly-extra-20250112T000000Z", Completed), foreign(104, "weekly-20250113T000000Z", Failed), foreign(105, "night-20250113T000000Z", Completed)],
+            slot: JAN15,
+            outcome: "blocked: the server is at the cap of 5 and this policy may delete none of its snapshots: weekly-20250105T000000Z, weekly-20250112T000000Z, nightly-extra-20250112T000000Z, weekly-20250113T000000Z, night-20250113T000000Z",
+            want: vec![(101, Ignore, FOREIGN), (102, Ignore, FOREIGN), (103, Ignore, FOREIGN), (104, Ignore, FOREIGN), (105, Ignore, FOREIGN)],
+        },
+        Case {
+            name: "prune_unmanaged frees a slot with the oldest hand-made completed one",
+            policy: policy_in(Tz::UTC, keep(1), true),
+            snapshots: vec![foreign(101, "weekly-20250105T000000Z", Completed), foreign(102, "failed-by-hand", Failed), foreign(103, "pre-migration", Completed), foreign(104, "before-upgrade", Completed), foreign(105, "weekly-20250112T000000Z", Completed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(101, Ignore, FOREIGN), (102, Ignore, FOREIGN), (103, DeleteBeforeCreate, "delete: frees a slot under the cap of 5 (oldest hand-made completed; prune_unmanaged)"), (104, Ignore, FOREIGN), (105, Ignore, FOREIGN)],
+        },
+        Case {
+            name: "prune_unmanaged: an own snapshot frees the slot while there is one",
+            policy: policy_in(Tz::UTC, keep(1), true),
+            snapshots: vec![foreign(101, "a", Completed), foreign(102, "b", Completed), foreign(103, "c", Completed), foreign(104, "d", Completed), own(1, JAN14, Completed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(101, Ignore, FOREIGN), (102, Ignore, FOREIGN), (103, Ignore, FOREIGN), (104, Ignore, FOREIGN), (1, DeleteBeforeCreate, FREES)],
+        },
+        Case {
+            name: "a policy with no rule deletes nothing, not even failed ones",
+            policy: policy(Retention::default()),
+            snapshots: vec![own(1, JAN12, Completed), own(2, JAN13, Completed), own(3, JAN14, Failed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(1, Keep, NO_RULE), (2, Keep, NO_RULE), (3, Keep, "keep: failed, not deleted: the policy has no retention rule")],
+        },
+        Case {
+            name: "a policy with no rule at the cap is blocked rather than deleting",
+            policy: policy(Retention::default()),
+            snapshots: vec![own(1, JAN10, Completed), own(2, JAN11, Completed), own(3, JAN12, Completed), own(4, JAN13, Completed), own(5, JAN14, Completed)],
+            slot: JAN15,
+            outcome: "blocked: the server is at the cap of 5 and the policy has no retention rule, so nothing is deleted to make room: nightly-20250110T023000Z, nightly-20250111T023000Z, nightly-20250112T023000Z, nightly-20250113T023000Z, nightly-20250114T023000Z",
+            want: vec![(1, Keep, NO_RULE), (2, Keep, NO_RULE), (3, Keep, NO_RULE), (4, Keep, NO_RULE), (5, Keep, NO_RULE)],
+        },
+    ];
+    for case in cases {
+        check(case);
+    }
+}
+
+#[test]
+fn calendar_rules_keep_the_newest_of_each_period() {
+    let r = |hourly, daily, weekly, monthly| Retention {
+        hourly,
+        daily,
+        weekly,
+        monthly,
+        ..Default::default()
+    };
+    // One case a block, one snapshot list a line: kept as written, not reflowed.
+    #[rustfmt::skip]
+    let cases = vec![
+        Case {
+            name: "keep_hourly",
+            policy: policy(r(2, 0, 0, 0)),
+            snapshots: vec![own(1, "2025-01-15T10:00:00Z", Completed), own(2, "2025-01-15T10:30:00Z", Completed), own(3, "2025-01-15T11:00:00Z", Completed), own(4, "2025-01-15T11:30:00Z", Completed)],
+            slot: "2025-01-15T11:30:00Z",
+            outcome: "no create: slot already taken by nightly-20250115T113000Z (completed)",
+            want: vec![(1, DeleteNow, BEYOND), (2, Keep, "keep: newest of hour 2025-01-15 10:00+00:00 (keep_hourly=2)"), (3, DeleteNow, BEYOND), (4, Keep, "keep: newest of hour 2025-01-15 11:00+00:00 (keep_hourly=2)")],
+        },
+        Case {
+            name: "keep_daily counts days that have a snapshot (a gap does not shorten it)",
+            policy: policy(r(0, 2, 0, 0)),
+            snapshots: vec![own(1, JAN10, Completed), own(2, JAN12, Completed), own(3, "2025-01-12T14:30:00Z", Completed), own(4, JAN15, Completed)],
+            slot: JAN15,
+            outcome: "no create: slot already taken by nightly-20250115T023000Z (completed)",
+            want: vec![(1, DeleteNow, BEYOND), (2, DeleteNow, BEYOND), (3, Keep, "keep: newest of day 2025-01-12 (keep_daily=2)"), (4, Keep, "keep: newest of day 2025-01-15 (keep_daily=2)")],
+        },
+        Case {
+            name: "keep_weekly uses ISO weeks (Monday first)",
+            policy: policy(r(0, 0, 2, 0)),
+            snapshots: vec![own(1, "2025-01-06T02:30:00Z", Completed), own(2, JAN12, Completed), own(3, JAN13, Completed), own(4, JAN15, Completed)],
+            slot: JAN15,
+            outcome: "no create: slot already taken by nightly-20250115T023000Z (completed)",
+            want: vec![(1, DeleteNow, BEYOND), (2, Keep, "keep: newest of week 2025-W02 (keep_weekly=2)"), (3, DeleteNow, BEYOND), (4, Keep, "keep: newest of week 2025-W03 (keep_weekly=2)")],
+        },
+        Case {
+            name: "keep_monthly",
+            policy: policy(r(0, 0, 0, 2)),
+            snapshots: vec![own(1, "2024-11-30T02:30:00Z", Completed), own(2, "2024-12-01T02:30:00Z", Completed), own(3, "2024-12-31T02:30:00Z", Completed), own(4, JAN15, Completed)],
+            slot: JAN15,
+            outcome: "no create: slot already taken by nightly-20250115T023000Z (completed)",
+            want: vec![(1, DeleteNow, BEYOND), (2, DeleteNow, BEYOND), (3, Keep, "keep: newest of month 2024-12 (keep_monthly=2)"), (4, Keep, "keep: newest of month 2025-01 (keep_monthly=2)")],
+        },
+        Case {
+            name: "rules are a union and every reason is given",
+            policy: policy(Retention { keep: 1, daily: 2, ..Default::default() }),
+            snapshots: vec![own(1, JAN13, Completed), own(2, JAN14, Completed), own(3, JAN15, Completed)],
+            slot: JAN15,
+            outcome: "no create: slot already taken by nightly-20250115T023000Z (completed)",
+            want: vec![(1, DeleteNow, BEYOND), (2, Keep, "keep: newest of day 2025-01-14 (keep_daily=2)"), (3, Keep, "keep: newest completed (keep=1); newest of day 2025-01-15 (keep_daily=2)")],
+        },
+        Case {
+            name: "the planned create counts for calendar rules too",
+            policy: policy(r(0, 2, 0, 0)),
+            snapshots: vec![own(1, JAN13, Completed), own(2, JAN14, Completed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![(1, DeleteAfterCreate, AFTER15), (2, Keep, "keep: newest of day 2025-01-14 (keep_daily=2)")],
+        },
+        Case {
+            name: "the cap takes the oldest one no rule keeps, not a monthly one",
+            policy: policy(Retention { keep: 2, monthly: 2, ..Default::default() }),
+            snapshots: vec![own(1, "2024-12-31T02:30:00Z", Completed), own(2, JAN11, Completed), own(3, JAN12, Completed), own(4, JAN13, Completed), own(5, JAN14, Completed)],
+            slot: JAN15,
+            outcome: CREATE15,
+            want: vec![
+                (1, Keep, "keep: newest of month 2024-12 (keep_monthly=2)"),
+                (2, DeleteBeforeCreate, "delete: frees a slot under the cap of 5 (oldest completed that no rule keeps)"),
+                (3, DeleteAfterCreate, AFTER15),
+                (4, DeleteAfterCreate, AFTER15),
+                (5, Keep, "keep: newest completed (keep=2)"),
+            ],
+        },
+    ];
+    for case in cases {
+        check(case);
+    }
+}
+
+#[test]
+fn one_snapshot_per_local_day_across_dst_in_berlin() {
+    let berlin = chrono_tz::Europe::Berlin;
+    let daily3 = Retention {
+        daily: 3,
+        ..Default::default()
+    };
+    // One case a block, one snapshot list a line: kept as written, not reflowed.
+    #[rustfmt::skip]
+    let cases = vec![
+        Case {
+            name: "spring forward 2025-03-30 (02:30 does not exist; the fire is 03:00 CEST)",
+            policy: policy_in(berlin, daily3, false),
+            snapshots: vec![
+                own(1, "2025-03-29T01:30:00Z", Completed), // 02:30 CET
+                own(2, "2025-03-29T23:30:00Z", Completed), // 00:30 CET on the 30th, by hand
+                own(3, "2025-03-30T01:00:00Z", Completed), // 03:00 CEST
+                own(4, "2025-03-31T00:30:00Z", Completed), // 02:30 CEST
+            ],
+            slot: "2025-03-31T00:30:00Z",
+            outcome: "no create: slot already taken by nightly-20250331T003000Z (completed)",
+            want: vec![
+                (1, Keep, "keep: newest of day 2025-03-29 (keep_daily=3)"),
+                (2, DeleteNow, BEYOND),
+                (3, Keep, "keep: newest of day 2025-03-30 (keep_daily=3)"),
+                (4, Keep, "keep: newest of day 2025-03-31 (keep_daily=3)"),
+            ],
+        },
+        Case {
+            name: "fall back 2025-10-26 (02:30 happens twice; the fire is once)",
+            policy: policy_in(berlin, daily3, false),
+            snapshots: vec![
+                own(1, "2025-10-25T00:30:00Z", Completed), // 02:30 CEST
+                own(2, "2025-10-26T00:30:00Z", Completed), // 02:30 CEST, the first of two
+                own(3, "2025-10-26T22:30:00Z", Completed), // 23:30 CET, same local day
+                own(4, "2025-10-27T01:30:00Z", Completed), // 02:30 CET
+            ],
+            slot: "2025-10-27T01:30:00Z",
+            outcome: "no create: slot already taken by nightly-20251027T013000Z (completed)",
+            want: vec![
+                (1, Keep, "keep: newest of day 2025-10-25 (keep_daily=3)"),
+                (2, DeleteNow, BEYOND),
+                (3, Keep, "keep: newest of day 2025-10-26 (keep_daily=3)"),
+                (4, Keep, "keep: newest of day 2025-10-27 (keep_daily=3)"),
+            ],
+        },
+        Case {
+            name: "the repeated hour of a fall-back is two hours for keep_hourly",
+            policy: policy_in(
+                berlin,
+                Retention {
+                    hourly: 2,
+                    ..Default::default()
+                },
+                false,
+            ),
+            snapshots: vec![
+                own(1, "2025-10-26T00:30:00Z", Completed),
+                own(2, "2025-10-26T01:30:00Z", Completed),
+            ],
+            slot: "2025-10-26T01:30:00Z",
+            outcome: "no create: slot already taken by nightly-20251026T013000Z (completed)",
+            want: vec![
+                (
+                    1,
+                    Keep,
+                    "keep: newest of hour 2025-10-26 02:00+02:00 (keep_hourly=2)",
+                ),
+                (
+                    2,
+                    Keep,
+                    "keep: newest of hour 2025-10-26 02:00+01:00 (keep_hourly=2)",
+                ),
+            ],
+        },
+    ];
+    for case in cases {
+        check(case);
+    }
+}
+
+#[test]
+fn deferred_deletes_become_deletes_now_once_the_new_snapshot_completed() {
+    let p = policy(keep(2));
+    let mut server = vec![
+        own(1, JAN12, Completed),
+        own(2, JAN13, Completed),
+        own(3, JAN14, Completed),
+    ];
+    let first = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
+    let deferred: Vec<SnapshotId> = first.deferred().map(|d| d.snapshot_id).collect();
+    assert_eq!(deferred, [2, 1]);
+    assert!(first.deletes_now().next().is_none());
+    // While the new one is in progress, nothing moves.
+    server.push(own(4, JAN15, InProgress));
+    let waiting = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
+    assert!(waiting.is_noop());
+    server.last_mut().unwrap().status = Completed;
+    let second = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
+    let now: Vec<SnapshotId> = second.deletes_now().map(|d| d.snapshot_id).collect();
+    assert_eq!(now, deferred);
+    assert!(second.create().is_none());
+}
+
+/// An own name stamped years ahead, made on Jan 13 by a host whose clock was wrong.
+fn future_stamped(id: SnapshotId) -> Snapshot {
+    snap(
+        id,
+        &snapshot_name("nightly", t("2031-06-01T02:30:00Z")),
+        t(JAN13) + chrono::Duration::minutes(1),
+        Completed,
+    )
+}
+
+#[test]
+fn a_future_stamped_own_snapshot_does_not_outrank_the_new_one() {
+    let p = policy(keep(1));
+    // Jan 15's snapshot has just completed: it is the one kept, the stale one goes.
+    let server = [future_stamped(1), own(2, JAN15, Completed)];
+
+    let after = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
+
+    let decided: Vec<(SnapshotId, Action)> = after
+        .decisions
+        .iter()
+        .map(|d| (d.snapshot_id, d.action))
+        .collect();
+    assert_eq!(decided, [(2, Keep), (1, DeleteNow)]);
+    assert_eq!(after.warnings.len(), 1, "{:?}", after.warnings);
+    assert!(after.warnings[0].contains("nightly-20310601T023000Z"));
+    assert!(after.warnings[0].contains("host clock was ahead"));
+}
+
+#[test]
+fn a_future_stamp_does_not_make_a_failed_slot_count_as_done() {
+    let p = policy(keep(1));
+    // Jan 15's snapshot failed: the newest good one (Jan 14) and the older one stay.
+    let server = [
+        future_stamped(1),
+        own(2, JAN14, Completed),
+        own(3, JAN15, Failed),
+    ];
+
+    let after = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
+
+    assert!(after.create().is_none());
+    let deleted: Vec<SnapshotId> = after
+        .decisions
+        .iter()
+        .filter(|d| d.action.is_delete())
+        .map(|d| d.snapshot_id)
+        .collect();
+    assert_eq!(deleted, [3], "only the failed one goes: {after:#?}");
+}
+
+#[test]
+fn a_blocked_reason_names_at_most_ten_snapshots() {
+    let names = |n: u64| -> Vec<Snapshot> {
+        (1..=n)
+            .map(|i| foreign(i, &format!("f{i:04}"), Completed))
+            .collect()
+    };
+    let first_ten = "f0001, f0002, f0003, f0004, f0005, f0006, f0007, f0008, f0009, f0010";
+    for (count, want) in [
+        (
+            5,
+            "blocked: the server is at the cap of 5 and this policy may delete none of its \
+             snapshots: f0001, f0002, f0003, f0004, f0005"
+                .to_owned(),
+        ),
+        (
+            10,
+            format!(
+                "blocked: the server holds 10 snapshots, over the cap of 5; a plan frees at \
+                 most one slot per create: {first_ten}"
+            ),
+        ),
+        (
+            11,
+            format!(
+                "blocked: the server holds 11 snapshots, over the cap of 5; a plan frees at \
+                 most one slot per create: {first_ten} and 1 more"
+            ),
+        ),
+        (
+            3000,
+            format!(
+                "blocked: the server holds 3000 snapshots, over the cap of 5; a plan frees \
+                 at most one slot per create: {first_ten} and 2990 more"
+            ),
+        ),
+    ] {
+        let p = plan(
+            &policy(keep(1)),
+            &SERVER.into(),
+            &names(count),
+            t(JAN15),
+            t(JAN15),
+        );
+        assert_eq!(p.outcome_line(), want, "{count} snapshots");
+        let SlotOutcome::CapBlocked(blocked) = p.outcome else {
+            panic!("{count} snapshots: {:?}", p.outcome)
+        };
+        assert_eq!(blocked.reason, want);
+        assert_eq!(
+            blocked.snapshots.len() as u64,
+            count,
+            "the full list stays data"
+        );
+    }
+}
+
+#[test]
+fn an_own_snapshot_created_in_the_future_ranks_below_the_new_one() {
+    let p = policy(keep(1));
+    let mut from_the_future = own(1, JAN14, Completed);
+    from_the_future.created_at = t("2027-06-01T00:00:00Z");
+    let server = [from_the_future, own(2, JAN15, Completed)];
+
+    let after = plan(
+        &p,
+        &SERVER.into(),
+        &server,
+        t(JAN15),
+        t(JAN15) + chrono::Duration::minutes(5),
+    );
+
+    let decided: Vec<(SnapshotId, Action)> = after
+        .decisions
+        .iter()
+        .map(|d| (d.snapshot_id, d.action))
+        .collect();
+    assert!(decided.contains(&(2, Keep)), "{decided:?}");
+    assert!(decided.contains(&(1, DeleteNow)), "{decided:?}");
+    assert!(
+        after.warnings[0].contains("after now"),
+        "{:?}",
+        after.warnings
+    );
+}
+
+#[test]
+fn a_skip_names_at_most_ten_busy_snapshots() {
+    let p = policy(keep(2));
+    let server: Vec<Snapshot> = (1..=40)
+        .map(|id| {
+            foreign(
+                id,
+                &format!("import-{id}"),
+                SnapshotStatus::Other("queued".into()),
+            )
+        })
+        .collect();
+
+    let plan = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
+
+    let why = plan.outcome_line();
+    assert!(why.contains("and 30 more"), "{why}");
+    assert!(why.len() < 600, "{} characters", why.len());
+    assert!(plan.notes.len() <= 10, "{} notes", plan.notes.len());
+}
+
+#[test]
+fn the_slots_own_snapshot_outranks_one_dated_a_little_ahead() {
+    let p = policy(keep(1));
+    // Dated 55 minutes ahead: not yet suspect, still never above what the run just made.
+    let mut ahead = own(1, JAN14, Completed);
+    ahead.created_at = t(JAN15) + chrono::Duration::minutes(55);
+    let server = [ahead, own(2, JAN15, Completed)];
+
+    let after = plan(
+        &p,
+        &SERVER.into(),
+        &server,
+        t(JAN15),
+        t(JAN15) + chrono::Duration::minutes(2),
+    );
+
+    let deleted: Vec<SnapshotId> = after
+        .decisions
+        .iter()
+        .filter(|d| d.action.is_delete())
+        .map(|d| d.snapshot_id)
+        .collect();
+    assert_eq!(deleted, [1], "{after:#?}");
+}
+
+#[test]
+fn a_listing_of_several_servers_is_blocked_not_planned() {
+    let mut other = own(2, JAN13, Completed);
+    other.server.id = SERVER + 1;
+    let server = [own(1, JAN12, Completed), other, own(3, JAN14, Failed)];
+    let p = plan(
+        &policy(keep(1)),
+        &SERVER.into(),
+        &server,
+        t(JAN15),
+        t(JAN15),
+    );
+    assert_eq!(
+        p.outcome_line(),
+        "blocked: the listing of server 12345 holds snapshots of other servers (12346); a \
+         plan covers one server"
+    );
+    assert!(matches!(p.outcome, SlotOutcome::OtherServers(_)));
+    assert!(p.decisions.iter().all(|d| !d.action.is_delete()));
+}
+
+#[test]
+fn a_listing_of_another_server_alone_is_blocked_not_planned_for_this_one() {
+    let theirs: Vec<Snapshot> = [
+        own(1, JAN12, Completed),
+        own(2, JAN13, Completed),
+        own(3, JAN14, Failed),
+    ]
+    .into_iter()
+    .map(|mut s| {
+        s.server.id = SERVER + 1;
+        s
+    })
+    .collect();
+
+    let p = plan(
+        &policy(keep(1)),
+        &SERVER.into(),
+        &theirs,
+        t(JAN15),
+        t(JAN15),
+    );
+
+    assert_eq!(p.server, SERVER);
+    assert_eq!(
+        p.outcome_line(),
+        "blocked: the listing of server 12345 holds snapshots of other servers (12346); a \
+         plan covers one server"
+    );
+    assert!(matches!(p.outcome, SlotOutcome::OtherServers(_)));
+    assert!(p.decisions.iter().all(|d| !d.action.is_delete()));
+}
+
+#[test]
+fn a_server_in_transition_is_skipped_and_nothing_is_deleted() {
+    let p = policy(keep(1));
+    // Beyond keep, a failed one, and a free slot: a running server would see all go.
+    let server = [
+        own(1, JAN12, Completed),
+        own(2, JAN13, Completed),
+        own(3, JAN14, Failed),
+    ];
+    let restoring = Target {
+        id: SERVER,
+        power: Some(PowerState::Restoring),
+    };
+
+    let skipped = plan(&p, &restoring, &server, t(JAN15), t(JAN15));
+
+    assert_eq!(
+        skipped.outcome_line(),
+        "skip: server is restoring (neither running nor stopped); not snapshotted"
+    );
+    assert!(skipped.outcome.is_skip(), "{:?}", skipped.outcome);
+    let decided: Vec<(SnapshotId, Action, &str)> = skipped
+        .decisions
+        .iter()
+        .map(|d| (d.snapshot_id, d.action, d.reason.as_str()))
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (
+                3,
+                Keep,
+                "keep: failed, not deleted: server is restoring (neither running nor stopped)"
+            ),
+            (2, Keep, "keep: newest completed (keep=1)"),
+            (
+                1,
+                Keep,
+                "keep: beyond retention, not deleted: server is restoring (neither running \
+                 nor stopped)"
+            ),
+        ]
+    );
+    for power in [PowerState::Running, PowerState::Stopped] {
+        let target = Target {
+            id: SERVER,
+            power: Some(power.clone()),
+        };
+        let p = plan(&p, &target, &server, t(JAN15), t(JAN15));
+        assert_eq!(p.outcome_line(), CREATE15, "{power}");
+    }
+}
+
+#[test]
+fn plan_serializes_for_json_output() {
+    let p = plan(
+        &policy(keep(1)),
+        &SERVER.into(),
+        &[own(1, JAN14, Completed)],
+        t(JAN15),
+        t(JAN15),
+    );
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["outcome"]["kind"], "create");
+    assert_eq!(json["outcome"]["name"], "nightly-20250115T023000Z");
+    assert_eq!(json["outcome"]["reason"], CREATE15);
+    assert_eq!(json["decisions"][0]["action"], "delete_after_create");
+    assert_eq!(json["decisions"][0]["status"], "completed");
+    assert_eq!(json["server"], SERVER);
+
+    let full: Vec<Snapshot> = (1..=5)
+        .map(|i| foreign(i, &format!("f{i}"), Completed))
+        .collect();
+    let p = plan(&policy(keep(1)), &SERVER.into(), &full, t(JAN15), t(JAN15));
+    let json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["outcome"]["kind"], "cap_blocked");
+    assert_eq!(json["outcome"]["snapshots"][4], "f5");
+    assert!(json["outcome"]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("blocked: the server is at the cap of 5"));
+}
+
+#[test]
+fn notes_say_how_long_a_snapshot_has_been_in_progress() {
+    let p = plan(
+        &policy(keep(1)),
+        &SERVER.into(),
+        &[own(1, JAN15, InProgress)],
+        t(JAN15),
+        t("2025-01-15T04:41:30Z"),
+    );
+    assert_eq!(
+        p.notes,
+        ["nightly-20250115T023000Z has been in_progress for 2h 10m (created 2025-01-15T02:31:00Z)"]
+    );
+}
+
+// ---- properties over random server states ----
+
+const BASE: &str = "2025-01-15T02:30:00Z";
+
+/// (kind: 0 own / 1 hand-made / 2 other policy, slot offset in days, status draw)
+fn arb_server() -> impl Strategy<Value = (Vec<(u8, i64, u8)>, u32, u32, bool)> {
+    (
+        prop::collection::vec((0u8..3, -1i64..8, 0u8..10), 0..=6),
+        1u32..=5,
+        0u32..=3,
+        any::<bool>(),
+    )
+}
+
+fn build(entries: &[(u8, i64, u8)]) -> Vec<Snapshot> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(n, &(kind, offset, status))| {
+            let id = n as SnapshotId + 1;
+            let slot = t(BASE) - chrono::Duration::days(offset);
+            let status = match status {
+                0..=5 => Completed,
+                6 => InProgress,
+                7 | 8 => Failed,
+                _ => SnapshotStatus::Other("queued".into()),
+            };
+            match kind {
+                0 => snap(
+                    id,
+                    &snapshot_name("nightly", slot),
+                    slot + chrono::Duration::minutes(1),
+                    status,
+                ),
+                1 => snap(
+                    id,
+                    &format!("manual-{id}"),
+                    slot + chrono::Duration::minutes(id as i64),
+                    status,
+                ),
+                _ => snap(id, &snapshot_name("weekly", slot), slot, status),
+            }
+        })
+        .collect()
+}
+
+fn retention(keep: u32, daily: u32) -> Retention {
+    Retention {
+        keep,
+        daily,
+        ..Default::default()
+    }
+}
+
+fn deletes(p: &Plan) -> Vec<SnapshotId> {
+    p.deletes_now()
+        .chain(p.deletes_before_create())
+        .map(|d| d.snapshot_id)
+        .collect()
+}
+
+fn own_completed(p: &Policy, server: &[Snapshot]) -> usize {
+    server
+        .iter()
+        .filter(|s| p.owns(&s.name).is_some() && s.status == Completed)
+        .count()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn never_deletes_foreign_or_busy_snapshots((entries, keep, daily, prune) in arb_server()) {
+        let pol = policy_in(Tz::UTC, retention(keep, daily), prune);
+        let server = build(&entries);
+        let p = plan(&pol, &SERVER.into(), &server, t(BASE), t(BASE));
+        prop_assert_eq!(p.decisions.len(), server.len());
+        for d in p.decisions.iter().filter(|d| d.action.is_delete()) {
+            let busy = matches!(d.status, InProgress | SnapshotStatus::Other(_));
+            prop_assert!(!busy, "deletes busy {:?}", d);
+            match Owner::of(&pol, &d.name) {
+                Owner::Own(_) => {}
+                Owner::HandMade => prop_assert!(
+                    prune && d.status == Completed && d.action == DeleteBeforeCreate,
+                    "deletes hand-made {:?}", d
+                ),
+                Owner::OtherPolicy => prop_assert!(false, "deletes another policy's {:?}", d),
+            }
+        }
+    }
+
+    #[test]
+    fn never_plans_more_than_the_cap((entries, keep, daily, prune) in arb_server()) {
+        let pol = policy_in(Tz::UTC, retention(keep, daily), prune);
+        let server = build(&entries);
+        let p = plan(&pol, &SERVER.into(), &server, t(BASE), t(BASE));
+        let after = server.len() - deletes(&p).len();
+        if p.create().is_some() {
+            prop_assert!(after < SERVER_CAP, "{} left plus a create", after);
+        }
+        if p.outcome.blocked().is_some() {
+            prop_assert!(p.decisions.iter().all(|d| !d.action.is_delete()));
+        }
+    }
+
+    #[test]
+    fn executing_never_leaves_fewer_good_snapshots_than_keep((entries, keep, daily, prune) in arb_server()) {
+        let pol = policy_in(Tz::UTC, retention(keep, daily), prune);
+        let mut server = build(&entries);
+        let before = own_completed(&pol, &server);
+        let first = plan(&pol, &SERVER.into(), &server, t(BASE), t(BASE));
+        let gone = deletes(&first);
+        server.retain(|s| !gone.contains(&s.id));
+        if let Some(c) = first.create() {
+            server.push(snap(1000, &c.name, t(BASE) + chrono::Duration::minutes(1), Completed));
+        }
+        let later = t(BASE) + chrono::Duration::minutes(10);
+        let second = plan(&pol, &SERVER.into(), &server, t(BASE), later);
+        let gone: Vec<SnapshotId> = second.deletes_now().map(|d| d.snapshot_id).collect();
+        server.retain(|s| !gone.contains(&s.id));
+        let after = own_completed(&pol, &server);
+        prop_assert!(after >= before.min(keep as usize), "{} own completed left, had {}, keep={}", after, before, keep);
+    }
+}
