@@ -43,6 +43,8 @@ pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod execute;
+#[cfg(test)]
+mod fixtures;
 pub mod format;
 pub mod hooks;
 pub mod journal;

@@ -303,18 +303,13 @@ impl<P: Provider> Provider for Retrying<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::TokioClock;
+
     use crate::simulator::{SimConfig, Simulator};
 
     const WEB: ServerId = 12345;
 
     fn sim(config: SimConfig) -> Simulator {
-        let clock = TokioClock::starting_at("2025-01-15T02:30:00Z".parse().unwrap());
-        let config = SimConfig {
-            example_snapshots: false,
-            ..config
-        };
-        Simulator::with_server_ids(config, &[WEB], clock)
+        crate::fixtures::simulator(config, &[WEB], "2025-01-15T02:30:00Z").0
     }
 
     fn request(name: &str) -> CreateSnapshot {

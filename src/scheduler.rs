@@ -263,8 +263,6 @@ pub async fn run_loop(
 mod tests {
     use super::*;
     use crate::clock::TokioClock;
-    use crate::policy::Retention;
-    use crate::schedule::Schedule;
 
     fn utc(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
@@ -272,21 +270,8 @@ mod tests {
 
     fn policy(name: &str, expr: &str, tz: &str, catch_up: bool) -> Policy {
         Policy {
-            name: name.into(),
-            schedule: Schedule::parse(expr, tz.parse().unwrap()).unwrap(),
-            servers: vec![1],
-            retention: Retention {
-                keep: 2,
-                ..Default::default()
-            },
-            stop_server: false,
-            description: String::new(),
             catch_up,
-            prune_unmanaged: false,
-            jitter: None,
-            hooks: Default::default(),
-            monitoring: Default::default(),
-            on_journal_failure: Default::default(),
+            ..crate::fixtures::policy_at(name, expr, tz.parse().unwrap())
         }
     }
 

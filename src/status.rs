@@ -181,25 +181,14 @@ mod tests {
     use super::*;
     use crate::model::ServerRef;
     use crate::policy::Retention;
-    use crate::schedule::Schedule;
 
     fn policy() -> Policy {
         Policy {
-            name: "nightly".into(),
-            schedule: Schedule::parse("30 2 * * *", chrono_tz::UTC).unwrap(),
-            servers: vec![1],
             retention: Retention {
                 keep: 3,
                 ..Default::default()
             },
-            stop_server: false,
-            description: String::new(),
-            catch_up: true,
-            prune_unmanaged: false,
-            jitter: None,
-            hooks: Default::default(),
-            monitoring: Default::default(),
-            on_journal_failure: Default::default(),
+            ..crate::fixtures::policy("nightly")
         }
     }
 

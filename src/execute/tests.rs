@@ -6,10 +6,8 @@ use crate::clock::TokioClock;
 use crate::journal;
 use crate::model::{CreateSnapshot, PowerState};
 use crate::plan::{Plan, SlotOutcome};
-use crate::policy::Retention;
 use crate::provider::{ListedPage, Scope};
 use crate::retry::RetryRules;
-use crate::schedule::Schedule;
 use crate::simulator::{SimConfig, Simulator};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,21 +22,9 @@ fn slot() -> DateTime<Utc> {
 
 fn policy(name: &str, stop_server: bool) -> Policy {
     Policy {
-        name: name.to_owned(),
-        schedule: Schedule::parse("30 2 * * *", chrono_tz::Tz::UTC).unwrap(),
         servers: vec![WEB],
-        retention: Retention {
-            keep: 2,
-            ..Default::default()
-        },
         stop_server,
-        description: format!("{name} snapshot"),
-        catch_up: true,
-        prune_unmanaged: false,
-        jitter: None,
-        hooks: Default::default(),
-        monitoring: Default::default(),
-        on_journal_failure: Default::default(),
+        ..crate::fixtures::policy(name)
     }
 }
 
@@ -61,12 +47,7 @@ struct Rig {
 
 impl Rig {
     fn new(config: SimConfig) -> Self {
-        let clock = TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap());
-        let config = SimConfig {
-            example_snapshots: false,
-            ..config
-        };
-        let sim = Simulator::with_server_ids(config, &[WEB], clock.clone());
+        let (sim, clock) = crate::fixtures::simulator(config, &[WEB], "2025-01-15T02:30:05Z");
         let dir = tempfile::tempdir().unwrap();
         let parts = parts(sim.clone(), clock, dir.path());
         let journal = parts.journal.clone();
@@ -920,16 +901,14 @@ async fn a_journal_deadline_far_ahead_is_capped_by_the_current_config() {
 #[tokio::test(start_paused = true)]
 async fn an_unreadable_record_of_one_waiting_server_does_not_keep_the_others_stopped() {
     const DB: ServerId = 12346;
-    let clock = TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap());
-    let sim = Simulator::with_server_ids(
+    let (sim, clock) = crate::fixtures::simulator(
         SimConfig {
-            example_snapshots: false,
             snapshot_duration: Duration::from_secs(60),
             power_delay: Duration::from_secs(10),
             ..SimConfig::default()
         },
         &[WEB, DB],
-        clock.clone(),
+        "2025-01-15T02:30:05Z",
     );
     let mut faulty = Faulty::new(&sim);
     faulty.bad_server = Some(DB);
@@ -1008,16 +987,14 @@ async fn a_waiting_server_gives_its_turn_back_unless_it_is_stopped() {
     const DB: ServerId = 67890;
     let snapshot = Duration::from_secs(10 * 60);
     for stop_server in [false, true] {
-        let clock = TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap());
-        let sim = Simulator::with_server_ids(
+        let (sim, _) = crate::fixtures::simulator(
             SimConfig {
-                example_snapshots: false,
                 snapshot_duration: snapshot,
                 power_delay: Duration::from_secs(5),
                 ..SimConfig::default()
             },
             &[WEB, DB],
-            clock,
+            "2025-01-15T02:30:05Z",
         );
         let dir = tempfile::tempdir().unwrap();
         let one_at_a_time = Settings {

@@ -10,7 +10,6 @@ use super::*;
 use crate::model::SnapshotStatus::{Completed, Failed, InProgress};
 use crate::model::{PowerState, ServerId, ServerRef, Snapshot, SnapshotId, SnapshotStatus};
 use crate::policy::{snapshot_name, Policy, Retention, SERVER_CAP};
-use crate::schedule::Schedule;
 use proptest::prelude::*;
 
 const SERVER: ServerId = 12345;
@@ -44,18 +43,10 @@ fn keep(n: u32) -> Retention {
 
 fn policy_in(tz: Tz, retention: Retention, prune_unmanaged: bool) -> Policy {
     Policy {
-        name: "nightly".into(),
-        schedule: Schedule::parse("30 2 * * *", tz).unwrap(),
         servers: vec![SERVER],
         retention,
-        stop_server: false,
-        description: String::new(),
-        catch_up: true,
         prune_unmanaged,
-        jitter: None,
-        hooks: Default::default(),
-        monitoring: Default::default(),
-        on_journal_failure: Default::default(),
+        ..crate::fixtures::policy_at("nightly", "30 2 * * *", tz)
     }
 }
 
