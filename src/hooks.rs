@@ -32,7 +32,7 @@ pub struct HookOutcome {
 }
 
 /// Runs `argv` with `env` added, bounded by `timeout`, and returns once it exited (plus up to
-/// [`OUTPUT_AFTER_EXIT`] for its last output). `phase` ("pre" or "post") labels the log lines.
+/// `OUTPUT_AFTER_EXIT` for its last output). `phase` ("pre" or "post") labels the log lines.
 pub async fn run(
     phase: &'static str,
     argv: &[String],

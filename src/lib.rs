@@ -31,7 +31,7 @@
 //! - [`clock`]: wall time as a parameter, so tests can move it.
 //! - [`alerts`]: webhooks for events and dead-man pings, delivered in the background.
 //! - [`context`]: what commands are built from: client, executor, journal, alerts, `--simulate`.
-//! - [`format`]: sizes, ages and tables as the commands, the executor and `status` print them.
+//! - [`format`](mod@format): sizes, ages and tables as the commands, the executor and `status` print them.
 //! - [`cli`]: the command line and what each command does.
 //! - [`logging`]: tracing set-up (text, JSON, journald).
 

@@ -155,7 +155,7 @@ impl std::fmt::Display for Unreadable {
 /// a page that fails is retried alone when the provider retries): the records of the
 /// servers it is about, each snapshot once, or an error naming a record of one of them that
 /// could not be read. After the first page, a DRF page-number list (`next` ends in
-/// `page=2`, `count` given) has its other pages asked for [`PAGES_IN_FLIGHT`] at a time; any
+/// `page=2`, `count` given) has its other pages asked for `PAGES_IN_FLIGHT` at a time; any
 /// other shape is followed link by link. Pages shift while snapshots are created and
 /// deleted, so one can show up on two pages: it is kept once (counted twice, a kept snapshot
 /// would look like one too many and be pruned).

@@ -1,4 +1,4 @@
-//! The one place with effects: prepare (every read a decision needs) → [`Plan`] → apply it
+//! The one place with effects: prepare (every read a decision needs) → [`Plan`](crate::plan::Plan) → apply it
 //! against the provider: free a slot if needed → (optionally) stop the server → create → wait
 //! → start → prune. A dry run is this same path stopped before apply; the `plan` command is its
 //! first two steps. Waiting is shared: one listing answers every snapshot in flight.

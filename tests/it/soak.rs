@@ -753,6 +753,7 @@ fn count_panics() -> Arc<AtomicU64> {
 struct Figures {
     days: u64,
     requests: u64,
+    by_endpoint: BTreeMap<&'static str, u64>,
     faults: BTreeMap<&'static str, u64>,
     crashes: usize,
     violations: Vec<String>,
@@ -766,7 +767,17 @@ struct Figures {
 impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "simulated days: {}", self.days)?;
-        writeln!(f, "provider requests: {}", self.requests)?;
+        let by: Vec<String> = self
+            .by_endpoint
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        writeln!(
+            f,
+            "provider requests: {} ({})",
+            self.requests,
+            by.join(", ")
+        )?;
         let faults: Vec<String> = self
             .faults
             .iter()
@@ -989,6 +1000,7 @@ async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
     Figures {
         days,
         requests: stats.total_requests,
+        by_endpoint: stats.requests.clone(),
         faults,
         crashes: crashed,
         violations: std::mem::take(&mut f.violations),
