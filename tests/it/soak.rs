@@ -1,14 +1,25 @@
-//! The deterministic soak: the real scheduler loop, dispatcher and executor (`daemon::Service`)
-//! against the in-memory simulated provider, on tokio's paused clock with the wall clock
-//! derived from it, for 90 simulated days. 20 servers, three policies sharing them, foreign
-//! snapshots, and faults throughout: 5xx, lost create answers, 429 bursts with `Retry-After`,
-//! failed snapshots, slow power changes, snapshots that outlast `snapshot_timeout`, a provider
-//! outage of three hours, and crashes (the service future dropped mid-operation, a fresh one
-//! started on the same `state_dir`). Every provider request goes through [`Checked`], which
-//! checks the safety rules around it; a driver task checks freshness every simulated hour.
+//! The deterministic soak: the service `run` runs, built by the same constructor
+//! (`daemon::Service::open`: scheduler loop with the daemon's 60 s wake cap, dispatcher,
+//! executor, state lock, power journal, run log; alerts muted), against the in-memory simulated
+//! provider, on tokio's paused clock with the wall clock derived from it, for 90 simulated
+//! days. 20 servers, three policies sharing them, foreign snapshots, and faults throughout:
+//! 5xx, lost create answers, 429 bursts with `Retry-After`, failed snapshots, slow power
+//! changes, snapshots that outlast `snapshot_timeout`, a provider outage of three hours, and
+//! crashes (the service future dropped mid-operation, a fresh one started on the same
+//! `state_dir`, which must find the state lock free).
+//!
+//! Every provider request goes through [`Checked`], which judges it as it was asked, before
+//! the provider sees it: a create is never of a name the server has, never while one of the
+//! server's snapshots is in progress, never on a server holding 5; a delete is never of a
+//! snapshot in progress, never of a hand-made one, and only of a snapshot of the policy whose
+//! run sent it (the executor's `rotation` span names that policy, see [`SentBy`]). The
+//! simulator runs lax, carrying out what a provider refuses, so such a request shows as a
+//! violation and as the state it makes, not as a refusal. Stops are checked against their
+//! slot and their bound, and a driver task checks freshness every simulated hour.
 //!
 //! `SOAK_SEED` and `SOAK_DAYS` override the seed (default 1) and the length (default 90); the
-//! ignored `soak_seed_sweep` runs more seeds. Figures: `cargo test soak -- --nocapture`.
+//! ignored `soak_seed_sweep` runs more seeds. Figures:
+//! `cargo test --test it soak::ninety -- --nocapture`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -850,6 +861,8 @@ struct Figures {
     by_endpoint: BTreeMap<&'static str, u64>,
     faults: BTreeMap<&'static str, u64>,
     crashes: usize,
+    creates_judged: u64,
+    deletes_judged: u64,
     violations: Vec<String>,
     longest_down: Duration,
     longest_down_in_outage: Duration,
@@ -879,6 +892,11 @@ impl std::fmt::Display for Figures {
             .collect();
         writeln!(f, "faults injected: {}", faults.join(", "))?;
         writeln!(f, "crashes: {}", self.crashes)?;
+        writeln!(
+            f,
+            "judged as asked: {} creates, {} deletes (each against its sender's policy)",
+            self.creates_judged, self.deletes_judged
+        )?;
         let minutes =
             |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs() / 60 * 60));
         writeln!(
@@ -1085,6 +1103,8 @@ async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
         by_endpoint: stats.requests.clone(),
         faults,
         crashes: crashed,
+        creates_judged: f.creates_judged,
+        deletes_judged: f.deletes_judged,
         violations: std::mem::take(&mut f.violations),
         longest_down: f.longest_down,
         longest_down_in_outage: f.longest_down_in_outage,
