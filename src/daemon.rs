@@ -21,10 +21,13 @@ use crate::alerts::{Alerts, Ping};
 use crate::clock::Clock;
 use crate::config::{Config, LoadOptions};
 use crate::context::Context;
-use crate::execute::Executor;
+use crate::execute::{Executor, Parts, Settings};
+use crate::journal::Journal;
 use crate::model::ServerId;
 use crate::policy::Policy;
 use crate::provider::Provider;
+use crate::retry::Retrying;
+use crate::runlog::RunLog;
 use crate::scheduler::{self, Fire, LoopEvents, Recorded, Scheduler};
 use crate::shutdown::Shutdown;
 
@@ -68,13 +71,13 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
 
 async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
     let shutdown = Shutdown::new();
-    let executor = ctx.executor_with(false, shutdown.clone())?;
-    if !executor.journal().try_lock()? {
-        anyhow::bail!(
-            "another snapshot-scheduler process is acting on state_dir {}; one daemon per state_dir",
-            ctx.config.daemon.state_dir.display()
-        );
-    }
+    let service = Service::open(
+        ctx.client.clone(),
+        ctx.clock.clone(),
+        &ctx.config,
+        ctx.alerts.clone(),
+        shutdown.clone(),
+    )?;
     if let Some(addr) = ctx.config.daemon.metrics_listen {
         serve_metrics(addr).await?;
     }
@@ -83,18 +86,11 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
         shutdown.clone(),
         reload_tx,
         reloader,
-        executor.alerts().clone(),
+        service.executor.alerts().clone(),
         ctx.simulated_state_dir().map(ToOwned::to_owned),
     ));
     let watchdog = sd_notify::watchdog_enabled();
     let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
-    let service = Service {
-        executor,
-        clock: ctx.clock.clone(),
-        shutdown: shutdown.clone(),
-        shutdown_grace: ctx.config.daemon.shutdown_grace,
-        drain_bound: crate::shutdown::drain_bound(&ctx.config),
-    };
     let mut last_status = String::new();
     let mut ready = false;
     let ages = service.executor.clone();
@@ -162,6 +158,43 @@ pub struct Service<P: Provider> {
 pub type OnWake = Box<dyn FnMut(&Scheduler, DateTime<Utc>) + Send>;
 
 impl<P: Provider> Service<P> {
+    /// The service `run` runs, over `provider`: the executor with the journal and the run log
+    /// in `config`'s `state_dir`, holding that directory's state lock (one acting process per
+    /// `state_dir`), and the shutdown bounds `config` gives. The soak builds its service here
+    /// too, so it runs what `run` runs; what differs is passed in (the provider, the clock,
+    /// where alerts go, the shutdown).
+    pub fn open(
+        provider: Retrying<P>,
+        clock: Arc<dyn Clock>,
+        config: &Config,
+        alerts: Arc<Alerts>,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Self> {
+        let state_dir = &config.daemon.state_dir;
+        let executor = Executor::new(Parts {
+            provider: Arc::new(provider),
+            clock: clock.clone(),
+            journal: Arc::new(Journal::open(state_dir)?),
+            runlog: Arc::new(RunLog::open(state_dir)),
+            alerts,
+            settings: Settings::from_config(&config.daemon, false),
+            shutdown: shutdown.clone(),
+        });
+        if !executor.journal().try_lock()? {
+            anyhow::bail!(
+                "another snapshot-scheduler process is acting on state_dir {}; one daemon per state_dir",
+                state_dir.display()
+            );
+        }
+        Ok(Self {
+            executor,
+            clock,
+            shutdown,
+            shutdown_grace: config.daemon.shutdown_grace,
+            drain_bound: crate::shutdown::drain_bound(config),
+        })
+    }
+
     /// Settles the journal, fires policies until `shutdown`, then drains: in-flight work gets
     /// `shutdown_grace`, then is hurried (servers this process stopped are started again).
     /// Returns whether everything ended in time.

@@ -30,6 +30,12 @@ pub struct SimConfig {
     pub page_size: usize,
     /// Refuse a create while the server already has an `in_progress` snapshot (400).
     pub refuse_create_while_in_progress: bool,
+    /// Lax mode: carry out what the provider refuses with 400 (a create while the server has an
+    /// `in_progress` snapshot, whatever `refuse_create_while_in_progress` says; a sixth
+    /// snapshot; a delete of an `in_progress` one), so a test that checks every request sees
+    /// a wrong one as the request it was and the state it makes, not as a refusal the program
+    /// may shrug off.
+    pub lax: bool,
     /// Refuse every start with 400, as a provider does for a server it will not start (a
     /// billing hold, a host in maintenance).
     pub refuse_start: bool,
@@ -56,6 +62,7 @@ impl Default for SimConfig {
             burst_retry_after: 1,
             page_size: 50,
             refuse_create_while_in_progress: true,
+            lax: false,
             refuse_start: false,
             seed: 0x5eed,
             example_snapshots: true,

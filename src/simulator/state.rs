@@ -291,13 +291,14 @@ impl SimState {
             .iter()
             .any(|s| s.status == SnapshotStatus::InProgress);
         let duplicate = existing.iter().any(|s| s.name == request.name);
-        if existing.len() >= PROVIDER_CAP {
+        let lax = self.config.lax;
+        if existing.len() >= PROVIDER_CAP && !lax {
             self.stats.cap_refusals += 1;
             return Err(Refusal::bad_request(
                 "snapshot limit reached (5 per server)",
             ));
         }
-        if in_progress && self.config.refuse_create_while_in_progress {
+        if in_progress && self.config.refuse_create_while_in_progress && !lax {
             self.stats.in_progress_refusals += 1;
             return Err(Refusal::bad_request(
                 "a snapshot of this server is already in progress",
@@ -342,7 +343,7 @@ impl SimState {
             .snapshots
             .get(&id)
             .ok_or_else(|| Refusal::not_found("Snapshot not found."))?;
-        if snap.snapshot.status == SnapshotStatus::InProgress {
+        if snap.snapshot.status == SnapshotStatus::InProgress && !self.config.lax {
             return Err(Refusal::bad_request(
                 "cannot delete a snapshot that is in progress",
             ));

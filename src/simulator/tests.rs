@@ -129,6 +129,26 @@ async fn bad_names_unknown_ids_and_in_progress_deletes_are_refused() {
     assert!(sim.snapshots(WEB).is_empty());
 }
 
+/// Lax mode lets through what the provider refuses, so a test can judge what was asked for
+/// (a refusal would hide it).
+#[tokio::test(start_paused = true)]
+async fn lax_mode_carries_out_a_create_while_in_progress_a_sixth_and_an_in_progress_delete() {
+    let sim = paused(SimConfig {
+        lax: true,
+        ..quiet()
+    });
+    let first = sim.create_snapshot(&request("a")).await.unwrap().id;
+    for name in ["b", "c", "d", "e", "f"] {
+        sim.create_snapshot(&request(name)).await.unwrap();
+    }
+    assert_eq!(sim.snapshots(WEB).len(), 6);
+    sim.delete_snapshot(first).await.unwrap();
+    let stats = sim.stats();
+    assert_eq!((stats.cap_refusals, stats.in_progress_refusals), (0, 0));
+    assert_eq!(stats.deleted[0].status, SnapshotStatus::InProgress);
+    assert_eq!(sim.snapshots(WEB).len(), 5);
+}
+
 #[tokio::test(start_paused = true)]
 async fn stop_and_start_take_power_delay_and_downtime_is_measured() {
     let sim = paused(quiet());

@@ -1,14 +1,25 @@
-//! The deterministic soak: the real scheduler loop, dispatcher and executor (`daemon::Service`)
-//! against the in-memory simulated provider, on tokio's paused clock with the wall clock
-//! derived from it, for 90 simulated days. 20 servers, three policies sharing them, foreign
-//! snapshots, and faults throughout: 5xx, lost create answers, 429 bursts with `Retry-After`,
-//! failed snapshots, slow power changes, snapshots that outlast `snapshot_timeout`, a provider
-//! outage of three hours, and crashes (the service future dropped mid-operation, a fresh one
-//! started on the same `state_dir`). Every provider request goes through [`Checked`], which
-//! checks the safety rules around it; a driver task checks freshness every simulated hour.
+//! The deterministic soak: the service `run` runs, built by the same constructor
+//! (`daemon::Service::open`: scheduler loop with the daemon's 60 s wake cap, dispatcher,
+//! executor, state lock, power journal, run log; alerts muted), against the in-memory simulated
+//! provider, on tokio's paused clock with the wall clock derived from it, for 90 simulated
+//! days. 20 servers, three policies sharing them, foreign snapshots, and faults throughout:
+//! 5xx, lost create answers, 429 bursts with `Retry-After`, failed snapshots, slow power
+//! changes, snapshots that outlast `snapshot_timeout`, a provider outage of three hours, and
+//! crashes (the service future dropped mid-operation, a fresh one started on the same
+//! `state_dir`, which must find the state lock free).
+//!
+//! Every provider request goes through [`Checked`], which judges it as it was asked, before
+//! the provider sees it: a create is never of a name the server has, never while one of the
+//! server's snapshots is in progress, never on a server holding 5; a delete is never of a
+//! snapshot in progress, never of a hand-made one, and only of a snapshot of the policy whose
+//! run sent it (the executor's `rotation` span names that policy, see [`SentBy`]). The
+//! simulator runs lax, carrying out what a provider refuses, so such a request shows as a
+//! violation and as the state it makes, not as a refusal. Stops are checked against their
+//! slot and their bound, and a driver task checks freshness every simulated hour.
 //!
 //! `SOAK_SEED` and `SOAK_DAYS` override the seed (default 1) and the length (default 90); the
-//! ignored `soak_seed_sweep` runs more seeds. Figures: `cargo test soak -- --nocapture`.
+//! ignored `soak_seed_sweep` runs more seeds. Figures:
+//! `cargo test --test it soak::ninety -- --nocapture`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,7 +35,7 @@ use snapshot_scheduler::client::decode_page;
 use snapshot_scheduler::clock::{Clock, TokioClock};
 use snapshot_scheduler::config::{Config, LoadOptions};
 use snapshot_scheduler::daemon::Service;
-use snapshot_scheduler::execute::{Executor, Parts, Settings};
+use snapshot_scheduler::execute::Settings;
 use snapshot_scheduler::journal::Journal;
 use snapshot_scheduler::model::{
     CreateSnapshot, PowerState, RestoreStarted, Server, ServerId, Snapshot, SnapshotId,
@@ -33,11 +44,16 @@ use snapshot_scheduler::model::{
 use snapshot_scheduler::policy::Policy;
 use snapshot_scheduler::provider::{check_unreadable, ApiError, ListedPage, Provider, Scope};
 use snapshot_scheduler::retry::{RetryRules, Retrying};
-use snapshot_scheduler::runlog::RunLog;
+use snapshot_scheduler::scheduler::MAX_SLEEP;
 use snapshot_scheduler::shutdown::Shutdown;
 use snapshot_scheduler::simulator::{SimConfig, Simulator};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::span::{Attributes, Id};
+use tracing::Subscriber;
+use tracing_subscriber::layer::{Context, SubscriberExt as _};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{Layer, Registry};
 
 use crate::common::read_journal;
 
@@ -51,10 +67,6 @@ const CAP: usize = 5;
 const FULL: [ServerId; 6] = [101, 102, 103, 118, 119, 120];
 const SERVERS: u64 = 20;
 const FIRST_SERVER: ServerId = 101;
-/// The scheduler's longest sleep. The daemon uses 60 s so that a wall-clock jump (suspend,
-/// NTP) is noticed within a minute; the soak's wall clock never jumps (the scheduler's own
-/// tests cover jumps), and ten minutes spare 130 000 idle wakes.
-const WAKE_CAP: Duration = Duration::from_secs(600);
 const START: &str = "2025-01-06T00:00:00Z";
 /// How often a failed request is retried (the client's default `max_retries`).
 const MAX_RETRIES: u32 = 5;
@@ -134,7 +146,9 @@ fn base_faults(seed: u64) -> SimConfig {
         error_rate: BASE_ERROR_RATE,
         lost_create_rate: 0.02,
         burst_429_rate: 0.0,
-        refuse_create_while_in_progress: true,
+        // What a provider refuses goes through, so that a create at the cap or while another
+        // is in progress, or a delete of one in progress, shows as the request it was.
+        lax: true,
         seed,
         example_snapshots: false,
         ..SimConfig::default()
@@ -151,7 +165,9 @@ struct Findings {
     /// The longest a server stayed stopped, apart from stops the outage prolonged.
     longest_down: Duration,
     longest_down_in_outage: Duration,
-    cap_refusals: u64,
+    /// Create and delete requests judged as they were asked.
+    creates_judged: u64,
+    deletes_judged: u64,
     over_timeout_creates: u64,
     /// Account-wide listings, and those served with malformed records of servers no policy
     /// names.
@@ -239,8 +255,12 @@ impl Checked {
         self.findings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn managed(&self, name: &str) -> bool {
-        self.policies.iter().any(|p| p.owns(name).is_some())
+    /// The policy that owns a snapshot name, if any.
+    fn owner(&self, name: &str) -> Option<&str> {
+        self.policies
+            .iter()
+            .find(|p| p.owns(name).is_some())
+            .map(|p| p.name.as_str())
     }
 
     /// After every request: a server stopped by us runs again within the bound (an outage
@@ -381,34 +401,38 @@ impl Provider for Checked {
         answer
     }
 
+    /// Judged as asked, before the provider sees it: a create of a name the server already
+    /// has is a duplicate, one while the server has a snapshot in progress or holds the cap
+    /// is one the provider would refuse (the lax simulator carries each out, so the state it
+    /// makes is checked too).
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
         let server = request.server_id;
         let long = self.sim.config().snapshot_duration > LONG_SNAPSHOT / 2;
-        // Judged as asked, not as the provider answers: a create of a name the server already
-        // has is a duplicate, whether or not the provider lets it through.
-        if self
-            .sim
-            .snapshots(server)
-            .iter()
-            .any(|s| s.name == request.name)
+        let held = self.sim.snapshots(server);
         {
-            self.findings().violation(format!(
-                "asked to create {} on server {server} again: it exists",
-                request.name
-            ));
-        }
-        let answer = self.sim.create_snapshot(request).await;
-        if let Err(ApiError::BadRequest { message, .. }) = &answer {
-            // The provider refuses a create at the cap: we asked for a 6th.
-            if message.contains("limit") {
-                let mut f = self.findings();
-                f.cap_refusals += 1;
+            let mut f = self.findings();
+            f.creates_judged += 1;
+            if held.iter().any(|s| s.name == request.name) {
                 f.violation(format!(
-                    "asked for {} on server {server}, which is at the cap",
+                    "asked to create {} on server {server} again: it exists",
                     request.name
                 ));
             }
+            if let Some(busy) = held.iter().find(|s| s.status == SnapshotStatus::InProgress) {
+                f.violation(format!(
+                    "asked to create {} on server {server} while {} is in progress",
+                    request.name, busy.name
+                ));
+            }
+            if held.len() >= CAP {
+                f.violation(format!(
+                    "asked to create {} on server {server}, which holds {} snapshots (the cap is {CAP})",
+                    request.name,
+                    held.len()
+                ));
+            }
         }
+        let answer = self.sim.create_snapshot(request).await;
         if answer.is_ok() && long {
             self.findings().over_timeout_creates += 1;
         }
@@ -417,17 +441,36 @@ impl Provider for Checked {
         answer
     }
 
+    /// Judged as asked, before the provider sees it: a delete is of a snapshot in no
+    /// progress, owned by a policy, and sent by that policy's own run (the `rotation` span
+    /// it runs in, see [`SentBy`]).
     async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ApiError> {
+        let sender = sending_policy();
         if let Some(s) = self.sim.snapshot(id) {
+            let owner = self.owner(&s.name);
             let mut f = self.findings();
-            if f.foreign.contains(&id) || !self.managed(&s.name) {
+            f.deletes_judged += 1;
+            if f.foreign.contains(&id) || owner.is_none() {
                 f.violation(format!(
                     "asked to delete foreign snapshot {} ({id})",
                     s.name
                 ));
+            } else if owner != sender.as_deref() {
+                f.violation(format!(
+                    "{} asked to delete {} ({id}) on server {}, a snapshot of policy {}",
+                    sender.map_or("no policy's run".to_owned(), |p| format!(
+                        "policy {p}'s run"
+                    )),
+                    s.name,
+                    s.server.id,
+                    owner.unwrap_or_default()
+                ));
             }
             if s.status == SnapshotStatus::InProgress {
-                f.violation(format!("asked to delete {} while in progress", s.name));
+                f.violation(format!(
+                    "asked to delete {} ({id}) on server {} while in progress",
+                    s.name, s.server.id
+                ));
             }
             if s.status == SnapshotStatus::Failed {
                 *f.failed.entry((s.server.id, s.name.clone())).or_default() += 1;
@@ -706,32 +749,94 @@ async fn drive(
     }
 }
 
+/// One life of the service, built as `run` builds it (state lock, journal, run log; alerts
+/// muted: the soak has no webhook).
 fn service(
     provider: &Retrying<Checked>,
     clock: &Arc<TokioClock>,
-    state_dir: &Path,
-    settings: &Settings,
+    config: &Config,
     shutdown: Shutdown,
 ) -> Service<Checked> {
-    let clock: Arc<dyn Clock> = clock.clone();
-    let journal = Journal::open(state_dir).expect("the journal opens");
-    let executor = Executor::new(Parts {
-        provider: Arc::new(provider.clone()),
-        clock: clock.clone(),
-        journal: Arc::new(journal),
-        // Like the daemon: the run log in state_dir tells a restart which slots were handled.
-        runlog: Arc::new(RunLog::open(state_dir)),
-        alerts: Alerts::muted(),
-        settings: settings.clone(),
-        shutdown: shutdown.clone(),
-    });
-    Service {
-        executor,
-        clock,
+    // A crash is the old life's future dropped: its tasks must let go of the state lock
+    // before the next life starts, as a dead process's would.
+    Service::open(
+        provider.clone(),
+        clock.clone(),
+        config,
+        Alerts::muted(),
         shutdown,
-        shutdown_grace: Duration::from_secs(60),
-        drain_bound: settings.power_timeout * 2 + Duration::from_secs(30),
+    )
+    .expect("the service starts on the state_dir (the lock is free)")
+}
+
+/// Who sent a request: the executor runs each (policy, server) inside a `rotation` span
+/// with a `policy` field. [`SentByLayer`] keeps that field in the span's extensions, and
+/// [`sending_policy`] reads it from the current span or a parent. Judged from the span,
+/// not from the snapshot's name: a run that deletes another policy's snapshot is caught.
+struct SentBy(String);
+
+struct SentByLayer;
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for SentByLayer {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        struct PolicyField(Option<String>);
+        impl tracing::field::Visit for PolicyField {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "policy" {
+                    self.0 = Some(value.to_owned());
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "policy" {
+                    self.0 = Some(format!("{value:?}"));
+                }
+            }
+        }
+        let mut field = PolicyField(None);
+        attrs.record(&mut field);
+        if let (Some(span), Some(policy)) = (ctx.span(id), field.0) {
+            span.extensions_mut().insert(SentBy(policy));
+        }
     }
+}
+
+fn is_rotation(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.name() == "rotation"
+}
+
+/// The subscriber the soak runs under, on its own thread (the runtime is current-thread):
+/// the `rotation` spans for [`SentByLayer`], and with `SOAK_TRACE` the daemon's log.
+fn soak_subscriber() -> impl Subscriber + Send + Sync {
+    use tracing::subscriber::Interest;
+    use tracing_subscriber::filter::{DynFilterFn, EnvFilter};
+    let rotation = DynFilterFn::new(|meta, _| is_rotation(meta)).with_callsite_filter(|meta| {
+        if is_rotation(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    });
+    // To replay a seed with the daemon's log: SOAK_TRACE=info (any tracing filter).
+    let log = std::env::var("SOAK_TRACE").ok().map(|filter| {
+        tracing_subscriber::fmt::layer()
+            .without_time()
+            .with_test_writer()
+            .with_filter(EnvFilter::new(filter))
+    });
+    Registry::default()
+        .with(SentByLayer.with_filter(rotation))
+        .with(log)
+}
+
+/// The policy whose `rotation` span the current request runs in.
+fn sending_policy() -> Option<String> {
+    tracing::dispatcher::get_default(|dispatch| {
+        let registry = dispatch.downcast_ref::<Registry>()?;
+        let current = dispatch.current_span();
+        let span = registry.span(current.id()?)?;
+        span.scope()
+            .find_map(|s| s.extensions().get::<SentBy>().map(|p| p.0.clone()))
+    })
 }
 
 /// Counts panics on this thread: with a current-thread runtime every task of the run is here,
@@ -756,6 +861,8 @@ struct Figures {
     by_endpoint: BTreeMap<&'static str, u64>,
     faults: BTreeMap<&'static str, u64>,
     crashes: usize,
+    creates_judged: u64,
+    deletes_judged: u64,
     violations: Vec<String>,
     longest_down: Duration,
     longest_down_in_outage: Duration,
@@ -785,6 +892,11 @@ impl std::fmt::Display for Figures {
             .collect();
         writeln!(f, "faults injected: {}", faults.join(", "))?;
         writeln!(f, "crashes: {}", self.crashes)?;
+        writeln!(
+            f,
+            "judged as asked: {} creates, {} deletes (each against its sender's policy)",
+            self.creates_judged, self.deletes_judged
+        )?;
         let minutes =
             |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs() / 60 * 60));
         writeln!(
@@ -817,15 +929,8 @@ fn retry_rules(seed: u64) -> RetryRules {
 
 async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
     let panics = count_panics();
-    // To replay a seed with the daemon's log: SOAK_TRACE=info (any tracing filter).
-    if let Ok(filter) = std::env::var("SOAK_TRACE") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .without_time()
-            .with_test_writer()
-            .try_init();
-    }
-    let config = config();
+    let _subscriber = tracing::subscriber::set_default(soak_subscriber());
+    let mut config = config();
     let policies = Arc::new(config.policies.clone());
     let settings = Settings::from_config(&config.daemon, false);
     let stop_bound = settings.snapshot_timeout + settings.power_timeout * 2;
@@ -882,6 +987,7 @@ async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
         _ => tempfile::tempdir(),
     }
     .expect("a temp dir");
+    config.daemon.state_dir = state_dir.path().to_owned();
     let checked = Checked {
         sim: sim.clone(),
         policies: policies.clone(),
@@ -905,11 +1011,11 @@ async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
     let mut crashed = 0;
     for (crash_at, restart_after) in crashes.iter().filter(|(t, _)| *t < end) {
         let never = Shutdown::new();
-        let svc = service(&provider, &clock, state_dir.path(), &settings, never);
+        let svc = service(&provider, &clock, &config, never);
         let run = svc.run(
             config.policies.clone(),
             reload.clone(),
-            WAKE_CAP,
+            MAX_SLEEP,
             Box::new(|_, _| {}),
         );
         tokio::select! {
@@ -922,13 +1028,7 @@ async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
     }
     // The last life ends with SIGTERM at the end of the run: in-flight work drains.
     let shutdown = Shutdown::new();
-    let svc = service(
-        &provider,
-        &clock,
-        state_dir.path(),
-        &settings,
-        shutdown.clone(),
-    );
+    let svc = service(&provider, &clock, &config, shutdown.clone());
     let sigterm = async {
         tokio::time::sleep_until(end).await;
         shutdown.begin();
@@ -937,7 +1037,7 @@ async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
         svc.run(
             config.policies.clone(),
             reload.clone(),
-            WAKE_CAP,
+            MAX_SLEEP,
             Box::new(|_, _| {})
         ),
         sigterm
@@ -968,10 +1068,10 @@ async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
             f.violation(format!("deleted {} ({})", d.name, d.status));
         }
     }
-    if stats.cap_refusals + stats.duplicate_names + f.cap_refusals > 0 {
+    if stats.cap_refusals + stats.in_progress_refusals + stats.duplicate_names > 0 {
         f.violation(format!(
-            "the provider counted {} cap refusals and {} duplicate names",
-            stats.cap_refusals, stats.duplicate_names
+            "the provider counted {} cap refusals, {} in-progress refusals and {} duplicate names",
+            stats.cap_refusals, stats.in_progress_refusals, stats.duplicate_names
         ));
     }
     let panicked = panics.load(Ordering::Relaxed);
@@ -1003,6 +1103,8 @@ async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
         by_endpoint: stats.requests.clone(),
         faults,
         crashes: crashed,
+        creates_judged: f.creates_judged,
+        deletes_judged: f.deletes_judged,
         violations: std::mem::take(&mut f.violations),
         longest_down: f.longest_down,
         longest_down_in_outage: f.longest_down_in_outage,
@@ -1045,6 +1147,96 @@ async fn the_soak_catches_a_create_sent_again_without_looking_for_it() {
         .filter(|v| v.contains("again: it exists"))
         .count();
     assert!(duplicates > 0, "{figures}");
+}
+
+/// Each request is judged as it was asked and by whose run sent it: a delete of another
+/// policy's snapshot, a create while one is in progress or on a full server, and a delete
+/// of one in progress are each reported. (Once, the first went unseen because the name
+/// had an owner, and the simulator refused the others before they could be.)
+#[tokio::test(start_paused = true)]
+async fn the_checks_report_a_delete_by_another_policys_run_and_what_the_provider_would_refuse() {
+    use tracing::Instrument as _;
+    let _subscriber = tracing::subscriber::set_default(soak_subscriber());
+    let wall0: DateTime<Utc> = START.parse().expect("a timestamp");
+    let clock = TokioClock::starting_at(wall0);
+    let faultless = SimConfig {
+        failure_rate: 0.0,
+        error_rate: 0.0,
+        lost_create_rate: 0.0,
+        ..base_faults(1)
+    };
+    let server = FIRST_SERVER;
+    let sim = Simulator::new(faultless, &[(server, "web".into())], clock.clone());
+    let checked = Checked {
+        sim: sim.clone(),
+        policies: Arc::new(config().policies),
+        findings: Arc::default(),
+        stop_bound: Duration::from_secs(50 * 60),
+        journal: PathBuf::from("/nonexistent/power-journal.json"),
+        clock: clock.clone(),
+        first_start: wall0,
+    };
+    let violations = || checked.findings().violations.clone();
+    let hourly = || tracing::info_span!("rotation", policy = %"hourly");
+    let create = |name: &str| CreateSnapshot {
+        server_id: server,
+        name: name.to_owned(),
+        description: None,
+    };
+    let yesterday = wall0 - chrono::Duration::days(1);
+    let daily = sim.add_snapshot(
+        server,
+        "daily-20250105T013000Z",
+        SnapshotStatus::Completed,
+        yesterday,
+    );
+    for hour in ["21", "22", "23"] {
+        let name = format!("hourly-20250105T{hour}0000Z");
+        sim.add_snapshot(server, &name, SnapshotStatus::Completed, yesterday);
+    }
+
+    let _ = checked.delete_snapshot(daily).instrument(hourly()).await;
+    assert_eq!(
+        violations(),
+        [format!(
+            "policy hourly's run asked to delete daily-20250105T013000Z ({daily}) on server \
+             {server}, a snapshot of policy daily"
+        )]
+    );
+    // Its own snapshot, on a server with room and nothing in progress: nothing to report.
+    let first = checked
+        .create_snapshot(&create("hourly-20250106T000000Z"))
+        .instrument(hourly())
+        .await
+        .expect("created")
+        .id;
+    assert_eq!(violations().len(), 1, "{:?}", violations());
+
+    let _ = checked
+        .create_snapshot(&create("hourly-20250106T010000Z"))
+        .instrument(hourly())
+        .await;
+    let _ = checked.delete_snapshot(first).instrument(hourly()).await;
+    tokio::time::sleep(BASE_SNAPSHOT).await;
+    sim.add_snapshot(server, "hand-made", SnapshotStatus::Completed, yesterday);
+    let _ = checked
+        .create_snapshot(&create("hourly-20250106T020000Z"))
+        .instrument(hourly())
+        .await;
+    let _ = checked.delete_snapshot(daily + 1).await;
+    let found = violations();
+    for expected in [
+        "asked to create hourly-20250106T010000Z on server 101 while hourly-20250106T000000Z is in progress",
+        "asked to delete hourly-20250106T000000Z",
+        "asked to create hourly-20250106T020000Z on server 101, which holds 5 snapshots (the cap is 5)",
+        "server 101 holds 6 snapshots",
+        "no policy's run asked to delete hourly-20250105T210000Z",
+    ] {
+        assert!(
+            found.iter().any(|v| v.starts_with(expected)),
+            "{expected:?} not in {found:#?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
