@@ -13,8 +13,6 @@ use snapshot_scheduler::alerts::Alerts;
 use snapshot_scheduler::clock::{Clock, TokioClock};
 use snapshot_scheduler::config::{Config, LoadOptions};
 use snapshot_scheduler::daemon::Service;
-use snapshot_scheduler::execute::{Executor, Parts, Settings};
-use snapshot_scheduler::journal::Journal;
 use snapshot_scheduler::model::{PowerState, ServerId, SnapshotStatus};
 use snapshot_scheduler::report::RunResult;
 use snapshot_scheduler::retry::{RetryRules, Retrying};
@@ -82,26 +80,18 @@ fn simulator(clock: Arc<TokioClock>) -> Simulator {
 /// Runs one life of the service on `state_dir` until `until` (tokio time from now), then
 /// drops it mid-work like a crash.
 async fn life(sim: &Simulator, clock: &Arc<TokioClock>, state_dir: &Path, until: Duration) {
-    let config = config();
-    let settings = Settings::from_config(&config.daemon, false);
-    let shutdown = Shutdown::new();
+    let mut config = config();
+    config.daemon.state_dir = state_dir.to_owned();
     let clock: Arc<dyn Clock> = clock.clone();
-    let executor = Executor::new(Parts {
-        provider: Arc::new(Retrying::new(sim.clone(), RetryRules::new(5).seeded(1))),
-        clock: clock.clone(),
-        journal: Arc::new(Journal::open(state_dir).expect("the journal opens")),
-        runlog: Arc::new(RunLog::open(state_dir)),
-        alerts: Alerts::muted(),
-        settings: settings.clone(),
-        shutdown: shutdown.clone(),
-    });
-    let service = Service {
-        executor,
+    // Built as `run` builds it: the journal, the run log and the state lock in state_dir.
+    let service = Service::open(
+        Retrying::new(sim.clone(), RetryRules::new(5).seeded(1)),
         clock,
-        shutdown,
-        shutdown_grace: Duration::from_secs(60),
-        drain_bound: Duration::from_secs(30 * 60),
-    };
+        &config,
+        Alerts::muted(),
+        Shutdown::new(),
+    )
+    .expect("the service opens its state_dir");
     let (_tx, reload) = watch::channel(config.policies.clone());
     tokio::select! {
         _ = service.run(config.policies.clone(), reload, Duration::from_secs(60), Box::new(|_, _| {})) => {
@@ -109,6 +99,10 @@ async fn life(sim: &Simulator, clock: &Arc<TokioClock>, state_dir: &Path, until:
         }
         () = tokio::time::sleep(until) => {}
     }
+    // A crash ends every task of the process; here the tasks the dropped service aborted go
+    // (and release the state lock) at the runtime's next turn.
+    drop(service);
+    tokio::task::yield_now().await;
 }
 
 fn names(sim: &Simulator) -> Vec<String> {
