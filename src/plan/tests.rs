@@ -1032,18 +1032,18 @@ proptest! {
         steps in truth::steps(),
     ) {
         let keep = pol.retention.keep as usize;
-        let mut provider = truth::Provider::new(server);
+        let mut server = truth::Server::new(server);
         let mut slot = t(BASE);
         for (n, step) in steps.iter().enumerate() {
             if n > 0 && !step.again {
                 slot += chrono::Duration::days(1);
             }
             let now = slot + chrono::Duration::minutes(if step.again { 120 } else { 1 });
-            provider.before_run(step, now);
-            let had = truth::own_completed(&provider.server);
-            let start = provider.server.clone();
-            let ran = provider.run(&pol, slot, now, step);
-            let left = truth::own_completed(&provider.server);
+            server.before_run(step, now);
+            let had = truth::own_completed(&server.snapshots);
+            let start = server.snapshots.clone();
+            let ran = server.run(&pol, slot, now, step);
+            let left = truth::own_completed(&server.snapshots);
             prop_assert!(
                 !ran.refused_at_cap,
                 "run {}: the provider refused the create at its cap: {:?}", n, start
@@ -1053,7 +1053,7 @@ proptest! {
                 left + freed >= keep.min(had),
                 "run {} ({:?}): {} own completed left of {}, keep={}, freed {}\n\
                  before: {:?}\nafter: {:?}",
-                n, step, left, had, keep, ran.freed_own_completed, start, provider.server
+                n, step, left, had, keep, ran.freed_own_completed, start, server.snapshots
             );
         }
     }

@@ -205,24 +205,26 @@ pub(super) fn fates(p: &Plan, server: &[Held]) -> Result<Vec<Fate>, TestCaseErro
         .collect()
 }
 
-/// Policies: any rules (none at all too), pruning of hand-made snapshots or not, two zones.
+/// Policies: any rules (often none at all: zero rules must never mean "delete all"),
+/// pruning of hand-made snapshots or not, two zones.
 pub(super) fn policies() -> impl Strategy<Value = Policy> {
-    (0u32..=5, 0u32..=3, 0u32..=2, any::<bool>(), any::<bool>()).prop_map(
-        |(keep, daily, weekly, prune, berlin)| {
-            let tz = if berlin {
-                chrono_tz::Europe::Berlin
-            } else {
-                chrono_tz::UTC
-            };
-            let rules = Retention {
-                keep,
-                daily,
-                weekly,
-                ..Default::default()
-            };
-            policy_in(tz, rules, prune)
-        },
-    )
+    let rules = prop_oneof![
+        1 => Just(Retention::default()),
+        5 => (0u32..=5, 0u32..=3, 0u32..=2).prop_map(|(keep, daily, weekly)| Retention {
+            keep,
+            daily,
+            weekly,
+            ..Default::default()
+        }),
+    ];
+    (rules, any::<bool>(), any::<bool>()).prop_map(|(rules, prune, berlin)| {
+        let tz = if berlin {
+            chrono_tz::Europe::Berlin
+        } else {
+            chrono_tz::UTC
+        };
+        policy_in(tz, rules, prune)
+    })
 }
 
 /// How a server's snapshots are drawn: how many of this policy's for every 8 of others,
@@ -397,20 +399,20 @@ pub(super) struct Ran {
     pub refused_at_cap: bool,
 }
 
-/// The provider's side of one server, and the executor acting on it the way
-/// `Executor::create_and_prune` does.
-pub(super) struct Provider {
-    pub server: Vec<Held>,
+/// One server as the provider keeps it, and the executor acting on it the way
+/// `Executor::rotate` and `create_and_prune` do.
+pub(super) struct Server {
+    pub snapshots: Vec<Held>,
     next_id: SnapshotId,
     deletes: usize,
     failing_delete: Option<usize>,
 }
 
-impl Provider {
-    pub(super) fn new(server: Vec<Held>) -> Self {
-        let next_id = server.iter().map(|h| h.id).max().unwrap_or(0) + 1;
+impl Server {
+    pub(super) fn new(snapshots: Vec<Held>) -> Self {
+        let next_id = snapshots.iter().map(|h| h.id).max().unwrap_or(0) + 1;
         Self {
-            server,
+            snapshots,
             next_id,
             deletes: 0,
             failing_delete: None,
@@ -419,11 +421,11 @@ impl Provider {
 
     /// A create request; `false` when the provider refuses it at its cap.
     fn add(&mut self, made: Held) -> bool {
-        if self.server.len() >= PROVIDER_CAP {
+        if self.snapshots.len() >= PROVIDER_CAP {
             return false;
         }
         self.next_id += 1;
-        self.server.push(made);
+        self.snapshots.push(made);
         true
     }
 
@@ -447,14 +449,14 @@ impl Provider {
         if self.failing_delete == Some(n) {
             return false;
         }
-        self.server.retain(|h| h.id != id);
+        self.snapshots.retain(|h| h.id != id);
         true
     }
 
     /// What happens on the server before the run: busy snapshots settle, someone else acts.
     pub(super) fn before_run(&mut self, step: &Step, at: DateTime<Utc>) {
         if step.settle {
-            for h in self.server.iter_mut().filter(|h| h.state.is_busy()) {
+            for h in self.snapshots.iter_mut().filter(|h| h.state.is_busy()) {
                 h.state = h.then.state();
             }
         }
@@ -469,13 +471,13 @@ impl Provider {
             }
             Event::OperatorDeletesForeign => {
                 let oldest = self
-                    .server
+                    .snapshots
                     .iter()
                     .filter(|h| h.whose != Whose::Own)
                     .min_by_key(|h| (h.created_at, h.id))
                     .map(|h| h.id);
                 if let Some(id) = oldest {
-                    self.server.retain(|h| h.id != id);
+                    self.snapshots.retain(|h| h.id != id);
                 }
             }
         }
@@ -495,7 +497,7 @@ impl Provider {
         self.deletes = 0;
         self.failing_delete = step.failing_delete;
         let mut ran = Ran::default();
-        let first = plan(policy, &SERVER.into(), &listing(&self.server), slot, now);
+        let first = plan(policy, &SERVER.into(), &listing(&self.snapshots), slot, now);
         match first.outcome {
             SlotOutcome::CapBlocked(_) | SlotOutcome::OtherServers(_) => return ran,
             SlotOutcome::Create(_)
@@ -513,7 +515,7 @@ impl Provider {
             .filter(|d| d.action == Action::DeleteBeforeCreate);
         for d in now_deletes.chain(freeing) {
             let own_completed = self
-                .server
+                .snapshots
                 .iter()
                 .any(|h| h.id == d.snapshot_id && h.is_own_completed());
             if !self.delete(d.snapshot_id) {
@@ -549,7 +551,13 @@ impl Provider {
         }
         ran.completed = state == State::Completed;
         let later = now + Duration::minutes(10);
-        let second = plan(policy, &SERVER.into(), &listing(&self.server), slot, later);
+        let second = plan(
+            policy,
+            &SERVER.into(),
+            &listing(&self.snapshots),
+            slot,
+            later,
+        );
         for d in second
             .decisions
             .iter()
