@@ -121,13 +121,6 @@ impl Action {
             Self::DeleteAfterCreate => "delete after create",
         }
     }
-
-    pub fn is_delete(self) -> bool {
-        matches!(
-            self,
-            Self::DeleteNow | Self::DeleteBeforeCreate | Self::DeleteAfterCreate
-        )
-    }
 }
 
 impl fmt::Display for Action {
