@@ -332,7 +332,9 @@ async fn read_body(
 }
 
 fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> ApiError {
-    if e.is_timeout() {
+    // Before the connection is made nothing is sent: the one case a create may be sent again.
+    let unreachable = e.is_connect();
+    if e.is_timeout() && !unreachable {
         ApiError::Timeout {
             what: what.to_owned(),
             timeout,
@@ -344,9 +346,11 @@ fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> ApiError
             message = format!("{message}: {s}");
             source = s.source();
         }
-        ApiError::Connection {
-            what: what.to_owned(),
-            message: text::message(&message),
+        let (what, message) = (what.to_owned(), text::message(&message));
+        if unreachable {
+            ApiError::Unreachable { what, message }
+        } else {
+            ApiError::Connection { what, message }
         }
     }
 }

@@ -326,8 +326,19 @@ pub enum ApiError {
     },
     #[error("{what} got no answer within {}", humantime::format_duration(*.timeout))]
     Timeout { what: String, timeout: Duration },
+    /// The request may have been sent: the connection failed or was reset after it was open.
     #[error("could not reach the API for {what}: {message}")]
     Connection { what: String, message: String },
+    /// No connection was made, so nothing was sent.
+    #[error("could not connect to the API for {what}: {message}")]
+    Unreachable { what: String, message: String },
+    /// A create whose answer was lost, and whose snapshot did not show up when looked for.
+    #[error(
+        "{what}: the answer was lost ({cause}) and the snapshot did not show up when looked \
+         for; it is not sent again, since a second create could make a duplicate (the next \
+         fire takes a new slot)"
+    )]
+    Unconfirmed { what: String, cause: String },
     #[error("the API's answer to {what} could not be read: {message}")]
     Decode { what: String, message: String },
     /// Never followed: the token would go along, and the answer from there would choose what
@@ -398,6 +409,7 @@ impl ApiError {
                 | Self::Server { .. }
                 | Self::Timeout { .. }
                 | Self::Connection { .. }
+                | Self::Unreachable { .. }
         )
     }
 

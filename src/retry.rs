@@ -6,8 +6,11 @@
 //! - reads (each page of a listing on its own, a server) and deletes are sent again after a
 //!   429, a 5xx, a timeout or a reset; a delete that finds its snapshot gone after an answer
 //!   was lost has succeeded;
-//! - a create whose outcome is unknown (5xx, timeout, reset) is looked up by name right
-//!   before each re-send, and once more when the tries are spent: it is never made twice;
+//! - a create whose outcome is unknown (5xx, timeout, a reset connection) is never sent
+//!   again: a provider may show a snapshot only a while after making it, so it is looked for
+//!   by name, with the back-off between looks, and the run fails if it never shows up (the
+//!   next fire takes a new slot). A create is sent again only after an answer that says it
+//!   was not carried out (429) or a connection that was never made;
 //! - a stop or start whose outcome is unknown is sent again only after a look at the server
 //!   shows it did not happen (a stop only while the server still runs, a start only while it
 //!   is stopped);
@@ -59,8 +62,8 @@ impl RetryRules {
         }
     }
 
-    /// Sends a create again without looking for it first. Never used by the program: it exists
-    /// so a test can show that the soak catches the duplicates this makes.
+    /// Sends a create again after a lost answer, blind. Never used by the program: it exists so
+    /// a test can show that the soak catches the duplicates this makes.
     #[doc(hidden)]
     pub fn without_lost_create_look_up(self) -> Self {
         Self {
@@ -144,6 +147,33 @@ impl<P: Provider> Retrying<P> {
         }
     }
 
+    /// A create whose answer was lost may have happened, and a provider may show it only
+    /// later: it is looked for by name, with the back-off between looks, and never sent again
+    /// (a look that finds nothing proves nothing, and a second create could make a duplicate).
+    async fn find_lost_create(
+        &self,
+        request: &CreateSnapshot,
+        error: ApiError,
+        mut backoff: Backoff,
+    ) -> Result<Snapshot, ApiError> {
+        loop {
+            if let Some(found) = self.look_for(request).await? {
+                return Ok(found);
+            }
+            let Some(wait) = backoff.after(&error) else {
+                return Err(ApiError::Unconfirmed {
+                    what: format!(
+                        "create snapshot {} of server {}",
+                        request.name, request.server_id
+                    ),
+                    cause: error.to_string(),
+                });
+            };
+            tracing::warn!(error = %error, look_again_in = ?wait, snapshot = %request.name, "the created snapshot is not listed yet; looking again");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// After a create whose answer was lost: the snapshot of that name, if it exists.
     async fn look_for(&self, request: &CreateSnapshot) -> Result<Option<Snapshot>, ApiError> {
         tracing::warn!(snapshot = %request.name, "create answer lost; looking for the snapshot by name");
@@ -220,36 +250,22 @@ impl<P: Provider> Provider for Retrying<P> {
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
         let mut backoff = self.rules.backoff();
-        // Whether a create already sent may have happened.
-        let mut unsure = false;
         loop {
             let error = match self.inner.create_snapshot(request).await {
                 Ok(s) => return Ok(s),
                 Err(e) => e,
             };
-            unsure |= error.outcome_unknown();
-            let look = unsure && self.rules.look_up_lost_creates;
+            if error.outcome_unknown() && self.rules.look_up_lost_creates {
+                return self.find_lost_create(request, error, backoff).await;
+            }
             if !error.is_retryable() {
                 return Err(error);
             }
             let Some(wait) = backoff.after(&error) else {
-                // Out of tries: one last look, the create may have happened.
-                if look {
-                    if let Some(found) = self.look_for(request).await? {
-                        return Ok(found);
-                    }
-                }
                 return Err(error);
             };
             tracing::warn!(error = %error, retry_in = ?wait, "create failed; trying again");
             tokio::time::sleep(wait).await;
-            // The create may have happened, and a slow provider may only show it now: look
-            // right before sending it again.
-            if look {
-                if let Some(found) = self.look_for(request).await? {
-                    return Ok(found);
-                }
-            }
         }
     }
 
@@ -417,5 +433,104 @@ mod tests {
         assert!(matches!(refused, ApiError::RateLimited { .. }), "{refused}");
         assert_eq!(sim.stats().request_count("delete"), 2);
         assert_eq!(started.elapsed(), crate::provider::MAX_RETRY_AFTER);
+    }
+
+    /// A provider that makes the snapshot but loses the answer (504), and lists it only
+    /// `hidden` later, as an eventually consistent provider does.
+    #[derive(Clone)]
+    struct SlowToShow {
+        sim: Simulator,
+        hidden: Duration,
+        made: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+        really_made: bool,
+    }
+
+    impl Provider for SlowToShow {
+        async fn list_page(
+            &self,
+            scope: Scope<'_>,
+            link: Option<&str>,
+        ) -> Result<ListedPage, ApiError> {
+            let mut page = self.sim.list_page(scope, link).await?;
+            let made = *self.made.lock().unwrap();
+            if made.is_none_or(|t| t.elapsed() < self.hidden) {
+                page.snapshots.clear();
+            }
+            Ok(page)
+        }
+        async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
+            if self.really_made {
+                self.sim.create_snapshot(request).await?;
+                *self.made.lock().unwrap() = Some(tokio::time::Instant::now());
+            }
+            Err(ApiError::Server {
+                what: "create".into(),
+                status: 504,
+                message: "Gateway Time-out".into(),
+            })
+        }
+        async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ApiError> {
+            self.sim.delete_snapshot(id).await
+        }
+        async fn restore_snapshot(&self, id: SnapshotId) -> Result<RestoreStarted, ApiError> {
+            self.sim.restore_snapshot(id).await
+        }
+        async fn get_server(&self, id: ServerId) -> Result<Server, ApiError> {
+            self.sim.get_server(id).await
+        }
+        async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
+            self.sim.stop_server(id).await
+        }
+        async fn start_server(&self, id: ServerId) -> Result<Server, ApiError> {
+            self.sim.start_server(id).await
+        }
+    }
+
+    fn slow_to_show(hidden: Duration, really_made: bool) -> (Simulator, Retrying<SlowToShow>) {
+        let sim = sim(SimConfig::default());
+        let provider = SlowToShow {
+            sim: sim.clone(),
+            hidden,
+            made: std::sync::Arc::default(),
+            really_made,
+        };
+        (sim, Retrying::new(provider, RetryRules::new(5).seeded(1)))
+    }
+
+    /// A lost create that the provider lists only seconds later is found by looking again:
+    /// it is never sent a second time (a look that finds nothing proves nothing).
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_create_listed_only_later_is_found_not_sent_again() {
+        let (sim, retrying) = slow_to_show(Duration::from_secs(10), true);
+        let made = retrying.create_snapshot(&request("a")).await.unwrap();
+        assert_eq!(made.name, "a");
+        let stats = sim.stats();
+        assert_eq!(stats.request_count("create"), 1);
+        assert_eq!(sim.snapshots(WEB).len(), 1);
+    }
+
+    /// A create whose answer was lost and that never shows up fails the run, saying why it
+    /// was not sent again; it is still sent once only.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_create_that_never_shows_up_fails_without_a_second_create() {
+        let (sim, retrying) = slow_to_show(Duration::from_secs(10), false);
+        let err = retrying.create_snapshot(&request("a")).await.unwrap_err();
+        assert!(matches!(err, ApiError::Unconfirmed { .. }), "{err}");
+        assert!(err.to_string().contains("not sent again"), "{err}");
+        assert_eq!(sim.stats().request_count("create"), 0);
+        assert!(sim.snapshots(WEB).is_empty());
+    }
+
+    /// A 429 says the create was not carried out: it is sent again after Retry-After.
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limited_create_is_sent_again() {
+        let sim = sim(SimConfig {
+            burst_429_rate: 1.0,
+            ..SimConfig::default()
+        });
+        let retrying = Retrying::new(sim.clone(), RetryRules::new(2).seeded(1));
+        let refused = retrying.create_snapshot(&request("a")).await.unwrap_err();
+        assert!(matches!(refused, ApiError::RateLimited { .. }), "{refused}");
+        assert_eq!(sim.stats().request_count("create"), 3);
     }
 }

@@ -178,6 +178,8 @@ struct Findings {
     outages: Vec<(Instant, Instant)>,
     /// How many snapshots of each (server, name) the provider failed and we deleted.
     failed: BTreeMap<(ServerId, String), u32>,
+    /// Creates the provider failed with a 5xx before making them: not sent again.
+    lost_to_5xx: u64,
     /// When no service was running (a crash until the restart), as wall-clock windows: a
     /// slot in one was missed, and only such a slot may be caught up after the restart.
     down_windows: Vec<(DateTime<Utc>, DateTime<Utc>)>,
@@ -435,6 +437,19 @@ impl Provider for Checked {
         let answer = self.sim.create_snapshot(request).await;
         if answer.is_ok() && long {
             self.findings().over_timeout_creates += 1;
+        }
+        // A 5xx before the provider made it: the create is not sent again (its outcome could
+        // not be known), so the slot is lost to the provider's failure, like a failed snapshot.
+        let unsure = matches!(&answer, Err(e) if e.outcome_unknown());
+        let made = self
+            .sim
+            .snapshots(server)
+            .iter()
+            .any(|s| s.name == request.name);
+        if unsure && !made {
+            let mut f = self.findings();
+            f.lost_to_5xx += 1;
+            *f.failed.entry((server, request.name.clone())).or_default() += 1;
         }
         self.check_names(server);
         self.after();
@@ -856,6 +871,7 @@ fn count_panics() -> Arc<AtomicU64> {
 }
 
 struct Figures {
+    lost_to_5xx: u64,
     days: u64,
     requests: u64,
     by_endpoint: BTreeMap<&'static str, u64>,
@@ -892,6 +908,11 @@ impl std::fmt::Display for Figures {
             .collect();
         writeln!(f, "faults injected: {}", faults.join(", "))?;
         writeln!(f, "crashes: {}", self.crashes)?;
+        writeln!(
+            f,
+            "creates failed by a 5xx before they were made, not sent again: {}",
+            self.lost_to_5xx
+        )?;
         writeln!(
             f,
             "judged as asked: {} creates, {} deletes (each against its sender's policy)",
@@ -1104,6 +1125,7 @@ async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
         faults,
         crashes: crashed,
         creates_judged: f.creates_judged,
+        lost_to_5xx: f.lost_to_5xx,
         deletes_judged: f.deletes_judged,
         violations: std::mem::take(&mut f.violations),
         longest_down: f.longest_down,
