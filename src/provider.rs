@@ -63,7 +63,7 @@ pub trait Provider: Send + Sync + 'static {
     }
 
     /// Creates a snapshot. Sent once: after a lost answer, only a look by name can tell
-    /// whether it happened ([`crate::retry::Retrying`] looks before sending it again).
+    /// whether it happened ([`crate::retry::Retrying`] looks for it and never sends it again).
     fn create_snapshot(
         &self,
         request: &CreateSnapshot,
