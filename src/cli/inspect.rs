@@ -140,9 +140,12 @@ pub(super) async fn show_plan(
             p.slot.format("%Y-%m-%dT%H:%M:%SZ")
         )?;
         let mut rows = Vec::new();
-        match p.create() {
-            Some(c) => rows.push(["create".to_owned(), c.name.clone(), c.reason.clone()]),
-            None => rows.push(["-".to_owned(), String::new(), p.outcome_line().to_owned()]),
+        // The slot's line, said as the run reports it: a failure is a FAILED line (the only
+        // place its reason is printed; it names the first few snapshots, `--json` all).
+        match (p.create(), p.outcome.failure()) {
+            (Some(c), _) => rows.push(["create".to_owned(), c.name.clone(), c.reason.clone()]),
+            (None, Some(why)) => rows.push(["FAILED".to_owned(), String::new(), why.to_owned()]),
+            (None, None) => rows.push(["-".to_owned(), String::new(), p.outcome_line().to_owned()]),
         }
         for d in &p.decisions {
             let action = d.action.as_str().to_owned();
@@ -154,10 +157,6 @@ pub(super) async fn show_plan(
         }
         for line in render_table(&rows).lines() {
             outln!("  {line}")?;
-        }
-        if let Some(b) = p.outcome.blocked() {
-            // The reason names the snapshots (the first few); `--json` has them all.
-            outln!("  BLOCKED: {}", b.reason)?;
         }
         for note in &p.notes {
             outln!("  note: {note}")?;

@@ -46,18 +46,22 @@ impl<P: Provider> Executor<P> {
             tracing::warn!("{warning}");
         }
         report.plan = Some(first.clone());
-        if let Some(blocked) = first.outcome.blocked() {
-            report.blocked = matches!(first.outcome, SlotOutcome::CapBlocked(_));
-            anyhow::bail!("{}", blocked.reason);
-        }
-        // Judged before a dry run stops, so both say the same: a stuck snapshot fails.
-        if first.create().is_none() {
-            self.fail_if_stuck(&prepared.snapshots)?;
+        // What can do nothing fails before a dry run stops, so both say the same.
+        match &first.outcome {
+            SlotOutcome::CapBlocked(b) | SlotOutcome::OtherServers(b) => {
+                report.blocked = matches!(first.outcome, SlotOutcome::CapBlocked(_));
+                anyhow::bail!("{}", b.reason);
+            }
+            SlotOutcome::SnapshotStuck { reason, .. } => anyhow::bail!("{reason}"),
+            _ => {}
         }
         if self.settings.dry_run {
-            // A skip is a skip in both; anything else is told as what would happen.
+            // A skip is a skip in both, and a failure a failure (a dry run exits as the run
+            // would); anything else is told as what would happen.
             (report.result, report.message) = if first.outcome.is_skip() {
                 (RunResult::Skipped, first.outcome_line().to_owned())
+            } else if first.outcome.failure().is_some() {
+                (RunResult::Failed, dry_run_summary(policy, &first))
             } else {
                 (RunResult::DryRun, dry_run_summary(policy, &first))
             };
@@ -100,15 +104,23 @@ impl<P: Provider> Executor<P> {
         })
     }
 
-    /// The plan for what [`prepare`](Self::prepare) read, as of now.
+    /// The plan for what [`prepare`](Self::prepare) read, as of now. A snapshot in progress
+    /// past `snapshot_timeout` is marked stuck here (the planner does not know the timeout),
+    /// so `plan` says the failure the run reports.
     pub fn plan(&self, policy: &Policy, slot: DateTime<Utc>, prepared: &Prepared) -> Plan {
-        plan(
+        let mut planned = plan(
             policy,
             &prepared.target,
             &prepared.snapshots,
             slot,
             self.clock.now(),
-        )
+        );
+        if let SlotOutcome::SnapshotInProgress { .. } = planned.outcome {
+            if let Some((snapshots, reason)) = self.stuck(&prepared.snapshots) {
+                planned.outcome = SlotOutcome::SnapshotStuck { snapshots, reason };
+            }
+        }
+        planned
     }
 
     /// Does what `first` says. The run's result follows the slot's outcome, never the words
@@ -127,15 +139,25 @@ impl<P: Provider> Executor<P> {
                     .create_with_hooks(policy, prepared, first, create, report, turn)
                     .await
             }
-            SlotOutcome::SlotTaken { .. } => RunResult::Unchanged,
+            SlotOutcome::SlotTaken {
+                completed: true, ..
+            } => RunResult::Unchanged,
+            // Its failed snapshot still goes (the planned deletes), then the run fails.
+            SlotOutcome::SlotTaken {
+                completed: false, ..
+            } => RunResult::Failed,
             SlotOutcome::SnapshotInProgress { .. } | SlotOutcome::ServerInTransition { .. } => {
                 RunResult::Skipped
             }
+            SlotOutcome::SnapshotStuck { reason, .. } => anyhow::bail!("{reason}"),
             SlotOutcome::CapBlocked(b) | SlotOutcome::OtherServers(b) => {
                 anyhow::bail!("{}", b.reason)
             }
         };
         self.delete_planned(policy, first, report).await?;
+        if result.is_failure() {
+            anyhow::bail!("{}", first.outcome_line());
+        }
         report.result = result;
         report.message = first.outcome_line().to_owned();
         Ok(())
@@ -193,13 +215,21 @@ impl<P: Provider> Executor<P> {
 
     /// A snapshot in progress blocks the server (nothing is created or deleted beside it).
     /// Within `snapshot_timeout` that is a skip; past it, the snapshot is stuck, and a run
-    /// that can never create anything is a failure that names it (it is still not deleted).
-    fn fail_if_stuck(&self, snapshots: &[Snapshot]) -> anyhow::Result<()> {
+    /// that can never create anything is a failure that names it (it is still not deleted):
+    /// the stuck snapshots' names, and that failure's words.
+    fn stuck(&self, snapshots: &[Snapshot]) -> Option<(Vec<String>, String)> {
         let now = self.clock.now();
-        let stuck: Vec<String> = snapshots
+        let stuck: Vec<&Snapshot> = snapshots
             .iter()
             .filter(|s| !s.status.is_settled())
             .filter(|s| wall_after(s.created_at, self.settings.snapshot_timeout) <= now)
+            .collect();
+        if stuck.is_empty() {
+            return None;
+        }
+        let names = stuck.iter().map(|s| s.name.clone()).collect();
+        let stuck: Vec<String> = stuck
+            .iter()
             .map(|s| {
                 let age = (now - s.created_at).to_std().unwrap_or_default();
                 format!(
@@ -211,9 +241,6 @@ impl<P: Provider> Executor<P> {
                 )
             })
             .collect();
-        if stuck.is_empty() {
-            return Ok(());
-        }
         let shown = 10;
         let stuck = if stuck.len() > shown {
             format!(
@@ -224,12 +251,13 @@ impl<P: Provider> Executor<P> {
         } else {
             stuck.join(", ")
         };
-        anyhow::bail!(
+        let reason = format!(
             "snapshot stuck longer than snapshot_timeout {}: {}; it blocks every snapshot of \
              this server and is not deleted; ask the provider about it or delete it by hand",
             humantime::format_duration(self.settings.snapshot_timeout),
             stuck
-        )
+        );
+        Some((names, reason))
     }
 
     /// Runs the post hook with `RESULT` and, when a snapshot exists, `SNAPSHOT_ID`.

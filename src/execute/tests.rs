@@ -352,6 +352,7 @@ async fn a_run_result_follows_the_slot_outcome_not_the_words_of_its_reason() {
         (
             SlotOutcome::SlotTaken {
                 snapshot: NAME.into(),
+                completed: true,
                 reason: format!("skip: {NAME} already holds this slot"),
             },
             RunResult::Unchanged,

@@ -31,12 +31,25 @@ pub struct Plan {
 pub enum SlotOutcome {
     /// A snapshot is made for the slot.
     Create(Create),
-    /// This slot's snapshot exists already (completed, or failed: then it is deleted and not
-    /// retried in this slot). Nothing to create; what is beyond retention may go.
-    SlotTaken { snapshot: String, reason: String },
+    /// This slot's snapshot exists already. Nothing to create. Completed: what is beyond
+    /// retention may go. Failed: the slot has no good snapshot, which is a failure of the run;
+    /// the failed one is deleted and not retried in this slot (the next fire takes a new
+    /// one), and no good snapshot goes for it.
+    SlotTaken {
+        snapshot: String,
+        completed: bool,
+        reason: String,
+    },
     /// A snapshot in progress, or in a state we do not know, freezes the server: nothing is
     /// created or deleted until it settles. Not an error; the next fire tries again.
     SnapshotInProgress {
+        snapshots: Vec<String>,
+        reason: String,
+    },
+    /// A snapshot in progress for longer than `snapshot_timeout`: it freezes the server as
+    /// one in progress does, but the run fails naming it, since no fire will get past it
+    /// unless someone acts. Only the executor's plan step knows the timeout and marks it.
+    SnapshotStuck {
         snapshots: Vec<String>,
         reason: String,
     },
@@ -59,8 +72,28 @@ impl SlotOutcome {
             Self::Create(c) => &c.reason,
             Self::SlotTaken { reason, .. }
             | Self::SnapshotInProgress { reason, .. }
+            | Self::SnapshotStuck { reason, .. }
             | Self::ServerInTransition { reason, .. } => reason,
             Self::CapBlocked(b) | Self::OtherServers(b) => &b.reason,
+        }
+    }
+
+    /// The run fails on this outcome (the slot gets no good snapshot, and the next fire
+    /// alone will not change that): why, as the run reports it.
+    pub fn failure(&self) -> Option<&str> {
+        match self {
+            Self::SlotTaken {
+                completed: false, ..
+            }
+            | Self::SnapshotStuck { .. }
+            | Self::CapBlocked(_)
+            | Self::OtherServers(_) => Some(self.reason()),
+            Self::Create(_)
+            | Self::SlotTaken {
+                completed: true, ..
+            }
+            | Self::SnapshotInProgress { .. }
+            | Self::ServerInTransition { .. } => None,
         }
     }
 

@@ -10,7 +10,10 @@
 //!   the policy's own can free a slot under the cap. Another policy's snapshots are never touched.
 //! - A snapshot in progress (or in a state we do not know) anywhere on the server freezes it:
 //!   no create and no delete until it settles. So does a server in transition (restoring,
-//!   starting, ...) for a policy that stops it.
+//!   starting, ...) for a policy that stops it. Past `snapshot_timeout` it is stuck: the
+//!   executor's plan step (which knows the timeout) marks it so, and the run fails naming it.
+//! - A slot whose own snapshot failed has no good snapshot: the run fails, the failed one is
+//!   deleted and not retried in this slot, and no good snapshot goes for it.
 //! - A listing holding another server's snapshots is blocked: nothing in it is trusted.
 //! - Retention is the union of its rules over the policy's own completed snapshots; a policy
 //!   without any rule deletes nothing (zero rules never mean "delete all").

@@ -218,20 +218,23 @@ pub fn plan(
         // With duplicate names, a completed one is what makes the slot done.
         .min_by_key(|s| State::of(&s.status) != State::Completed)
     {
-        let reason = if State::of(&holder.status) == State::Failed {
-            format!(
-                "no create: slot already taken by {} (failed; it is deleted, and not retried \
-                 in this slot to avoid a loop: the next fire takes a new slot)",
-                holder.name
-            )
-        } else {
+        let completed = State::of(&holder.status) == State::Completed;
+        let reason = if completed {
             format!(
                 "no create: slot already taken by {} ({})",
                 holder.name, holder.status
             )
+        } else {
+            // Retried in this slot, a snapshot that keeps failing would loop.
+            format!(
+                "the snapshot of this slot failed ({}); it is not retried in this slot: the \
+                 next fire takes a new slot",
+                holder.name
+            )
         };
         outcome = Some(SlotOutcome::SlotTaken {
             snapshot: holder.name.clone(),
+            completed,
             reason,
         });
     }

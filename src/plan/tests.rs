@@ -103,8 +103,14 @@ struct Case {
 fn verb(outcome: &SlotOutcome) -> &'static str {
     match outcome {
         SlotOutcome::Create(_) => "create: ",
-        SlotOutcome::SlotTaken { .. } => "no create: ",
+        SlotOutcome::SlotTaken {
+            completed: true, ..
+        } => "no create: ",
+        SlotOutcome::SlotTaken {
+            completed: false, ..
+        } => "the snapshot of this slot failed ",
         SlotOutcome::SnapshotInProgress { .. } | SlotOutcome::ServerInTransition { .. } => "skip: ",
+        SlotOutcome::SnapshotStuck { .. } => "snapshot stuck ",
         SlotOutcome::CapBlocked(_) | SlotOutcome::OtherServers(_) => "blocked: ",
     }
 }
@@ -276,7 +282,7 @@ fn retention_cap_and_ownership() {
             policy: policy(keep(1)),
             snapshots: vec![own(1, JAN13, Completed), own(2, JAN14, Completed), own(3, JAN15, Failed)],
             slot: JAN15,
-            outcome: "no create: slot already taken by nightly-20250115T023000Z (failed; it is deleted, and not retried in this slot to avoid a loop: the next fire takes a new slot)",
+            outcome: "the snapshot of this slot failed (nightly-20250115T023000Z); it is not retried in this slot: the next fire takes a new slot",
             want: vec![(1, Keep, WAITING), (2, Keep, k1), (3, DeleteNow, FAILED)],
         },
         Case {
@@ -990,7 +996,9 @@ proptest! {
                     counted - before.len(), PROVIDER_CAP
                 );
             }
-            SlotOutcome::CapBlocked(_) | SlotOutcome::OtherServers(_) => {
+            SlotOutcome::CapBlocked(_)
+            | SlotOutcome::OtherServers(_)
+            | SlotOutcome::SnapshotStuck { .. } => {
                 prop_assert!(
                     fates.iter().all(|&f| f == Fate::Stays),
                     "a blocked plan deletes: {:?}", fates

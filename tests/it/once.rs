@@ -506,6 +506,177 @@ async fn plan_says_skip_like_once_for_a_restoring_server_of_a_stop_server_policy
     }
 }
 
+/// `plan` says what the run does: a snapshot in progress past `snapshot_timeout` fails the
+/// run, so `plan` prints it as a failure (and `--json` says `snapshot_stuck`), not a skip.
+#[tokio::test]
+async fn plan_says_failed_like_once_for_a_stuck_snapshot() {
+    let setup = Setup::new(&[WEB], quick(), &policy("nightly", YEARLY, &[WEB], ""), "").await;
+    seed(&setup.sim, WEB, &[OLDEST, OLDER]);
+    let stuck = "manual-before-upgrade";
+    setup.sim.add_snapshot(
+        WEB,
+        stuck,
+        SnapshotStatus::InProgress,
+        Utc::now() - chrono::Duration::hours(5),
+    );
+
+    let out = setup.run(&["plan"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let text = stdout(&out);
+    assert!(
+        !text.contains("skip:"),
+        "a stuck snapshot is no skip:\n{text}"
+    );
+    let outcome = text
+        .lines()
+        .find(|l| l.contains("snapshot stuck longer than snapshot_timeout 30m"))
+        .unwrap_or_else(|| panic!("no line naming the stuck snapshot:\n{text}"));
+    assert!(outcome.trim_start().starts_with("FAILED"), "{outcome}");
+    assert!(outcome.contains(stuck), "{outcome}");
+
+    let out = setup.run(&["plan", "--json"]).await;
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let plans: Value = serde_json::from_str(&stdout(&out)).expect("plan --json is JSON");
+    assert_eq!(plans[0]["outcome"]["kind"], "snapshot_stuck", "{plans:#}");
+    assert_eq!(plans[0]["outcome"]["snapshots"][0], stuck, "{plans:#}");
+
+    // The runs it stands for say the same.
+    for args in [&["once", "--dry-run"][..], &["once"]] {
+        let out = setup.run(args).await;
+        assert_eq!(code(&out), Some(1), "{args:?}: {}", explain(&out));
+        let line = summary_line(&out, WEB, "nightly");
+        assert!(
+            line.contains("FAILED") && line.contains("snapshot stuck longer"),
+            "{args:?}: {line}"
+        );
+    }
+    let stats = setup.sim.stats();
+    for endpoint in ["create", "delete"] {
+        assert_eq!(stats.request_count(endpoint), 0, "{endpoint} was requested");
+    }
+}
+
+/// A dry run exits as the real run would: 1 when any server would fail (a stuck snapshot, a
+/// server blocked by the cap), as its own summary says.
+#[tokio::test]
+async fn a_dry_run_exits_1_when_the_real_run_would_fail() {
+    const OK: ServerId = 12347;
+    let setup = Setup::new(
+        &[WEB, DB, OK],
+        quick(),
+        &policy("nightly", YEARLY, &[WEB, DB, OK], ""),
+        "",
+    )
+    .await;
+    setup.sim.add_snapshot(
+        WEB,
+        "manual-before-upgrade",
+        SnapshotStatus::InProgress,
+        Utc::now() - chrono::Duration::hours(5),
+    );
+    seed(&setup.sim, DB, &["m1", "m2", "m3", "m4", "m5"]);
+
+    let dry = setup.run(&["once", "--dry-run"]).await;
+    let real = setup.run(&["once"]).await;
+
+    for out in [&dry, &real] {
+        assert!(
+            stdout(out).contains("3 servers, 2 failed"),
+            "{}",
+            explain(out)
+        );
+        assert_eq!(code(out), Some(1), "{}", explain(out));
+    }
+    assert!(summary_line(&dry, OK, "nightly").contains("dry-run"));
+}
+
+/// An own failed snapshot of the current slot leaves the slot without a good snapshot: the
+/// run fails (and says the next fire takes a new slot); it is not "unchanged", which counts
+/// as a success (and may send `recovered`).
+#[tokio::test]
+async fn a_failed_snapshot_of_the_current_slot_fails_the_run_not_unchanged() {
+    let setup = Setup::new(&[WEB], quick(), &policy("nightly", YEARLY, &[WEB], ""), "").await;
+    seed(&setup.sim, WEB, &[OLDEST, OLDER]);
+    let new = slot_name("nightly", YEARLY);
+    setup
+        .sim
+        .add_snapshot(WEB, &new, SnapshotStatus::Failed, Utc::now());
+
+    let out = setup.run(&["once"]).await;
+
+    assert_eq!(code(&out), Some(1), "{}", explain(&out));
+    let line = summary_line(&out, WEB, "nightly");
+    assert!(line.contains("FAILED"), "{line}");
+    assert!(
+        line.contains("the snapshot of this slot failed")
+            && line.contains("the next fire takes a new slot"),
+        "{line}"
+    );
+    assert!(
+        stdout(&out).contains("1 servers, 1 failed"),
+        "{}",
+        explain(&out)
+    );
+    // The failed one goes; the good ones stay, as the slot has no newer completed snapshot.
+    assert_eq!(setup.names(WEB), [OLDEST, OLDER]);
+    assert_eq!(setup.sim.stats().request_count("create"), 0);
+}
+
+/// `plan` and a dry run say the failure the run reports for a failed snapshot of the current
+/// slot: a FAILED line, `completed: false` in `--json`, and a dry run exiting 1.
+#[tokio::test]
+async fn plan_and_dry_run_say_failed_like_once_for_a_failed_snapshot_of_the_current_slot() {
+    let setup = Setup::new(&[WEB], quick(), &policy("nightly", YEARLY, &[WEB], ""), "").await;
+    seed(&setup.sim, WEB, &[OLDEST, OLDER]);
+    let new = slot_name("nightly", YEARLY);
+    setup
+        .sim
+        .add_snapshot(WEB, &new, SnapshotStatus::Failed, Utc::now());
+
+    let out = setup.run(&["plan"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let text = stdout(&out);
+    let outcome = text
+        .lines()
+        .find(|l| l.contains("the snapshot of this slot failed"))
+        .unwrap_or_else(|| panic!("no line about the slot's failed snapshot:\n{text}"));
+    assert!(outcome.trim_start().starts_with("FAILED"), "{outcome}");
+    let out = setup.run(&["plan", "--json"]).await;
+    let plans: Value = serde_json::from_str(&stdout(&out)).expect("plan --json is JSON");
+    assert_eq!(plans[0]["outcome"]["kind"], "slot_taken", "{plans:#}");
+    assert_eq!(plans[0]["outcome"]["completed"], false, "{plans:#}");
+
+    let dry = setup.run(&["once", "--dry-run"]).await;
+    assert_eq!(code(&dry), Some(1), "{}", explain(&dry));
+    let line = summary_line(&dry, WEB, "nightly");
+    assert!(line.contains("FAILED"), "{line}");
+    assert!(line.contains(&format!("would delete {new}")), "{line}");
+    let stats = setup.sim.stats();
+    for endpoint in ["create", "delete"] {
+        assert_eq!(stats.request_count(endpoint), 0, "{endpoint} was requested");
+    }
+}
+
+/// `plan` says why a server is blocked by the cap once, on the slot's line.
+#[tokio::test]
+async fn plan_prints_the_cap_blocked_reason_once() {
+    let setup = Setup::new(&[WEB], quick(), &policy("nightly", YEARLY, &[WEB], ""), "").await;
+    seed(&setup.sim, WEB, &["m1", "m2", "m3", "m4", "m5"]);
+
+    let out = setup.run(&["plan"]).await;
+
+    assert_eq!(code(&out), Some(0), "{}", explain(&out));
+    let text = stdout(&out);
+    let reasons: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("the server is at the cap of 5"))
+        .collect();
+    assert_eq!(reasons.len(), 1, "{text}");
+    assert!(reasons[0].trim_start().starts_with("FAILED"), "{text}");
+}
+
 // ---- many policies, many servers ----
 
 #[tokio::test]

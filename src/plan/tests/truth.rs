@@ -499,7 +499,9 @@ impl Server {
         let mut ran = Ran::default();
         let first = plan(policy, &SERVER.into(), &listing(&self.snapshots), slot, now);
         match first.outcome {
-            SlotOutcome::CapBlocked(_) | SlotOutcome::OtherServers(_) => return ran,
+            SlotOutcome::CapBlocked(_)
+            | SlotOutcome::OtherServers(_)
+            | SlotOutcome::SnapshotStuck { .. } => return ran,
             SlotOutcome::Create(_)
             | SlotOutcome::SlotTaken { .. }
             | SlotOutcome::SnapshotInProgress { .. }
