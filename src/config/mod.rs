@@ -7,6 +7,7 @@
 //! stage 2 is one file per section (`api.rs`, `daemon.rs`, `policies.rs`, `notify.rs`), over
 //! `check.rs` (limits, positions) and `token.rs` (secrets).
 
+use crate::provider::MAX_RETRY_AFTER;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -137,6 +138,9 @@ impl Config {
         if !check.problems.is_empty() {
             return Err(invalid(check.problems));
         }
+        if let Some(w) = short_power_timeout(&daemon, &policies) {
+            warnings.push(w);
+        }
         Ok(Self {
             path: path.to_owned(),
             api,
@@ -160,4 +164,24 @@ impl Config {
             .filter(|s| seen.insert(*s))
             .collect()
     }
+}
+
+/// A 429's `Retry-After` (honoured up to [`MAX_RETRY_AFTER`]) pauses every request, the start
+/// of a server stopped for a snapshot among them: a `power_timeout` not well above it can run
+/// out while the start waits, and a server that would start is reported left stopped.
+fn short_power_timeout(daemon: &DaemonConfig, policies: &[Policy]) -> Option<String> {
+    let least = MAX_RETRY_AFTER * 2;
+    let stops = policies.iter().any(|p| p.stop_server);
+    (stops && daemon.power_timeout < least).then(|| {
+        format!(
+            "daemon.power_timeout {} is shorter than {}: a provider's Retry-After (honoured up \
+             to {}) pauses every request, the start of a server stopped for a snapshot \
+             included, so the start could run out of power_timeout and the server be reported \
+             left stopped; set power_timeout to at least {}",
+            humantime::format_duration(daemon.power_timeout),
+            humantime::format_duration(least),
+            humantime::format_duration(MAX_RETRY_AFTER),
+            humantime::format_duration(least),
+        )
+    })
 }

@@ -141,6 +141,28 @@ fn check_warns_when_power_timeout_needs_a_longer_stop_timeout_than_the_units() {
     );
 }
 
+/// A 429's Retry-After pauses every request for up to a minute, the start of a stopped server
+/// included: a power_timeout not well above that can report a server left stopped (or leave
+/// one down) that a longer one would have started. `check` says so.
+#[test]
+fn check_warns_when_power_timeout_is_shorter_than_a_retry_after_pause_can_hold_a_start() {
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        &config_with_policy(&policy("db", "0 3 * * *", &[1], "stop_server = true"))
+            .replace("[daemon]\n", "[daemon]\npower_timeout = \"30s\"\n"),
+        "https://admin.vps.org/api/v1",
+    );
+
+    let out = run(bin().arg("-c").arg(&config).arg("check"));
+
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("power_timeout 30s is shorter than 2m") && err.contains("at least 2m"),
+        "{err}"
+    );
+}
+
 #[test]
 fn unit_allows_enough_open_files() {
     // systemd's default soft limit of 1024 is what a flood of connections or many concurrent
