@@ -17,6 +17,15 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// A listing that pages longer than this is a provider bug, not a fleet.
 pub const MAX_PAGES: usize = 10_000;
 
+/// A listing that holds more records than this is a provider bug, not a fleet (it would be
+/// 200,000 servers at 5 snapshots each): a provider whose pages never end must not take all
+/// the memory.
+pub const MAX_RECORDS: usize = 1_000_000;
+
+/// Records a listing may hold beyond its `count` (at least; a tenth more for a large one):
+/// records shifted onto a second page while snapshots were created.
+const RECORDS_MARGIN: usize = 100;
+
 /// Pages of one listing asked for at once when their numbers are known (DRF's `?page=N`): a
 /// fleet's listing is hundreds of pages, and one after another they cost hundreds of round trips.
 const PAGES_IN_FLIGHT: usize = 8;
@@ -156,63 +165,83 @@ impl std::fmt::Display for Unreadable {
 /// servers it is about, each snapshot once, or an error naming a record of one of them that
 /// could not be read. After the first page, a DRF page-number list (`next` ends in
 /// `page=2`, `count` given) has its other pages asked for `PAGES_IN_FLIGHT` at a time; any
-/// other shape is followed link by link. Pages shift while snapshots are created and
-/// deleted, so one can show up on two pages: it is kept once (counted twice, a kept snapshot
-/// would look like one too many and be pruned).
+/// other shape is followed link by link.
+///
+/// Pages shift while snapshots are created and deleted. A snapshot created meanwhile can show
+/// one record on two pages: it is kept once (counted twice, a kept snapshot would look like
+/// one too many and be pruned). A snapshot deleted meanwhile moves a record onto a page
+/// already read, where it is never seen: a server's own snapshot missed is created a second
+/// time. So a listing read while it changed (a later page's `count` differs from the first's,
+/// or a numbered page is gone) is an error ([`ApiError::Changed`]), never a shorter list; the
+/// callers list each server on its own instead. A `next` link already followed, or more
+/// records than `count` promised, is an error too: a provider that loops or lies must not
+/// grow the process without bound.
 pub async fn list_pages<P: Provider + ?Sized>(
     provider: &P,
     scope: Scope<'_>,
 ) -> Result<Vec<Snapshot>, ApiError> {
     let what = scope.what();
     let first = provider.list_page(scope, None).await?;
-    let expected = first.count.and_then(|c| usize::try_from(c).ok());
+    let mut read = PagesRead::new(&what, &first);
     let mut all = first.snapshots;
     let mut unreadable = first.unreadable;
     // The provider's `count` only sizes the buffer, and only up to a sane bound.
     all.reserve_exact(
-        expected
+        read.count
+            .and_then(|c| usize::try_from(c).ok())
             .unwrap_or(0)
             .saturating_sub(all.len())
             .min(MAX_PAGES * 10),
     );
-    let mut fetched = 1;
     let mut next = first.next;
     let numbered = next
         .as_deref()
         .and_then(|n| numbered_pages(n, first.count, first.records));
     if let Some(links) = numbered {
-        fetched += links.len();
-        let mut pages = futures_util::stream::iter(links)
-            .map(|link| async move { provider.list_page(scope, Some(&link)).await })
+        read.followed.extend(links.iter().cloned());
+        let mut pages = futures_util::stream::iter(links.into_iter().enumerate())
+            .map(|(i, link)| async move { (i + 2, provider.list_page(scope, Some(&link)).await) })
             .buffered(PAGES_IN_FLIGHT);
         let mut last_next = None;
-        while let Some(page) = pages.next().await {
-            match page {
-                // Only the very last page's `next` can lead further: the list grew meanwhile.
-                Ok(page) => {
-                    last_next = page.next;
-                    all.extend(page.snapshots);
-                    unreadable.extend(page.unreadable);
-                }
-                // A page that no longer exists ends the list: it shrank meanwhile.
+        while let Some((number, page)) = pages.next().await {
+            let page = match page {
+                Ok(page) => page,
+                // A page that no longer exists: the list shrank meanwhile, and what was on
+                // it moved onto pages already read.
                 Err(ApiError::NotFound { .. }) => {
-                    last_next = None;
-                    break;
+                    return Err(read.changed(format!(
+                        "page {number} no longer exists, though page 1 said {} at {} a page",
+                        count_text(read.count),
+                        read.per_page
+                    )));
                 }
                 Err(e) => return Err(e),
-            }
+            };
+            read.page(number, &page)?;
+            // Only the very last page's `next` can lead further.
+            last_next = page.next;
+            all.extend(page.snapshots);
+            unreadable.extend(page.unreadable);
         }
         next = last_next;
     }
     while let Some(link) = next {
-        if fetched >= MAX_PAGES {
+        if read.pages >= MAX_PAGES {
             return Err(ApiError::Decode {
                 what,
                 message: format!("more than {MAX_PAGES} pages; the `next` links seem to loop"),
             });
         }
-        let page = provider.list_page(scope, Some(&link)).await?;
-        fetched += 1;
+        let number = read.pages + 1;
+        read.follow(&link, number)?;
+        let page = match provider.list_page(scope, Some(&link)).await {
+            Ok(page) => page,
+            Err(ApiError::NotFound { .. }) => {
+                return Err(read.changed(format!("page {number} no longer exists")));
+            }
+            Err(e) => return Err(e),
+        };
+        read.page(number, &page)?;
         all.extend(page.snapshots);
         unreadable.extend(page.unreadable);
         next = page.next;
@@ -238,6 +267,95 @@ pub async fn list_pages<P: Provider + ?Sized>(
     let mut seen = HashSet::with_capacity(all.len());
     all.retain(|s| seen.insert(s.id));
     Ok(all)
+}
+
+/// What a listing has read so far, to tell a listing that changed, looped or outgrew its
+/// `count` from one that can be trusted.
+struct PagesRead<'a> {
+    what: &'a str,
+    /// The first page's `count`: every later page must say the same.
+    count: Option<u64>,
+    per_page: usize,
+    pages: usize,
+    records: usize,
+    /// The most records a listing may hold: `count` and a margin for records that shifted
+    /// onto a second page, else [`MAX_RECORDS`].
+    most: usize,
+    followed: HashSet<String>,
+}
+
+impl<'a> PagesRead<'a> {
+    fn new(what: &'a str, first: &ListedPage) -> Self {
+        let most = first
+            .count
+            .and_then(|c| usize::try_from(c).ok())
+            .map_or(MAX_RECORDS, |c| {
+                c.saturating_add(c / 10)
+                    .saturating_add(first.records.max(RECORDS_MARGIN))
+                    .min(MAX_RECORDS)
+            });
+        Self {
+            what,
+            count: first.count,
+            per_page: first.records,
+            pages: 1,
+            records: first.records,
+            most,
+            followed: HashSet::new(),
+        }
+    }
+
+    /// An error if `link`, the way to page `number`, was followed before: the links loop.
+    fn follow(&mut self, link: &str, number: usize) -> Result<(), ApiError> {
+        if self.followed.insert(link.to_owned()) {
+            return Ok(());
+        }
+        Err(ApiError::Decode {
+            what: self.what.to_owned(),
+            message: format!(
+                "the `next` links loop: the link to page {number} leads back to a page already read"
+            ),
+        })
+    }
+
+    /// Takes page `number` into account; an error if the listing changed or has grown past
+    /// what it promised.
+    fn page(&mut self, number: usize, page: &ListedPage) -> Result<(), ApiError> {
+        if page.count != self.count {
+            return Err(self.changed(format!(
+                "page 1 said {}, page {number} says {}",
+                count_text(self.count),
+                count_text(page.count)
+            )));
+        }
+        self.pages += 1;
+        self.records = self.records.saturating_add(page.records);
+        if self.records > self.most {
+            return Err(ApiError::Decode {
+                what: self.what.to_owned(),
+                message: format!(
+                    "more records than {} after {} pages; the pages seem to repeat or never end",
+                    match self.count {
+                        Some(c) => format!("its count of {c} promised"),
+                        None => format!("the {MAX_RECORDS} a listing may hold"),
+                    },
+                    self.pages
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn changed(&self, how: String) -> ApiError {
+        ApiError::Changed {
+            what: self.what.to_owned(),
+            message: how,
+        }
+    }
+}
+
+fn count_text(count: Option<u64>) -> String {
+    count.map_or_else(|| "no count".to_owned(), |c| format!("count {c}"))
 }
 
 /// An error naming the first unreadable record of a server `scope` asks about; else one
@@ -341,6 +459,10 @@ pub enum ApiError {
     Unconfirmed { what: String, cause: String },
     #[error("the API's answer to {what} could not be read: {message}")]
     Decode { what: String, message: String },
+    /// A listing that changed while its pages were read: a record can have moved onto a page
+    /// already read, so the listing is not trusted.
+    #[error("{what}: the listing changed while it was read ({message}); not trusted, as a snapshot may be missing from it")]
+    Changed { what: String, message: String },
     /// Never followed: the token would go along, and the answer from there would choose what
     /// is deleted here.
     #[error(

@@ -46,19 +46,77 @@ impl Listing {
 pub(super) enum Waited {
     /// Left `in_progress`; with that server's listing at that moment.
     Settled(Snapshot, Vec<Snapshot>),
-    TimedOut,
+    TimedOut(Unsettled),
     Cancelled,
+}
+
+/// A snapshot not seen settled within `snapshot_timeout`, worded by what the listings showed:
+/// one never listed (the listings failed or ran out of time) is not said to be in progress.
+#[derive(Debug)]
+pub(super) struct Unsettled {
+    name: String,
+    timeout: Duration,
+    seen: Seen,
+}
+
+/// What the status listings showed of a snapshot waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Never,
+    /// In progress in the latest listing.
+    InProgress,
+    /// In progress once, not in the listings since (they failed, ran out of time, or did
+    /// not show it).
+    Earlier,
+}
+
+impl std::fmt::Display for Unsettled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (name, timeout) = (&self.name, humantime::format_duration(self.timeout));
+        match self.seen {
+            Seen::InProgress => {
+                write!(
+                    f,
+                    "snapshot {name} still in progress after snapshot_timeout {timeout}"
+                )
+            }
+            Seen::Earlier => write!(
+                f,
+                "snapshot {name} not seen settled within snapshot_timeout {timeout}: in progress \
+                 when last listed, not seen in a listing since (they failed or ran out of time)"
+            ),
+            Seen::Never => write!(
+                f,
+                "snapshot {name} not seen in any listing within snapshot_timeout {timeout} (they \
+                 failed or ran out of time); whether it finished is unknown"
+            ),
+        }
+    }
 }
 
 struct Waiter {
     server: ServerId,
     name: String,
     deadline: Instant,
+    /// `snapshot_timeout`, for the words of a timeout.
+    timeout: Duration,
+    seen: Seen,
     /// When this waiter next wants an answer: `poll_interval` after it joined, then later and
     /// later (x1.5 up to 60 s) while its snapshot stays in progress.
     due: Instant,
     delay: Duration,
     tx: oneshot::Sender<Waited>,
+}
+
+impl Waiter {
+    /// Answers: `snapshot_timeout` passed, worded by what the listings showed.
+    fn timed_out(self) {
+        let _ = self.tx.send(Waited::TimedOut(Unsettled {
+            name: self.name,
+            timeout: self.timeout,
+            seen: self.seen,
+        }));
+    }
 }
 
 #[derive(Default)]
@@ -70,10 +128,15 @@ struct WatchState {
     last_joined: Option<Instant>,
 }
 
-/// What the status poll does next: sleep, or hold a round now over these servers.
+/// What the status poll does next: sleep, or hold a round now over these servers, which must
+/// end by the earliest waiter's deadline.
 enum Next {
     Wait(Duration),
-    Round(Instant, Vec<ServerId>),
+    Round {
+        at: Instant,
+        servers: Vec<ServerId>,
+        deadline: Instant,
+    },
 }
 
 /// The shared status poll: one task lists every server with a snapshot in flight, answers the
@@ -120,7 +183,7 @@ impl<P: Provider> Watch<P> {
                     .partition(|x| x.deadline <= now);
                 w.waiters = waiting;
                 for waiter in expired {
-                    let _ = waiter.tx.send(Waited::TimedOut);
+                    waiter.timed_out();
                 }
                 if w.waiters.is_empty() {
                     w.polling = false;
@@ -143,27 +206,34 @@ impl<P: Provider> Watch<P> {
                     let mut s: Vec<ServerId> = w.waiters.iter().map(|x| x.server).collect();
                     s.sort_unstable();
                     s.dedup();
-                    Next::Round(now, s)
+                    Next::Round {
+                        at: now,
+                        servers: s,
+                        deadline,
+                    }
                 }
             };
-            let (round, servers) = match next {
-                Next::Round(at, servers) => (at, servers),
+            let (round, servers, deadline) = match next {
+                Next::Round {
+                    at,
+                    servers,
+                    deadline,
+                } => (at, servers, deadline),
                 Next::Wait(wait) => {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
             };
             last_round = Some(round);
-            let listing = match list(&*self.provider, &servers).await {
-                Ok(l) => Some(l),
-                Err(e) if servers.len() > 1 => {
-                    // One server's unreadable record (or a listing the provider cannot give)
-                    // must not keep every other waiting server stopped: ask per server.
-                    tracing::warn!(error = %e, "could not poll snapshot status of all waiting servers at once; asking each");
-                    Some(self.list_each(&servers).await)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not poll snapshot status; trying again");
+            // A listing that pages on and on, or is rate limited, must not hold a stopped
+            // server past its waiter's deadline: the round answers nobody then, and the
+            // waiters past their deadline are answered at once.
+            let listing = match tokio::time::timeout_at(deadline, self.round(&servers)).await {
+                Ok(listing) => listing,
+                Err(_) => {
+                    tracing::warn!(
+                        "could not poll snapshot status before the earliest waiter's snapshot_timeout ran out"
+                    );
                     None
                 }
             };
@@ -175,6 +245,11 @@ impl<P: Provider> Watch<P> {
                         .get(&waiter.server)
                         .and_then(|snaps| snaps.iter().find(|s| s.name == waiter.name))
                 });
+                waiter.seen = match (found, waiter.seen) {
+                    (Some(_), _) => Seen::InProgress,
+                    (None, Seen::Never) => Seen::Never,
+                    (None, _) => Seen::Earlier,
+                };
                 match found {
                     Some(s) if s.status.is_settled() => {
                         let all = listing
@@ -183,9 +258,7 @@ impl<P: Provider> Watch<P> {
                             .unwrap_or_default();
                         let _ = waiter.tx.send(Waited::Settled(s.clone(), all));
                     }
-                    _ if now >= waiter.deadline => {
-                        let _ = waiter.tx.send(Waited::TimedOut);
-                    }
+                    _ if now >= waiter.deadline => waiter.timed_out(),
                     _ => {
                         if waiter.due <= round {
                             waiter.delay = (waiter.delay * 3 / 2).min(longest);
@@ -204,6 +277,25 @@ impl<P: Provider> Watch<P> {
 }
 
 impl<P: Provider> Watch<P> {
+    /// One round's listing of these servers: all at once, else each on its own; `None` when
+    /// nothing could be listed.
+    async fn round(&self, servers: &[ServerId]) -> Option<Listing> {
+        match list(&*self.provider, servers).await {
+            Ok(l) => Some(l),
+            Err(e) if servers.len() > 1 => {
+                // One server's unreadable record (or a listing the provider cannot give, or
+                // one that changed while it was read) must not keep every other waiting
+                // server stopped: ask per server.
+                tracing::warn!(error = %e, "could not poll snapshot status of all waiting servers at once; asking each");
+                Some(self.list_each(servers).await)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not poll snapshot status; trying again");
+                None
+            }
+        }
+    }
+
     /// Each server's own listing, merged; a server whose listing fails is left out (its
     /// waiters wait for the next round or their deadline).
     async fn list_each(&self, servers: &[ServerId]) -> Listing {
@@ -246,6 +338,8 @@ impl<P: Provider> Executor<P> {
                 server,
                 name: name.to_owned(),
                 deadline: deadline_after(self.settings.snapshot_timeout),
+                timeout: self.settings.snapshot_timeout,
+                seen: Seen::Never,
                 due: deadline_after(self.settings.poll_interval),
                 delay: self.settings.poll_interval,
                 tx,

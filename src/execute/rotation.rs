@@ -426,10 +426,7 @@ impl<P: Provider> Executor<P> {
         }
         match self.wait_for(server, name).await {
             Waited::Settled(s, listing) => Ok((s, listing)),
-            Waited::TimedOut => anyhow::bail!(
-                "snapshot {name} still in progress after snapshot_timeout {}",
-                humantime::format_duration(self.settings.snapshot_timeout)
-            ),
+            Waited::TimedOut(unsettled) => anyhow::bail!("{unsettled}"),
             Waited::Cancelled => {
                 anyhow::bail!("stopped waiting for snapshot {name}: shutting down")
             }

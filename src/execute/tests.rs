@@ -443,6 +443,10 @@ struct Faulty {
     /// unreadable record of it makes them.
     bad_server: Option<ServerId>,
     bad_now: Arc<std::sync::atomic::AtomicBool>,
+    /// Once a snapshot was requested, every listing pages on and on, a page this often
+    /// (a `next` link to a new page each time, never null).
+    endless_after_create: Option<Duration>,
+    created: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Faulty {
@@ -455,6 +459,8 @@ impl Faulty {
             list_fails: false,
             bad_server: None,
             bad_now: Arc::default(),
+            endless_after_create: None,
+            created: Arc::default(),
         }
     }
 
@@ -489,6 +495,22 @@ impl Provider for Faulty {
                 message: "results[2].created_at: invalid type: null".into(),
             });
         }
+        if let Some(every) = self.endless_after_create {
+            if self.created.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(every).await;
+                let n: u64 = link
+                    .and_then(|l| l.rsplit('=').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                return Ok(ListedPage {
+                    next: Some(format!(
+                        "http://127.0.0.1/api/v1/snapshots/?cursor={}",
+                        n + 1
+                    )),
+                    ..ListedPage::default()
+                });
+            }
+        }
         let list = self.sim.list_page(scope, link).await?;
         if let Some((name, length)) = self.outage_after_completed {
             let done = list
@@ -508,6 +530,8 @@ impl Provider for Faulty {
             self.bad_now
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        self.created
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let created = self.sim.create_snapshot(request).await;
         assert!(!self.panic_on_create, "a bug between stop and start");
         created
@@ -628,6 +652,44 @@ async fn a_start_path_that_cannot_succeed_ends_at_power_timeout_and_keeps_the_en
     assert!(started.elapsed() < Duration::from_secs(20 * 60));
     assert_eq!(rig.status(), PowerState::Stopped);
     assert_eq!(Journal::open(dir.path()).unwrap().entries().len(), 1);
+}
+
+/// A status poll whose listing never ends (a provider paging on and on, or one rate limiting
+/// it) once held a stopped server down for hours, and then said its snapshot was "still in
+/// progress" although no listing had shown it. The round gives up at the waiter's deadline.
+#[tokio::test(start_paused = true)]
+async fn a_status_listing_that_never_ends_does_not_hold_a_stopped_server_past_its_bound() {
+    let rig = Rig::new(SimConfig {
+        snapshot_duration: Duration::from_secs(60),
+        power_delay: Duration::from_secs(10),
+        ..SimConfig::default()
+    });
+    let mut faulty = Faulty::new(&rig.sim);
+    faulty.endless_after_create = Some(Duration::from_secs(1));
+    let dir = tempfile::tempdir().unwrap();
+    let executor = faulty_executor(&faulty, dir.path());
+    let started = Instant::now();
+
+    let report = executor
+        .run_server(&policy("nightly", true), WEB, slot(), None)
+        .await;
+
+    let s = settings();
+    assert!(
+        started.elapsed() <= s.snapshot_timeout + 2 * s.power_timeout,
+        "the server was down for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rig.status(), PowerState::Running, "{report:#?}");
+    assert_eq!(report.result, RunResult::Failed);
+    assert!(
+        !report.message.contains("still in progress")
+            && report.message.contains("not seen")
+            && report.message.contains("snapshot_timeout 30m"),
+        "{}",
+        report.message
+    );
+    assert!(Journal::open(dir.path()).unwrap().entries().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

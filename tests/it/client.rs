@@ -62,6 +62,11 @@ fn page(results: Vec<Value>, next: Option<String>) -> Value {
     json!({"count": results.len(), "next": next, "previous": null, "results": results})
 }
 
+/// One page of a listing of `count` snapshots in all.
+fn page_of(count: u64, results: Vec<Value>, next: Option<String>) -> Value {
+    json!({"count": count, "next": next, "previous": null, "results": results})
+}
+
 fn request(name: &str) -> CreateSnapshot {
     CreateSnapshot {
         server_id: WEB,
@@ -89,7 +94,8 @@ async fn list_follows_absolute_next_links_until_null() {
     Mock::given(method("GET"))
         .and(path("/api/v1/snapshots/"))
         .and(query_param_is_missing("page"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(page(
+        .respond_with(ResponseTemplate::new(200).set_body_json(page_of(
+            3,
             vec![
                 snapshot(801, "a", "completed"),
                 snapshot(802, "b", "completed"),
@@ -102,10 +108,11 @@ async fn list_follows_absolute_next_links_until_null() {
     Mock::given(method("GET"))
         .and(path("/api/v1/snapshots/"))
         .and(query_param("page", "2"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(page(vec![snapshot(803, "c", "in_progress")], None)),
-        )
+        .respond_with(ResponseTemplate::new(200).set_body_json(page_of(
+            3,
+            vec![snapshot(803, "c", "in_progress")],
+            None,
+        )))
         .expect(1)
         .mount(&server)
         .await;
@@ -152,6 +159,176 @@ async fn a_page_that_fails_is_asked_for_again_alone() {
     let ids: Vec<u64> = all.iter().map(|s| s.id).collect();
     assert_eq!(ids, [801, 802]);
     assert_eq!(received(&server, "GET").await, 3);
+}
+
+/// A page-number listing of `count` snapshots, 2 a page: page 1 as `first`, then `later`
+/// answers each of pages 2 and 3 (given the link to the page after it).
+async fn numbered_listing(
+    count: u64,
+    first: Vec<Value>,
+    later: impl Fn(u32, String) -> ResponseTemplate,
+) -> (MockServer, Retrying<HttpClient>) {
+    let (server, client) = mock().await;
+    let link = |n: u32| format!("{}/api/v1/snapshots/?page={n}", server.uri());
+    Mock::given(method("GET"))
+        .and(path("/api/v1/snapshots/"))
+        .and(query_param_is_missing("page"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page_of(
+            count,
+            first,
+            Some(link(2)),
+        )))
+        .mount(&server)
+        .await;
+    for n in [2, 3] {
+        Mock::given(method("GET"))
+            .and(path("/api/v1/snapshots/"))
+            .and(query_param("page", n.to_string()))
+            .respond_with(later(n, link(n + 1)))
+            .mount(&server)
+            .await;
+    }
+    (server, client)
+}
+
+/// A snapshot deleted while the pages are read moves the records after it one place up: the
+/// first record of page 2 moves onto page 1, already read, and is never seen. Such a listing
+/// is an error naming what changed, not a shorter list (a server's own snapshot missed is
+/// created a second time).
+#[tokio::test]
+async fn a_listing_whose_count_changes_while_it_is_read_is_an_error_not_a_shorter_list() {
+    let first = vec![
+        snapshot(801, "a", "completed"),
+        snapshot(802, "b", "completed"),
+    ];
+    let (_server, client) = numbered_listing(5, first, |n, next| {
+        let body = match n {
+            // 801 was deleted meanwhile: 803 moved onto page 1, already read.
+            2 => page_of(
+                4,
+                vec![
+                    snapshot(804, "d", "completed"),
+                    snapshot(805, "e", "completed"),
+                ],
+                Some(next),
+            ),
+            _ => page_of(4, vec![], None),
+        };
+        ResponseTemplate::new(200).set_body_json(body)
+    })
+    .await;
+
+    let err = client.list_snapshots(None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("list snapshots") && text.contains("changed while it was read"),
+        "{text}"
+    );
+    assert!(
+        text.contains("count 5") && text.contains("count 4"),
+        "{text}"
+    );
+}
+
+/// A numbered page that no longer exists means the list shrank while it was read: records
+/// moved onto pages already read. The listing is not trusted.
+#[tokio::test]
+async fn a_numbered_page_that_answers_404_is_an_error_not_the_end_of_the_list() {
+    let first = vec![
+        snapshot(801, "a", "completed"),
+        snapshot(802, "b", "completed"),
+    ];
+    let (_server, client) = numbered_listing(5, first, |n, next| match n {
+        2 => ResponseTemplate::new(200).set_body_json(page_of(
+            5,
+            vec![
+                snapshot(804, "d", "completed"),
+                snapshot(805, "e", "completed"),
+            ],
+            Some(next),
+        )),
+        _ => ResponseTemplate::new(404).set_body_json(json!({"detail": "Invalid page."})),
+    })
+    .await;
+
+    let err = client.list_snapshots(None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("changed while it was read") && text.contains("page 3"),
+        "{text}"
+    );
+}
+
+/// A `next` link that leads back to a page already read is a loop: an error at once, not
+/// ten thousand pages of the same records.
+#[tokio::test]
+async fn a_next_link_already_followed_is_an_error_not_ten_thousand_pages() {
+    let (server, client) = mock().await;
+    let link = |c: &str| format!("{}/api/v1/snapshots/?cursor={c}", server.uri());
+    Mock::given(method("GET"))
+        .and(query_param_is_missing("cursor"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page_of(
+            3,
+            vec![snapshot(801, "a", "completed")],
+            Some(link("x")),
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(query_param("cursor", "x"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page_of(
+            3,
+            vec![snapshot(802, "b", "completed")],
+            Some(link("y")),
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(query_param("cursor", "y"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page_of(
+            3,
+            vec![snapshot(803, "c", "completed")],
+            Some(link("x")),
+        )))
+        .mount(&server)
+        .await;
+
+    let err = client.list_snapshots(None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("loop"), "{text}");
+    assert_eq!(received(&server, "GET").await, 3);
+}
+
+/// A provider whose pages never end, each with new records, is stopped by what its `count`
+/// promised (plus a margin), not by memory running out.
+#[tokio::test]
+async fn a_listing_with_far_more_records_than_its_count_is_an_error() {
+    let (server, client) = mock().await;
+    let base = server.uri();
+    Mock::given(method("GET"))
+        .respond_with(move |request: &wiremock::Request| {
+            let n: u64 = request
+                .url
+                .query_pairs()
+                .find(|(k, _)| k == "cursor")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let results = (0..100)
+                .map(|i| snapshot(1000 + n * 100 + i, &format!("s{n}-{i}"), "completed"))
+                .collect();
+            let next = format!("{base}/api/v1/snapshots/?cursor={}", n + 1);
+            ResponseTemplate::new(200).set_body_json(page_of(200, results, Some(next)))
+        })
+        .mount(&server)
+        .await;
+
+    let err = client.list_snapshots(None).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("more records than") && text.contains("200"),
+        "{text}"
+    );
+    assert!(received(&server, "GET").await < 10);
 }
 
 #[tokio::test]

@@ -177,9 +177,7 @@ async fn a_snapshot_that_shifts_onto_the_next_page_is_listed_once() {
 }
 
 #[tokio::test]
-async fn a_listing_whose_last_pages_vanished_ends_and_one_that_grew_goes_on() {
-    // `count` said 3 pages of 2, but snapshots were deleted meanwhile: page 3 is gone (404).
-    let shrunk = MockServer::start().await;
+async fn a_listing_whose_pages_vanished_or_grew_while_read_is_an_error() {
     let link = |s: &MockServer, n: u32| format!("{}/api/v1/snapshots/?page={n}", s.uri());
     let body = |ids: &[u64], count: u64, next: Option<String>| {
         let results: Vec<Value> = ids
@@ -188,40 +186,190 @@ async fn a_listing_whose_last_pages_vanished_ends_and_one_that_grew_goes_on() {
             .collect();
         json!({"count": count, "next": next, "previous": null, "results": results})
     };
+    // `count` said 3 pages of 2, but snapshots were deleted meanwhile: page 3 is gone (404),
+    // and what was on page 2 moved onto page 1, already read.
+    let shrunk = MockServer::start().await;
     page(&shrunk, None, body(&[801, 802], 6, Some(link(&shrunk, 2)))).await;
-    page(&shrunk, Some("2"), body(&[803], 3, None)).await;
+    page(&shrunk, Some("2"), body(&[805], 3, None)).await;
     Mock::given(method("GET"))
         .and(query_param("page", "3"))
         .respond_with(ResponseTemplate::new(404).set_body_json(json!({"detail": "Invalid page."})))
         .mount(&shrunk)
         .await;
 
-    let listed = client(&format!("{}/api/v1", shrunk.uri()))
+    let err = client(&format!("{}/api/v1", shrunk.uri()))
         .list_snapshots(None)
         .await
-        .expect("a vanished last page ends the list");
-    assert_eq!(listed.len(), 3);
+        .expect_err("a listing that shrank while read is not trusted");
+    assert!(
+        err.to_string().contains("changed while it was read"),
+        "{err}"
+    );
 
     // `count` said 3 pages, but one was created meanwhile: page 3 links to a page 4.
     let grown = MockServer::start().await;
     page(&grown, None, body(&[801, 802], 6, Some(link(&grown, 2)))).await;
-    page(
-        &grown,
-        Some("2"),
-        body(&[803, 804], 7, Some(link(&grown, 3))),
-    )
-    .await;
-    page(
-        &grown,
-        Some("3"),
-        body(&[805, 806], 7, Some(link(&grown, 4))),
-    )
-    .await;
-    page(&grown, Some("4"), body(&[807], 7, None)).await;
+    Mock::given(method("GET"))
+        .and(query_param("page", "2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body(
+            &[803, 804],
+            7,
+            Some(link(&grown, 3)),
+        )))
+        .mount(&grown)
+        .await;
+    Mock::given(method("GET"))
+        .and(query_param("page", "3"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body(
+            &[805, 806],
+            7,
+            Some(link(&grown, 4)),
+        )))
+        .mount(&grown)
+        .await;
 
-    let listed = client(&format!("{}/api/v1", grown.uri()))
+    let err = client(&format!("{}/api/v1", grown.uri()))
         .list_snapshots(None)
         .await
-        .expect("listed");
-    assert_eq!(listed.len(), 7);
+        .expect_err("a listing that grew while read is not trusted");
+    assert!(
+        err.to_string().contains("changed while it was read"),
+        "{err}"
+    );
+}
+
+const WEB: ServerId = 12345;
+const DB: ServerId = 12346;
+const ELSEWHERE: ServerId = 12347;
+
+fn snapshot_of(server: ServerId, id: u64, name: &str, created_at: &str) -> Value {
+    json!({
+        "id": id,
+        "server": {"id": server, "name": format!("server-{server}")},
+        "name": name,
+        "status": "completed",
+        "size_mb": 5120,
+        "created_at": created_at,
+        "description": null,
+    })
+}
+
+/// A hand-made snapshot of another server deleted while `once` reads the account-wide
+/// listing (2 a page) moves this slot's snapshot of WEB from page 2 onto page 1, already
+/// read: planned from that listing, `once` would create it a second time. Whether the
+/// provider shows it by a count that changed or by a page that is gone, the listing is not
+/// trusted, each server is listed on its own, and nothing the servers have is created again.
+#[tokio::test]
+async fn once_does_not_create_a_slot_snapshot_again_when_the_listing_changed_while_read() {
+    let schedule = snapshot_scheduler::schedule::Schedule::parse("0 0 1 1 *", chrono_tz::Tz::UTC)
+        .expect("schedule");
+    let slot = schedule.slot_at(Utc::now()).expect("a slot");
+    let name = snapshot_scheduler::policy::snapshot_name("db", slot);
+    let made = slot.to_rfc3339();
+    let hand_made = |id: u64, n: &str| snapshot_of(ELSEWHERE, id, n, "2025-01-10T12:00:00Z");
+    let own_web = snapshot_of(WEB, 903, &name, &made);
+    let own_db = snapshot_of(DB, 904, &name, &made);
+    let other_web = snapshot_of(WEB, 905, "before-upgrade", "2025-01-10T12:00:00Z");
+    // Page 2 as read after 901 was deleted: 903 moved onto page 1.
+    let cases: [(&str, u64, ResponseTemplate); 2] = [
+        (
+            "page 2's count changed",
+            4,
+            ResponseTemplate::new(200).set_body_json(json!({
+                "count": 4, "next": null, "previous": null, "results": [],
+            })),
+        ),
+        (
+            "page 3 answers 404",
+            5,
+            ResponseTemplate::new(404).set_body_json(json!({"detail": "Invalid page."})),
+        ),
+    ];
+    for (what, count_on_page_2, page_3) in cases {
+        let provider = MockServer::start().await;
+        let link = |n: u32| format!("{}/api/v1/snapshots/?page={n}", provider.uri());
+        let listing = |results: Vec<Value>, count: u64, next: Option<String>| json!({"count": count, "next": next, "previous": null, "results": results});
+        let account = || {
+            Mock::given(method("GET"))
+                .and(path("/api/v1/snapshots/"))
+                .and(query_param_is_missing("server_id"))
+        };
+        account()
+            .and(query_param_is_missing("page"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(listing(
+                vec![hand_made(901, "a"), hand_made(902, "b")],
+                5,
+                Some(link(2)),
+            )))
+            .mount(&provider)
+            .await;
+        account()
+            .and(query_param("page", "2"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(listing(
+                vec![own_db.clone(), other_web.clone()],
+                count_on_page_2,
+                Some(link(3)),
+            )))
+            .mount(&provider)
+            .await;
+        account()
+            .and(query_param("page", "3"))
+            .respond_with(page_3)
+            .mount(&provider)
+            .await;
+        for (server, results) in [
+            (WEB, vec![own_web.clone(), other_web.clone()]),
+            (DB, vec![own_db.clone()]),
+        ] {
+            Mock::given(method("GET"))
+                .and(path("/api/v1/snapshots/"))
+                .and(query_param("server_id", server.to_string()))
+                .respond_with(ResponseTemplate::new(200).set_body_json(listing(
+                    results.clone(),
+                    results.len() as u64,
+                    None,
+                )))
+                .mount(&provider)
+                .await;
+        }
+        let scratch = Scratch::new();
+        let config = scratch.config(
+            &format!(
+                "[api]\nbase_url = \"{{base_url}}\"\ntoken_file = \"{{token_file}}\"\n\
+                 requests_per_second = 1000\n\n\
+                 [daemon]\nstate_dir = \"{{state_dir}}\"\npoll_interval = \"200ms\"\n\n\
+                 [[policy]]\nname = \"db\"\nschedule = \"0 0 1 1 *\"\nkeep = 2\nservers = [{WEB}, {DB}]\n"
+            ),
+            &format!("{}/api/v1", provider.uri()),
+        );
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&config).arg("once");
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::from(cmd)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("once finishes within 30 s")
+        .expect("the binary runs");
+
+        let requests = provider.received_requests().await.expect("recorded");
+        let writes: Vec<String> = requests
+            .iter()
+            .filter(|r| r.method.as_str() != "GET")
+            .map(|r| format!("{} {}", r.method, r.url))
+            .collect();
+        assert!(
+            writes.is_empty(),
+            "{what}: wrote although both servers have {name}: {writes:?}\n{}",
+            explain(&out)
+        );
+        assert_eq!(out.status.code(), Some(0), "{what}: {}", explain(&out));
+        assert!(
+            stderr(&out).contains("changed while it was read"),
+            "{what}: the log says why each server was listed alone:\n{}",
+            explain(&out)
+        );
+    }
 }
