@@ -170,7 +170,12 @@ impl HttpClient {
                 .get(reqwest::header::LOCATION)
                 .map_or_else(
                     || "nowhere (no Location header)".to_owned(),
-                    |l| text::message(&String::from_utf8_lossy(l.as_bytes())),
+                    |l| {
+                        let token = inner.token.expose_secret();
+                        let l =
+                            redacted(l.as_bytes(), token).unwrap_or_else(|| l.as_bytes().to_vec());
+                        text::message(&String::from_utf8_lossy(&l))
+                    },
                 );
             return Err(ApiError::Redirect {
                 what: what.to_owned(),
@@ -179,6 +184,12 @@ impl HttpClient {
             });
         }
         let body = read_body(response, what, inner.timeout).await?;
+        // Whatever the provider answers (an error detail that quotes the request, a name) is
+        // printed, logged, sent in alerts and kept in the run log: never with the token in it.
+        let body = match redacted(&body, inner.token.expose_secret()) {
+            Some(clean) => bytes::Bytes::from(clean),
+            None => body,
+        };
         metrics::counter!("snapshot_scheduler_api_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
         tracing::debug!(%method, endpoint, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "api request");
         if status.is_success() {
@@ -329,6 +340,25 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// `bytes` with every occurrence of the token replaced by `[redacted]`; `None` when there is
+/// none (the usual case: no copy).
+fn redacted(bytes: &[u8], token: &str) -> Option<Vec<u8>> {
+    let token = token.as_bytes();
+    let found = !token.is_empty() && bytes.windows(token.len()).any(|w| w == token);
+    if !found {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(token.len()).position(|w| w == token) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(b"[redacted]");
+        rest = &rest[at + token.len()..];
+    }
+    out.extend_from_slice(rest);
+    Some(out)
 }
 
 fn transport_error(e: reqwest::Error, what: &str, timeout: Duration) -> ApiError {

@@ -1169,3 +1169,34 @@ async fn a_provider_certified_by_a_ca_in_the_system_store_is_trusted() {
         "an unknown CA is still refused:\n{err}"
     );
 }
+
+/// A provider that quotes the request back (an error detail with the Authorization header, a
+/// snapshot named after it) never puts the token into an error, a name, a log line, the run
+/// log or an alert: everything it answers is read with the token replaced.
+#[tokio::test]
+async fn a_provider_that_echoes_the_token_back_never_gets_it_printed() {
+    let (server, client) = mock().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/v1/servers/{WEB}/")))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(
+                json!({"detail": format!("bad request with header Bearer {TOKEN}")}),
+            ),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/snapshots/"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(
+            vec![snapshot(801, &format!("copy-of-{TOKEN}"), "completed")],
+            None,
+        )))
+        .mount(&server)
+        .await;
+
+    let err = client.get_server(WEB).await.unwrap_err().to_string();
+    assert!(!err.contains(TOKEN), "{err}");
+    assert!(err.contains("Bearer [redacted]"), "{err}");
+    let listed = client.list_snapshots(None).await.unwrap();
+    assert_eq!(listed[0].name, "copy-of-[redacted]");
+}
