@@ -442,4 +442,16 @@ mod tests {
         assert!(j.record(entry(1)).is_err());
         assert!(j.entries().is_empty());
     }
+
+    /// Only "nothing at the journal's path" is an empty journal: a path that cannot even be
+    /// looked at (here its directory is a file; as another user, no permission on it) is an
+    /// error, never an empty journal.
+    #[test]
+    fn a_journal_path_that_cannot_be_looked_at_is_an_error_not_an_empty_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("state");
+        std::fs::write(&not_a_dir, b"").unwrap();
+        let read = read_entries(&not_a_dir.join("power-journal.json"));
+        assert!(matches!(read, Err(JournalError::Read { .. })), "{read:?}");
+    }
 }

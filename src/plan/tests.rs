@@ -1066,3 +1066,61 @@ proptest! {
         }
     }
 }
+
+/// Two snapshots of this slot's name (a retried create both made): a completed one makes the
+/// slot done, whichever is listed first; the run is not failed for the other.
+#[test]
+fn a_slot_with_a_failed_and_a_completed_snapshot_of_its_name_is_done() {
+    let p = policy(keep(2));
+    let server = [own(1, JAN15, Failed), own(2, JAN15, Completed)];
+
+    let planned = plan(&p, &SERVER.into(), &server, t(JAN15), t(JAN15));
+
+    assert!(
+        matches!(
+            planned.outcome,
+            SlotOutcome::SlotTaken {
+                completed: true,
+                ..
+            }
+        ),
+        "{:?}",
+        planned.outcome
+    );
+}
+
+/// The clock-skew tolerance is a bound that is allowed: a snapshot created exactly
+/// `STAMP_SKEW` after now, or stamped exactly `STAMP_SKEW` after its creation, is taken at its
+/// word (no warning); a second more is suspect.
+#[test]
+fn times_exactly_at_the_skew_tolerance_are_trusted_and_a_second_more_is_not() {
+    let p = policy(keep(2));
+    let now = t(JAN15);
+    let skew = crate::plan::STAMP_SKEW;
+    let second = chrono::Duration::seconds(1);
+    let created_late = |late: chrono::Duration| {
+        let mut s = own(1, JAN14, Completed);
+        s.created_at = now + skew + late;
+        s
+    };
+    let stamped_ahead = |ahead: chrono::Duration| {
+        let mut s = own(2, JAN14, Completed);
+        s.created_at = t(JAN14) - skew - ahead;
+        s
+    };
+    for (listing, suspect) in [
+        (vec![created_late(chrono::Duration::zero())], false),
+        (vec![created_late(second)], true),
+        (vec![stamped_ahead(chrono::Duration::zero())], false),
+        (vec![stamped_ahead(second)], true),
+    ] {
+        let planned = plan(&p, &SERVER.into(), &listing, now, now);
+        assert_eq!(
+            !planned.warnings.is_empty(),
+            suspect,
+            "{:?}: {:?}",
+            listing[0].created_at,
+            planned.warnings
+        );
+    }
+}
