@@ -104,14 +104,6 @@ impl SlotOutcome {
             Self::SnapshotInProgress { .. } | Self::ServerInTransition { .. }
         )
     }
-
-    /// Why the plan cannot do its job, if it cannot.
-    pub fn blocked(&self) -> Option<&Blocked> {
-        match self {
-            Self::CapBlocked(b) | Self::OtherServers(b) => Some(b),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1124,3 +1124,28 @@ fn times_exactly_at_the_skew_tolerance_are_trusted_and_a_second_more_is_not() {
         );
     }
 }
+
+/// The words `plan` prints for each action, as the README shows them.
+#[test]
+fn each_action_reads_as_plan_prints_it() {
+    let words: Vec<String> = [
+        Keep,
+        Ignore,
+        DeleteNow,
+        DeleteBeforeCreate,
+        DeleteAfterCreate,
+    ]
+    .iter()
+    .map(|a| format!("{a}|{}", a.as_str()))
+    .collect();
+    assert_eq!(
+        words,
+        [
+            "keep|keep",
+            "ignore|ignore",
+            "delete|delete",
+            "delete before create|delete before create",
+            "delete after create|delete after create"
+        ]
+    );
+}
