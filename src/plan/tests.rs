@@ -1149,3 +1149,39 @@ fn each_action_reads_as_plan_prints_it() {
         ]
     );
 }
+
+/// At the cap, the slot is freed from what no rule keeps when there is such a snapshot;
+/// only when every one is kept does the plan say a kept one is deleted, and which rule it
+/// overrides.
+#[test]
+fn the_cap_overriding_a_rule_is_noted_only_when_it_does() {
+    let five = [
+        own(1, JAN10, Completed),
+        own(2, JAN11, Completed),
+        own(3, JAN12, Completed),
+        own(4, JAN13, Completed),
+        own(5, JAN14, Completed),
+    ];
+    let forced = |keep_n: u32| {
+        let planned = plan(
+            &policy(keep(keep_n)),
+            &SERVER.into(),
+            &five,
+            t(JAN15),
+            t(JAN15),
+        );
+        planned
+            .notes
+            .iter()
+            .any(|n| n.contains("forces deleting") && n.contains("although a rule keeps it"))
+    };
+    // The new snapshot counts toward keep: with keep 6 every old one is still kept.
+    assert!(
+        forced(6),
+        "keep 6 at the cap: the oldest kept one must go, and say so"
+    );
+    assert!(
+        !forced(2),
+        "keep 2: an unkept one goes, nothing is overridden"
+    );
+}
