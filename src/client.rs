@@ -9,6 +9,11 @@
 //! for, a server's listing keeps only that server's records, and a listed record is read on its
 //! own (one that does not fit is an error when it is of a server asked about, and otherwise
 //! left out with a warning). Provider text is escaped as it is read ([`crate::text`]).
+//!
+//! All of that is shared with the simulator's in-process transport
+//! ([`crate::simulator::InProcess`]): what each call asks (`calls`) and what is made of an
+//! answer (`refuse_redirect`, `read_answer`, the decoders) are the same for both; only the
+//! bytes' way (`Transport`) differs, so the soak reads every answer as production does.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -9,7 +9,7 @@
 use std::fmt;
 
 use axum::body::Body;
-use axum::http::{header, Request};
+use axum::http::{header, Request, Uri};
 use axum::Router;
 use futures_util::StreamExt as _;
 use tower::ServiceExt as _;
@@ -22,6 +22,7 @@ use crate::client::{
 };
 use crate::model::{CreateSnapshot, RestoreStarted, Server, ServerId, Snapshot, SnapshotId};
 use crate::provider::{ApiError, ListedPage, Provider, Scope};
+use crate::text;
 
 /// Where the in-process simulator answers: the host its `next` links name, never resolved.
 pub const IN_PROCESS_BASE_URL: &str = "http://simulator.invalid/api/v1";
@@ -61,20 +62,21 @@ impl InProcess {
     fn request(&self, call: &Call<'_>) -> Result<Request<Body>, ApiError> {
         let invalid = |message: String| ApiError::Connection {
             what: call.what.to_owned(),
-            message,
+            message: text::message(&message),
         };
-        let url = url::Url::parse(&call.url).map_err(|e| invalid(format!("{}: {e}", call.url)))?;
+        let url =
+            Uri::try_from(call.url.as_str()).map_err(|e| invalid(format!("{}: {e}", call.url)))?;
+        let (Some(host), Some(path)) = (url.authority(), url.path_and_query()) else {
+            return Err(invalid(format!("{} is not an absolute URL", call.url)));
+        };
         let body = match &call.body {
             Some(json) => Body::from(serde_json::to_vec(json).map_err(|e| invalid(e.to_string()))?),
             None => Body::empty(),
         };
         Request::builder()
             .method(call.method.clone())
-            .uri(&url[url::Position::BeforePath..url::Position::AfterQuery])
-            .header(
-                header::HOST,
-                &url[url::Position::BeforeHost..url::Position::AfterPort],
-            )
+            .uri(path.as_str())
+            .header(header::HOST, host.as_str())
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::CONTENT_TYPE, "application/json")
             .body(body)
