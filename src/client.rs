@@ -9,11 +9,18 @@
 //! for, a server's listing keeps only that server's records, and a listed record is read on its
 //! own (one that does not fit is an error when it is of a server asked about, and otherwise
 //! left out with a warning). Provider text is escaped as it is read ([`crate::text`]).
+//!
+//! All of that is shared with the simulator's in-process transport
+//! ([`crate::simulator::InProcess`]): what each call asks (`calls`) and what is made of an
+//! answer (`refuse_redirect`, `read_answer`, the decoders) are the same for both; only the
+//! bytes' way (`Transport`) differs, so the soak reads every answer as production does.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::Method;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
@@ -64,6 +71,273 @@ impl Budget {
     }
 }
 
+/// Where the provider answers: the configured base URL, and the origin a `next` link must be
+/// on to be followed.
+#[derive(Debug, Clone)]
+pub(crate) struct BaseUrl {
+    base_url: String,
+    origin: String,
+}
+
+impl BaseUrl {
+    pub(crate) fn parse(base_url: &str) -> Result<Self, url::ParseError> {
+        let parsed = reqwest::Url::parse(base_url)?;
+        Ok(Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            origin: parsed.origin().ascii_serialization(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// A `next` link as a URL to request: never off the configured host, because the token
+    /// would go along. A proxy that ends TLS may write http:// links to the same host; those
+    /// are followed over the configured scheme.
+    fn follow(&self, next: &str, what: &str) -> Result<String, ApiError> {
+        let on_our_host = reqwest::Url::parse(next).ok().and_then(|u| {
+            let ours = reqwest::Url::parse(&self.origin).ok()?;
+            (u.host_str() == ours.host_str()
+                && (u.origin() == ours.origin()
+                    || u.port_or_known_default() == Some(80)
+                        && ours.port_or_known_default() == Some(443)))
+            .then(|| format!("{}{}", self.origin, &u[url::Position::BeforePath..]))
+        });
+        on_our_host.ok_or_else(|| ApiError::Decode {
+            what: what.to_owned(),
+            message: format!(
+                "field next: \"{}\" is not on {}; refusing to follow it",
+                text::message(next),
+                self.origin
+            ),
+        })
+    }
+}
+
+/// One request, as every transport sends it.
+#[derive(Debug)]
+pub(crate) struct Call<'a> {
+    pub(crate) method: Method,
+    /// Absolute: the base URL and a path, or a followed `next` link.
+    pub(crate) url: String,
+    pub(crate) body: Option<serde_json::Value>,
+    /// The endpoint, as metrics and the simulator's counts name it.
+    pub(crate) endpoint: &'static str,
+    /// The operation, as errors name it ("list snapshots").
+    pub(crate) what: &'a str,
+}
+
+/// How a request reaches the provider and its answer comes back: the one part that differs
+/// between [`HttpClient`] (reqwest, over a socket) and the simulator's in-process transport
+/// (its router, called in the same process). What is asked and what an answer means are
+/// this module's, the same for both: [`calls`] builds each request and reads its answer's
+/// body, and a transport hands an answer to [`refuse_redirect`] before reading its body and
+/// to [`read_answer`] after.
+pub(crate) trait Transport: Send + Sync {
+    fn base_url(&self) -> &BaseUrl;
+
+    /// One attempt, no retry: the body of a 2xx answer, or the error the answer maps to.
+    fn send(&self, call: Call<'_>) -> impl Future<Output = Result<bytes::Bytes, ApiError>> + Send;
+}
+
+/// A redirect is refused, never followed (the token would go along, and the answer from
+/// there would choose what is deleted here); checked before the body is read.
+pub(crate) fn refuse_redirect(
+    status: StatusCode,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<(), ApiError> {
+    if !status.is_redirection() {
+        return Ok(());
+    }
+    let location = headers.get(reqwest::header::LOCATION).map_or_else(
+        || "nowhere (no Location header)".to_owned(),
+        |l| text::message(&String::from_utf8_lossy(l.as_bytes())),
+    );
+    Err(ApiError::Redirect {
+        what: what.to_owned(),
+        status: status.as_u16(),
+        location,
+    })
+}
+
+/// The answer's `Retry-After`, in whole seconds as providers send it.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// The body of a 2xx answer; any other status is the error it maps to
+/// ([`ApiError::from_status`]), worded with the provider's own message.
+pub(crate) fn read_answer(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: bytes::Bytes,
+    what: &str,
+    token_source: &str,
+) -> Result<bytes::Bytes, ApiError> {
+    if status.is_success() {
+        return Ok(body);
+    }
+    Err(ApiError::from_status(
+        status.as_u16(),
+        what.to_owned(),
+        provider_message(&body),
+        retry_after,
+        token_source,
+    ))
+}
+
+/// An answer larger than [`MAX_ANSWER_BYTES`], which is not read.
+pub(crate) fn too_large(what: &str) -> ApiError {
+    ApiError::Decode {
+        what: what.to_owned(),
+        message: format!(
+            "the answer is larger than {} MiB; refusing to read it",
+            MAX_ANSWER_BYTES >> 20
+        ),
+    }
+}
+
+/// What each [`Provider`] call asks for, and what is made of its answer, over any
+/// [`Transport`]: the paths, the checks on an answer (a create answer is the snapshot asked
+/// for, a server answer the server asked about), and the decoding of each.
+pub(crate) mod calls {
+    use super::{
+        about_server, decode, decode_page, is_requested, Call, Method, PowerAnswer, Transport,
+    };
+    use crate::model::{CreateSnapshot, RestoreStarted, Server, ServerId, Snapshot, SnapshotId};
+    use crate::provider::{ApiError, ListedPage, Scope};
+
+    /// One page: the first of `scope`'s listing, or the one a `next` link points to (only
+    /// on the configured origin).
+    pub(crate) async fn list_page<T: Transport>(
+        transport: &T,
+        scope: Scope<'_>,
+        link: Option<&str>,
+    ) -> Result<ListedPage, ApiError> {
+        let what = scope.what();
+        let base = transport.base_url();
+        let url = match (link, scope) {
+            (Some(link), _) => base.follow(link, &what)?,
+            (None, Scope::Server(id)) => base.url(&format!("/snapshots/?server_id={id}")),
+            (None, Scope::Servers(_) | Scope::Account) => base.url("/snapshots/"),
+        };
+        let answer = transport
+            .send(Call {
+                method: Method::GET,
+                url,
+                body: None,
+                endpoint: "list",
+                what: &what,
+            })
+            .await?;
+        decode_page(&answer, &what)
+    }
+
+    pub(crate) async fn create_snapshot<T: Transport>(
+        transport: &T,
+        request: &CreateSnapshot,
+    ) -> Result<Snapshot, ApiError> {
+        let what = format!(
+            "create snapshot {} of server {}",
+            request.name, request.server_id
+        );
+        let body = serde_json::to_value(request).map_err(|e| ApiError::Decode {
+            what: what.clone(),
+            message: e.to_string(),
+        })?;
+        let answer = transport
+            .send(Call {
+                method: Method::POST,
+                url: transport.base_url().url("/snapshots/"),
+                body: Some(body),
+                endpoint: "create",
+                what: &what,
+            })
+            .await?;
+        is_requested(decode(&answer, &what)?, request, &what)
+    }
+
+    pub(crate) async fn delete_snapshot<T: Transport>(
+        transport: &T,
+        id: SnapshotId,
+    ) -> Result<(), ApiError> {
+        let what = format!("delete snapshot {id}");
+        transport
+            .send(Call {
+                method: Method::DELETE,
+                url: transport.base_url().url(&format!("/snapshots/{id}/")),
+                body: None,
+                endpoint: "delete",
+                what: &what,
+            })
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn restore_snapshot<T: Transport>(
+        transport: &T,
+        id: SnapshotId,
+    ) -> Result<RestoreStarted, ApiError> {
+        let what = format!("restore snapshot {id}");
+        let answer = transport
+            .send(Call {
+                method: Method::POST,
+                url: transport
+                    .base_url()
+                    .url(&format!("/snapshots/{id}/restore/")),
+                body: None,
+                endpoint: "restore",
+                what: &what,
+            })
+            .await?;
+        decode(&answer, &what)
+    }
+
+    pub(crate) async fn get_server<T: Transport>(
+        transport: &T,
+        id: ServerId,
+    ) -> Result<Server, ApiError> {
+        let what = format!("get server {id}");
+        let answer = transport
+            .send(Call {
+                method: Method::GET,
+                url: transport.base_url().url(&format!("/servers/{id}/")),
+                body: None,
+                endpoint: "get_server",
+                what: &what,
+            })
+            .await?;
+        about_server(decode(&answer, &what)?, id, &what)
+    }
+
+    /// A stop (`stop` true) or a start.
+    pub(crate) async fn power<T: Transport>(
+        transport: &T,
+        id: ServerId,
+        stop: bool,
+    ) -> Result<Server, ApiError> {
+        let verb = if stop { "stop" } else { "start" };
+        let what = format!("{verb} server {id}");
+        let answer = transport
+            .send(Call {
+                method: Method::POST,
+                url: transport.base_url().url(&format!("/servers/{id}/{verb}/")),
+                body: None,
+                endpoint: verb,
+                what: &what,
+            })
+            .await?;
+        let answer: PowerAnswer = decode(&answer, &what)?;
+        about_server(answer.server, id, &what)
+    }
+}
+
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Arc<Inner>,
@@ -71,8 +345,7 @@ pub struct HttpClient {
 
 struct Inner {
     http: reqwest::Client,
-    base_url: String,
-    origin: String,
+    base: BaseUrl,
     token: SecretString,
     token_source: String,
     budget: Budget,
@@ -82,7 +355,7 @@ struct Inner {
 impl std::fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpClient")
-            .field("base_url", &self.inner.base_url)
+            .field("base_url", &self.inner.base.base_url)
             .field("token", &"[redacted]")
             .finish()
     }
@@ -101,8 +374,7 @@ impl HttpClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
-                base_url: api.base_url.trim_end_matches('/').to_owned(),
-                origin: parsed.origin().ascii_serialization(),
+                base: BaseUrl::parse(&api.base_url)?,
                 token,
                 token_source: api.token_source.to_string(),
                 budget: Budget::new(api.requests_per_second),
@@ -111,32 +383,14 @@ impl HttpClient {
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.inner.base_url)
-    }
-
-    /// One request, no retry; the body of a 2xx answer. `what` names the operation in errors ("list snapshots").
-    /// Boxed: every request is built on this, and inline its state made each operation in
-    /// flight kilobytes, which thousands of servers waiting for their snapshots all carry.
-    async fn attempt(
-        &self,
-        method: Method,
-        url: &str,
-        body: Option<&serde_json::Value>,
-        endpoint: &'static str,
-        what: &str,
-    ) -> Result<bytes::Bytes, ApiError> {
-        Box::pin(self.exchange(method, url, body, endpoint, what)).await
-    }
-
-    async fn exchange(
-        &self,
-        method: Method,
-        url: &str,
-        body: Option<&serde_json::Value>,
-        endpoint: &'static str,
-        what: &str,
-    ) -> Result<bytes::Bytes, ApiError> {
+    async fn exchange(&self, call: Call<'_>) -> Result<bytes::Bytes, ApiError> {
+        let Call {
+            method,
+            url,
+            body,
+            endpoint,
+            what,
+        } = call;
         let inner = &self.inner;
         inner.budget.acquire().await;
         let mut request = inner
@@ -144,7 +398,7 @@ impl HttpClient {
             .request(method.clone(), url)
             .bearer_auth(inner.token.expose_secret())
             .header(reqwest::header::CONTENT_TYPE, "application/json");
-        if let Some(body) = body {
+        if let Some(body) = &body {
             request = request.json(body);
         }
         let started = Instant::now();
@@ -157,30 +411,28 @@ impl HttpClient {
             }
         };
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        if status.is_redirection() {
+        let retry_after = retry_after(response.headers());
+        if let Err(refused) = refuse_redirect(status, response.headers(), what) {
             metrics::counter!("snapshot_scheduler_api_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
-            let location = response
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .map_or_else(
-                    || "nowhere (no Location header)".to_owned(),
-                    |l| {
-                        let token = inner.token.expose_secret();
-                        let l =
-                            redacted(l.as_bytes(), token).unwrap_or_else(|| l.as_bytes().to_vec());
-                        text::message(&String::from_utf8_lossy(&l))
-                    },
-                );
-            return Err(ApiError::Redirect {
-                what: what.to_owned(),
-                status: status.as_u16(),
-                location,
+            // A `Location` that quotes the token back must not print it.
+            return Err(match refused {
+                ApiError::Redirect {
+                    what,
+                    status,
+                    location,
+                } => {
+                    let token = inner.token.expose_secret();
+                    let location = match redacted(location.as_bytes(), token) {
+                        Some(clean) => String::from_utf8_lossy(&clean).into_owned(),
+                        None => location,
+                    };
+                    ApiError::Redirect {
+                        what,
+                        status,
+                        location,
+                    }
+                }
+                other => other,
             });
         }
         let body = read_body(response, what, inner.timeout).await?;
@@ -192,69 +444,26 @@ impl HttpClient {
         };
         metrics::counter!("snapshot_scheduler_api_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
         tracing::debug!(%method, endpoint, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "api request");
-        if status.is_success() {
-            return Ok(body);
-        }
-        let error = ApiError::from_status(
-            status.as_u16(),
-            what.to_owned(),
-            provider_message(&body),
-            retry_after,
-            &inner.token_source,
-        );
-        if let ApiError::RateLimited { retry_after, .. } = &error {
+        let answer = read_answer(status, retry_after, body, what, &inner.token_source);
+        if let Err(ApiError::RateLimited { retry_after, .. }) = &answer {
             inner
                 .budget
                 .pause(retry_after.unwrap_or(Duration::from_secs(1)))
                 .await;
         }
-        Err(error)
+        answer
+    }
+}
+
+impl Transport for HttpClient {
+    fn base_url(&self) -> &BaseUrl {
+        &self.inner.base
     }
 
-    async fn get<T: DeserializeOwned>(
-        &self,
-        url: &str,
-        endpoint: &'static str,
-        what: &str,
-    ) -> Result<T, ApiError> {
-        let answer = self.attempt(Method::GET, url, None, endpoint, what).await?;
-        decode(&answer, what)
-    }
-
-    /// A POST (stop, start, restore).
-    async fn post<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Option<&serde_json::Value>,
-        endpoint: &'static str,
-        what: &str,
-    ) -> Result<T, ApiError> {
-        let answer = self
-            .attempt(Method::POST, &self.url(path), body, endpoint, what)
-            .await?;
-        decode(&answer, what)
-    }
-
-    /// A `next` link as a URL to request: never off the configured host, because the token
-    /// would go along. A proxy that ends TLS may write http:// links to the same host; those
-    /// are followed over the configured scheme.
-    fn follow(&self, next: &str, what: &str) -> Result<String, ApiError> {
-        let on_our_host = reqwest::Url::parse(next).ok().and_then(|u| {
-            let ours = reqwest::Url::parse(&self.inner.origin).ok()?;
-            (u.host_str() == ours.host_str()
-                && (u.origin() == ours.origin()
-                    || u.port_or_known_default() == Some(80)
-                        && ours.port_or_known_default() == Some(443)))
-            .then(|| format!("{}{}", self.inner.origin, &u[url::Position::BeforePath..]))
-        });
-        on_our_host.ok_or_else(|| ApiError::Decode {
-            what: what.to_owned(),
-            message: format!(
-                "field next: \"{}\" is not on {}; refusing to follow it",
-                text::message(next),
-                self.inner.origin
-            ),
-        })
+    /// Boxed: every request is built on this, and inline its state made each operation in
+    /// flight kilobytes, which thousands of servers waiting for their snapshots all carry.
+    async fn send(&self, call: Call<'_>) -> Result<bytes::Bytes, ApiError> {
+        Box::pin(self.exchange(call)).await
     }
 }
 
@@ -316,16 +525,9 @@ async fn read_body(
     what: &str,
     timeout: Duration,
 ) -> Result<bytes::Bytes, ApiError> {
-    let too_large = || ApiError::Decode {
-        what: what.to_owned(),
-        message: format!(
-            "the answer is larger than {} MiB; refusing to read it",
-            MAX_ANSWER_BYTES >> 20
-        ),
-    };
     let announced = response.content_length().unwrap_or(0);
     if announced > MAX_ANSWER_BYTES as u64 {
-        return Err(too_large());
+        return Err(too_large(what));
     }
     // Capacity only from a length that fits the bound; the bound is checked as chunks arrive.
     let mut body = bytes::BytesMut::with_capacity(announced as usize);
@@ -335,7 +537,7 @@ async fn read_body(
         .map_err(|e| transport_error(e, what, timeout))?
     {
         if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(too_large());
+            return Err(too_large(what));
         }
         body.extend_from_slice(&chunk);
     }
@@ -505,76 +707,30 @@ impl Provider for HttpClient {
         scope: Scope<'_>,
         link: Option<&str>,
     ) -> Result<ListedPage, ApiError> {
-        let what = scope.what();
-        let url = match (link, scope) {
-            (Some(link), _) => self.follow(link, &what)?,
-            (None, Scope::Server(id)) => self.url(&format!("/snapshots/?server_id={id}")),
-            (None, Scope::Servers(_) | Scope::Account) => self.url("/snapshots/"),
-        };
-        let answer = self.attempt(Method::GET, &url, None, "list", &what).await?;
-        decode_page(&answer, &what)
+        calls::list_page(self, scope, link).await
     }
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
-        let what = format!(
-            "create snapshot {} of server {}",
-            request.name, request.server_id
-        );
-        let body = serde_json::to_value(request).map_err(|e| ApiError::Decode {
-            what: what.clone(),
-            message: e.to_string(),
-        })?;
-        let answer = self
-            .attempt(
-                Method::POST,
-                &self.url("/snapshots/"),
-                Some(&body),
-                "create",
-                &what,
-            )
-            .await?;
-        is_requested(decode(&answer, &what)?, request, &what)
+        calls::create_snapshot(self, request).await
     }
 
     async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ApiError> {
-        let what = format!("delete snapshot {id}");
-        let url = self.url(&format!("/snapshots/{id}/"));
-        self.attempt(Method::DELETE, &url, None, "delete", &what)
-            .await
-            .map(drop)
+        calls::delete_snapshot(self, id).await
     }
 
     async fn restore_snapshot(&self, id: SnapshotId) -> Result<RestoreStarted, ApiError> {
-        self.post(
-            &format!("/snapshots/{id}/restore/"),
-            None,
-            "restore",
-            &format!("restore snapshot {id}"),
-        )
-        .await
+        calls::restore_snapshot(self, id).await
     }
 
     async fn get_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        let what = format!("get server {id}");
-        let server = self
-            .get(&self.url(&format!("/servers/{id}/")), "get_server", &what)
-            .await?;
-        about_server(server, id, &what)
+        calls::get_server(self, id).await
     }
 
     async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        let what = format!("stop server {id}");
-        let a: PowerAnswer = self
-            .post(&format!("/servers/{id}/stop/"), None, "stop", &what)
-            .await?;
-        about_server(a.server, id, &what)
+        calls::power(self, id, true).await
     }
 
     async fn start_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        let what = format!("start server {id}");
-        let a: PowerAnswer = self
-            .post(&format!("/servers/{id}/start/"), None, "start", &what)
-            .await?;
-        about_server(a.server, id, &what)
+        calls::power(self, id, false).await
     }
 }

@@ -9,10 +9,13 @@
 //!
 //! Here: the knobs in `config.rs`, what tests read back in `stats.rs`, the state machine and
 //! each endpoint's rules in `state.rs`, refused requests in `refusal.rs`, the [`Simulator`]
-//! handle and the in-memory `Provider` path in `provider.rs`, the HTTP server in `http.rs`.
+//! handle and the in-memory `Provider` path in `provider.rs`, the HTTP server in `http.rs`, and
+//! in `inproc.rs` a `Provider` that sends HTTP requests to that server's router in process and
+//! reads the answers with the HTTP client's own code.
 
 mod config;
 mod http;
+mod inproc;
 mod provider;
 mod refusal;
 mod state;
@@ -20,6 +23,7 @@ mod stats;
 
 pub use config::SimConfig;
 pub use http::{base_url, router, serve};
+pub use inproc::{InProcess, IN_PROCESS_BASE_URL};
 pub use provider::Simulator;
 pub use stats::{CreatedSnapshot, DeletedSnapshot, Downtime, PowerEvent, SimStats};
 

@@ -1,12 +1,16 @@
 //! The deterministic soak: the service `run` runs, built by the same constructor
 //! (`daemon::Service::open`: scheduler loop with the daemon's 60 s wake cap, dispatcher,
-//! executor, state lock, power journal, run log; alerts muted), against the in-memory simulated
-//! provider, on tokio's paused clock with the wall clock derived from it, for 90 simulated
-//! days. 20 servers, three policies sharing them, foreign snapshots, and faults throughout:
-//! 5xx, lost create answers, 429 bursts with `Retry-After`, failed snapshots, slow power
-//! changes, snapshots that outlast `snapshot_timeout`, a provider outage of three hours, and
-//! crashes (the service future dropped mid-operation, a fresh one started on the same
-//! `state_dir`, which must find the state lock free).
+//! executor, state lock, power journal, run log; alerts muted), against the simulated provider
+//! spoken to over HTTP in process ([`InProcess`]: each request goes to the simulator's router
+//! without a socket, and each answer is read by the HTTP client's own code: decoding, the
+//! checks on answers, the status -> error mapping, the listing put together by
+//! `provider::list_pages`; one page a listing, see [`PAGE_SIZE`]), on tokio's paused clock
+//! with the wall clock derived from it, for 90 simulated days. 20 servers, three policies
+//! sharing them, foreign snapshots, and faults throughout: 5xx, lost create answers, 429
+//! bursts with `Retry-After`, failed snapshots, slow power changes, snapshots that outlast
+//! `snapshot_timeout`, a provider outage of three hours, and crashes (the service future
+//! dropped mid-operation, a fresh one started on the same `state_dir`, which must find the
+//! state lock free).
 //!
 //! Every provider request goes through [`Checked`], which judges it as it was asked, before
 //! the provider sees it: a create is never of a name the server has, never while one of the
@@ -46,7 +50,7 @@ use snapshot_scheduler::provider::{check_unreadable, ApiError, ListedPage, Provi
 use snapshot_scheduler::retry::{RetryRules, Retrying};
 use snapshot_scheduler::scheduler::MAX_SLEEP;
 use snapshot_scheduler::shutdown::Shutdown;
-use snapshot_scheduler::simulator::{SimConfig, Simulator};
+use snapshot_scheduler::simulator::{InProcess, SimConfig, Simulator};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::span::{Attributes, Id};
@@ -74,6 +78,12 @@ const MAX_RETRIES: u32 = 5;
 /// settler retries at most every 10 minutes).
 const AFTER_OUTAGE: Duration = Duration::from_secs(15 * 60);
 
+/// Results per listing page: the whole account (20 servers at the cap of 5) on one page.
+/// Over several pages, `provider::list_pages` can miss a snapshot: one deleted between two
+/// pages of a listing moves every later record one place forward, and the record that
+/// crosses into a page already read is seen on neither (at 10 a page, seed 1 then sends
+/// creates to servers that hold 5).
+const PAGE_SIZE: usize = 100;
 const BASE_ERROR_RATE: f64 = 0.10;
 const BASE_POWER_DELAY: Duration = Duration::from_secs(45);
 const SLOW_POWER_DELAY: Duration = Duration::from_secs(4 * 60);
@@ -149,6 +159,7 @@ fn base_faults(seed: u64) -> SimConfig {
         // What a provider refuses goes through, so that a create at the cap or while another
         // is in progress, or a delete of one in progress, shows as the request it was.
         lax: true,
+        page_size: PAGE_SIZE,
         seed,
         example_snapshots: false,
         ..SimConfig::default()
@@ -198,6 +209,10 @@ impl Findings {
 /// The simulator with the safety rules checked around every request.
 #[derive(Clone)]
 struct Checked {
+    /// Where each request goes: HTTP to the simulator's router, in process, every answer read
+    /// by the client's own code.
+    provider: InProcess,
+    /// The simulator's own records, for the checks (not requests).
     sim: Simulator,
     policies: Arc<Vec<Policy>>,
     findings: Arc<Mutex<Findings>>,
@@ -211,15 +226,16 @@ struct Checked {
 }
 
 impl Checked {
-    /// A listing served as JSON with hand-made records of a server no policy names that do
-    /// not fit (`created_at: null`, `server: null`, a fractional size), as a real account can
-    /// have, and read by the client's page reader as over HTTP. Such a listing failing is a
-    /// violation: one bad record once kept every waiting server stopped for the whole
+    /// The last page of a listing, served again with hand-made records of a server no policy
+    /// names that do not fit (`created_at: null`, `server: null`, a fractional size), as a
+    /// real account can have, and read by the client's page reader. Such a listing failing
+    /// is a violation: one bad record once kept every waiting server stopped for the whole
     /// snapshot_timeout.
-    fn read_as_over_http(&self, list: Vec<Snapshot>, scope: Scope<'_>) -> ListedPage {
+    fn with_malformed_records(&self, page: ListedPage, scope: Scope<'_>) -> ListedPage {
         self.findings().malformed_listings += 1;
         let unmanaged = FIRST_SERVER + 1000;
-        let results: Vec<serde_json::Value> = list
+        let results: Vec<serde_json::Value> = page
+            .snapshots
             .iter()
             .map(|s| serde_json::to_value(s).expect("a snapshot serializes"))
             .chain([
@@ -239,7 +255,7 @@ impl Checked {
             ])
             .collect();
         let body = serde_json::json!({
-            "count": results.len(), "next": null, "previous": null, "results": results,
+            "count": page.count, "next": page.next, "previous": null, "results": results,
         });
         let body = serde_json::to_vec(&body).expect("a page serializes");
         let mut page = decode_page(&body, &scope.what()).expect("the page decodes");
@@ -385,20 +401,22 @@ impl Provider for Checked {
         scope: Scope<'_>,
         link: Option<&str>,
     ) -> Result<ListedPage, ApiError> {
-        let answer = self.sim.list_page(scope, link).await;
-        // Every tenth account-wide listing (the shared status poll's) is served as JSON with
-        // malformed records and read by the client's page reader. (All of them would cost
-        // most of the soak's time in a debug build.)
-        let malformed = !matches!(scope, Scope::Server(_)) && {
-            let mut f = self.findings();
-            f.account_listings += 1;
-            f.account_listings % 10 == 0
-        };
-        let answer = if malformed {
-            answer.map(|page| self.read_as_over_http(page.snapshots, scope))
-        } else {
-            answer
-        };
+        let answer = self.provider.list_page(scope, link).await;
+        // The last page of every tenth account-wide listing (the shared status poll's) comes
+        // with malformed records. (Added to the last page, they leave the page numbers the
+        // first page's size and count give as they were.)
+        let answer = answer.map(|page| {
+            let malformed = !matches!(scope, Scope::Server(_)) && page.next.is_none() && {
+                let mut f = self.findings();
+                f.account_listings += 1;
+                f.account_listings % 10 == 0
+            };
+            if malformed {
+                self.with_malformed_records(page, scope)
+            } else {
+                page
+            }
+        });
         self.after();
         answer
     }
@@ -434,7 +452,7 @@ impl Provider for Checked {
                 ));
             }
         }
-        let answer = self.sim.create_snapshot(request).await;
+        let answer = self.provider.create_snapshot(request).await;
         if answer.is_ok() && long {
             self.findings().over_timeout_creates += 1;
         }
@@ -491,7 +509,7 @@ impl Provider for Checked {
                 *f.failed.entry((s.server.id, s.name.clone())).or_default() += 1;
             }
         }
-        let answer = self.sim.delete_snapshot(id).await;
+        let answer = self.provider.delete_snapshot(id).await;
         self.after();
         answer
     }
@@ -499,11 +517,11 @@ impl Provider for Checked {
     async fn restore_snapshot(&self, id: SnapshotId) -> Result<RestoreStarted, ApiError> {
         self.findings()
             .violation(format!("the daemon restored snapshot {id}"));
-        self.sim.restore_snapshot(id).await
+        self.provider.restore_snapshot(id).await
     }
 
     async fn get_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        let answer = self.sim.get_server(id).await;
+        let answer = self.provider.get_server(id).await;
         if let Ok(server) = &answer {
             self.seen(server);
         }
@@ -514,7 +532,7 @@ impl Provider for Checked {
     async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
         let slow = self.sim.config().power_delay > BASE_POWER_DELAY;
         let slot = self.slot_of_stop(id);
-        let answer = self.sim.stop_server(id).await;
+        let answer = self.provider.stop_server(id).await;
         if answer.is_ok() {
             self.check_stop(id, slot);
         }
@@ -531,7 +549,7 @@ impl Provider for Checked {
 
     async fn start_server(&self, id: ServerId) -> Result<Server, ApiError> {
         let slow = self.sim.config().power_delay > BASE_POWER_DELAY;
-        let answer = self.sim.start_server(id).await;
+        let answer = self.provider.start_server(id).await;
         self.findings().slow_power_requests += u64::from(slow);
         self.after();
         answer
@@ -1010,6 +1028,7 @@ async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
     .expect("a temp dir");
     config.daemon.state_dir = state_dir.path().to_owned();
     let checked = Checked {
+        provider: InProcess::new(sim.clone()),
         sim: sim.clone(),
         policies: policies.clone(),
         findings: findings.clone(),
@@ -1190,6 +1209,7 @@ async fn the_checks_report_a_delete_by_another_policys_run_and_what_the_provider
     let server = FIRST_SERVER;
     let sim = Simulator::new(faultless, &[(server, "web".into())], clock.clone());
     let checked = Checked {
+        provider: InProcess::new(sim.clone()),
         sim: sim.clone(),
         policies: Arc::new(config().policies),
         findings: Arc::default(),
