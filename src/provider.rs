@@ -448,7 +448,7 @@ pub enum ApiError {
     #[error("could not reach the API for {what}: {message}")]
     Connection { what: String, message: String },
     /// No connection was made, so nothing was sent.
-    #[error("could not connect to the API for {what}: {message}")]
+    #[error("could not reach the API for {what} (no connection was made): {message}")]
     Unreachable { what: String, message: String },
     /// A create whose answer was lost, and whose snapshot did not show up when looked for.
     #[error(
