@@ -10,7 +10,8 @@
 //! - [`retry`]: every retry rule, for every provider: reads, deletes, creates looked up by
 //!   name before a re-send, power requests looked at before a re-send.
 //! - [`text`]: provider text made safe to log, print and send (controls, bidi, chat markup).
-//! - [`simulator`]: the same boundary in memory, and served over HTTP, for tests and `--simulate`.
+//! - [`simulator`]: the same boundary in memory, and served over HTTP, for tests and `--simulate`;
+//!   `InProcess` speaks HTTP to it without a socket, read by the client's own code (the soak).
 //! - [`config`]: the TOML file, validated into domain types with file:line:column errors.
 //! - [`policy`]: a validated policy and the naming rule for its own snapshots.
 //! - [`schedule`]: when a policy fires, in its timezone.

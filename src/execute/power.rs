@@ -288,7 +288,7 @@ impl<P: Provider> Executor<P> {
         }
     }
 
-    /// Sends the stop ([`Retrying::stop_server_unless`]: sent again only after a look shows the
+    /// Sends the stop ([`Retrying::stop_server_unless`](crate::retry::Retrying::stop_server_unless): sent again only after a look shows the
     /// server still running, and not once the shutdown is hurried).
     async fn request_stop(&self, server: ServerId) -> anyhow::Result<()> {
         self.provider
