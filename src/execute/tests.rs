@@ -1086,3 +1086,33 @@ async fn a_waiting_server_gives_its_turn_back_unless_it_is_stopped() {
         }
     }
 }
+
+/// A dry run says what the run would do: "would create" for a slot to take (not a skip, not
+/// a failure), and a failure for a slot whose own snapshot failed (the run fails on it).
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_says_would_create_for_a_free_slot_and_failed_for_a_failed_one() {
+    let rig = Rig::new(SimConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dry = executor_on(
+        rig.sim.clone(),
+        dir.path(),
+        Settings {
+            dry_run: true,
+            ..settings()
+        },
+        Shutdown::new(),
+    );
+
+    let free = dry
+        .run_server(&policy("nightly", false), WEB, slot(), None)
+        .await;
+    assert_eq!(free.result, RunResult::DryRun, "{free:#?}");
+    assert!(free.message.contains("would create"), "{}", free.message);
+
+    rig.sim
+        .add_snapshot(WEB, NAME, SnapshotStatus::Failed, slot());
+    let failed = dry
+        .run_server(&policy("nightly", false), WEB, slot(), None)
+        .await;
+    assert_eq!(failed.result, RunResult::Failed, "{failed:#?}");
+}
