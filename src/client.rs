@@ -363,6 +363,8 @@ impl std::fmt::Debug for HttpClient {
 
 impl HttpClient {
     pub fn new(api: &ApiConfig, token: SecretString) -> anyhow::Result<Self> {
+        // Provider text that quotes the token back, however it encodes it, never shows it.
+        text::keep_secret(token.expose_secret());
         let parsed = reqwest::Url::parse(&api.base_url)?;
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)

@@ -29,9 +29,61 @@ fn is_unsafe(c: char) -> bool {
         )
 }
 
+/// Secrets that provider text must never carry (the API token), in the forms a provider could
+/// quote them back: as sent (after JSON unescaping, which decoding does) and URL-encoded, in
+/// any letter case. Kept lower-case.
+static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// From now on, `secret` is written `[redacted]` wherever provider text quotes it.
+pub fn keep_secret(secret: &str) {
+    if secret.is_empty() {
+        return;
+    }
+    let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let mut secrets = SECRETS.write().unwrap_or_else(|e| e.into_inner());
+    for form in [secret.to_ascii_lowercase(), encoded.to_ascii_lowercase()] {
+        if !secrets.contains(&form) {
+            secrets.push(form);
+        }
+    }
+}
+
+/// `s` with every kept secret replaced by `[redacted]` (ASCII case-insensitively).
+fn without_secrets(s: Cow<'_, str>) -> Cow<'_, str> {
+    let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
+    let mut s = s;
+    for secret in secrets.iter() {
+        let needle = secret.as_bytes();
+        let found = |hay: &str| {
+            hay.as_bytes()
+                .windows(needle.len())
+                .position(|w| w.eq_ignore_ascii_case(needle))
+        };
+        if found(&s).is_none() {
+            continue;
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut rest: &str = &s;
+        while let Some(at) = found(rest) {
+            // An ASCII needle matches only ASCII bytes: both ends are char boundaries.
+            out.push_str(&rest[..at]);
+            out.push_str("[redacted]");
+            rest = &rest[at + needle.len()..];
+        }
+        out.push_str(rest);
+        s = Cow::Owned(out);
+    }
+    s
+}
+
 /// `s` with every unsafe character written as `\n`, `\r`, `\t` or `\u{…}` (hex), the rest
-/// unchanged. Borrowed when there is nothing to escape (the usual case).
+/// unchanged, and any kept secret written `[redacted]`. Borrowed when there is nothing to
+/// change (the usual case).
 pub fn escape(s: &str) -> Cow<'_, str> {
+    without_secrets(escape_controls(s))
+}
+
+fn escape_controls(s: &str) -> Cow<'_, str> {
     if !s.chars().any(is_unsafe) {
         return Cow::Borrowed(s);
     }

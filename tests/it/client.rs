@@ -1200,3 +1200,29 @@ async fn a_provider_that_echoes_the_token_back_never_gets_it_printed() {
     let listed = client.list_snapshots(None).await.unwrap();
     assert_eq!(listed[0].name, "copy-of-[redacted]");
 }
+
+/// The token quoted back in another spelling (a JSON `\u` escape, upper case, URL-encoded)
+/// is still never printed: the provider's text is searched after it is decoded.
+#[tokio::test]
+async fn a_provider_that_echoes_the_token_in_another_spelling_never_gets_it_printed() {
+    let (server, client) = mock().await;
+    let escaped = format!("\\u{:04x}{}", TOKEN.as_bytes()[0], &TOKEN[1..]);
+    let encoded: String = url::form_urlencoded::byte_serialize(TOKEN.as_bytes()).collect();
+    let body = format!(
+        r#"{{"detail": "a {escaped} b {} c {encoded} d"}}"#,
+        TOKEN.to_uppercase()
+    );
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string(body))
+        .mount(&server)
+        .await;
+
+    let err = client
+        .create_snapshot(&request("nightly-20250115T023000Z"))
+        .await
+        .unwrap_err()
+        .to_string();
+
+    assert!(!err.to_lowercase().contains(TOKEN), "{err}");
+    assert_eq!(err.matches("[redacted]").count(), 3, "{err}");
+}
