@@ -703,7 +703,9 @@ pub fn decode_every_answer(body: &[u8]) -> usize {
     decoded.iter().filter(|ok| **ok).count()
 }
 
-impl Provider for HttpClient {
+/// Every transport is a provider: the calls and what they make of the answers are the same;
+/// only how the bytes travel differs.
+impl<T: Transport + 'static> Provider for T {
     async fn list_page(
         &self,
         scope: Scope<'_>,

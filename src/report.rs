@@ -26,6 +26,26 @@ pub struct ServerReport {
     pub plan: Option<Plan>,
 }
 
+impl ServerReport {
+    /// A run of `policy` on `server` for `slot` that has not got anywhere yet: failed until
+    /// it says otherwise.
+    pub fn starting(policy: &str, server: ServerId, slot: DateTime<Utc>, snapshot: String) -> Self {
+        Self {
+            policy: policy.to_owned(),
+            server,
+            slot,
+            snapshot,
+            result: RunResult::Failed,
+            created: None,
+            deleted: Vec::new(),
+            message: String::new(),
+            blocked: false,
+            created_id: None,
+            plan: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunResult {

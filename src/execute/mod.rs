@@ -243,17 +243,8 @@ impl<P: Provider> Executor<P> {
                     // Should not happen; still a failure the summary and exit code must show.
                     tracing::error!(error = %e, "a server task ended abnormally");
                     reports.push(ServerReport {
-                        policy: "?".into(),
-                        server: 0,
-                        slot: DateTime::<Utc>::MIN_UTC,
-                        snapshot: String::new(),
-                        result: RunResult::Failed,
-                        created: None,
-                        deleted: Vec::new(),
                         message: format!("a server task ended abnormally: {e}"),
-                        blocked: false,
-                        created_id: None,
-                        plan: None,
+                        ..ServerReport::starting("?", 0, DateTime::<Utc>::MIN_UTC, String::new())
                     });
                 }
             }
@@ -284,19 +275,7 @@ impl<P: Provider> Executor<P> {
             let lock = self.locks.entry(server);
             let mut last_change = lock.lock().await;
             let mut turn = self.turns.take().await;
-            let mut report = ServerReport {
-                policy: policy.name.clone(),
-                server,
-                slot,
-                snapshot: name.clone(),
-                result: RunResult::Failed,
-                created: None,
-                deleted: Vec::new(),
-                message: String::new(),
-                blocked: false,
-                created_id: None,
-                plan: None,
-            };
+            let mut report = ServerReport::starting(&policy.name, server, slot, name.clone());
             if self.shutdown.is_stopping() {
                 // Queued behind others when shutdown began: start nothing new (no stop).
                 report.result = RunResult::Skipped;

@@ -368,19 +368,7 @@ async fn a_run_result_follows_the_slot_outcome_not_the_words_of_its_reason() {
             notes: Vec::new(),
             warnings: Vec::new(),
         };
-        let mut report = ServerReport {
-            policy: p.name.clone(),
-            server: WEB,
-            slot: slot(),
-            snapshot: NAME.into(),
-            result: RunResult::Failed,
-            created: None,
-            deleted: Vec::new(),
-            message: String::new(),
-            blocked: false,
-            created_id: None,
-            plan: None,
-        };
+        let mut report = ServerReport::starting(&p.name, WEB, slot(), NAME.into());
 
         let mut turn = rig.executor.turns.take().await;
         rig.executor

@@ -17,11 +17,10 @@ use tower::ServiceExt as _;
 use super::http::router;
 use super::provider::Simulator;
 use crate::client::{
-    calls, read_answer, refuse_redirect, retry_after, too_large, BaseUrl, Call, Transport,
+    read_answer, refuse_redirect, retry_after, too_large, BaseUrl, Call, Transport,
     MAX_ANSWER_BYTES,
 };
-use crate::model::{CreateSnapshot, RestoreStarted, Server, ServerId, Snapshot, SnapshotId};
-use crate::provider::{ApiError, ListedPage, Provider, Scope};
+use crate::provider::ApiError;
 use crate::text;
 
 /// Where the in-process simulator answers: the host its `next` links name, never resolved.
@@ -117,47 +116,14 @@ impl Transport for InProcess {
     }
 }
 
-impl Provider for InProcess {
-    async fn list_page(
-        &self,
-        scope: Scope<'_>,
-        link: Option<&str>,
-    ) -> Result<ListedPage, ApiError> {
-        calls::list_page(self, scope, link).await
-    }
-
-    async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
-        calls::create_snapshot(self, request).await
-    }
-
-    async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ApiError> {
-        calls::delete_snapshot(self, id).await
-    }
-
-    async fn restore_snapshot(&self, id: SnapshotId) -> Result<RestoreStarted, ApiError> {
-        calls::restore_snapshot(self, id).await
-    }
-
-    async fn get_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        calls::get_server(self, id).await
-    }
-
-    async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        calls::power(self, id, true).await
-    }
-
-    async fn start_server(&self, id: ServerId) -> Result<Server, ApiError> {
-        calls::power(self, id, false).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
     use crate::clock::TokioClock;
-    use crate::model::PowerState;
+    use crate::model::{CreateSnapshot, PowerState, ServerId, Snapshot, SnapshotId};
+    use crate::provider::{Provider, Scope};
     use crate::simulator::SimConfig;
 
     fn sim(config: SimConfig, ids: &[ServerId]) -> Simulator {
