@@ -446,7 +446,8 @@ async fn provider_down_right_after_a_stopped_servers_snapshot_completes() {
     assert!(journal(&scratch).is_empty(), "{text}");
     assert!(
         text.contains("cannot look at the server; trying again until power_timeout")
-            || text.contains("api request failed; retrying"),
+            || text.contains("reading a server failed; retrying")
+            || text.contains("start request failed"),
         "the outage did not hit the start path:\n{text}"
     );
 }
