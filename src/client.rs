@@ -162,13 +162,23 @@ pub(crate) fn refuse_redirect(
     })
 }
 
-/// The answer's `Retry-After`, in whole seconds as providers send it.
+/// The answer's `Retry-After`: whole seconds, or an HTTP date (the wait until then; none for
+/// a date already past).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let until = httpdate::parse_http_date(value).ok()?;
+    Some(
+        until
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 /// The body of a 2xx answer; any other status is the error it maps to
@@ -230,13 +240,21 @@ pub(crate) mod calls {
         let answer = transport
             .send(Call {
                 method: Method::GET,
-                url,
+                url: url.clone(),
                 body: None,
                 endpoint: "list",
                 what: &what,
             })
             .await?;
-        decode_page(&answer, &what)
+        let mut page = decode_page(&answer, &what)?;
+        // A relative `next` (`/api/v1/snapshots/?page=2`, `?page=2`) is relative to the page
+        // it came on.
+        if let Some(next) = &page.next {
+            if let Ok(absolute) = reqwest::Url::parse(&url).and_then(|u| u.join(next)) {
+                page.next = Some(absolute.into());
+            }
+        }
+        Ok(page)
     }
 
     pub(crate) async fn create_snapshot<T: Transport>(

@@ -4,14 +4,15 @@
 //! the server again once its snapshot has left `in_progress`.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::{Ledger, LedgerError};
 use crate::model::ServerId;
+use crate::state_file::{self, write_atomic};
 
 const FILE_NAME: &str = "power-journal.json";
 
@@ -46,6 +47,8 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Creates(#[from] LedgerError),
 }
 
 /// Why the state directory could not be taken.
@@ -77,6 +80,8 @@ pub struct Journal {
     recorded: tokio::sync::Notify,
     /// `state_dir/lock`, held (flock) by the one process allowed to act on this journal.
     lock: std::sync::OnceLock<File>,
+    /// Every create sent, beside every stop: what a crash or a lost answer must not forget.
+    creates: Ledger,
 }
 
 impl Journal {
@@ -93,6 +98,7 @@ impl Journal {
             entries: Mutex::new(entries),
             recorded: tokio::sync::Notify::new(),
             lock: std::sync::OnceLock::new(),
+            creates: Ledger::open(state_dir)?,
         })
     }
 
@@ -104,11 +110,17 @@ impl Journal {
             entries: Mutex::default(),
             recorded: tokio::sync::Notify::new(),
             lock: std::sync::OnceLock::new(),
+            creates: Ledger::detached(state_dir),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The creates sent, and their answers.
+    pub fn creates(&self) -> &Ledger {
+        &self.creates
     }
 
     pub fn entries(&self) -> Vec<Entry> {
@@ -154,6 +166,7 @@ impl Journal {
             return Err(LockError::Open { path, source: e });
         }
         let entries = read_entries(&self.path)?;
+        self.creates.reload().map_err(JournalError::from)?;
         let found = !entries.is_empty();
         *self.lock() = entries;
         if found {
@@ -205,25 +218,9 @@ fn read_entries(path: &Path) -> Result<Vec<Entry>, JournalError> {
         path: path.to_owned(),
         source,
     };
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(err(e)),
-        Ok(_) => {}
-    }
-    // Following a link: one to nowhere is "not found" about its target, not the journal.
-    let kind = fs::metadata(path).map_err(err)?.file_type();
-    if !kind.is_file() {
-        // Checked before opening: opening a FIFO would wait for a writer forever.
-        return Err(err(Error::new(
-            ErrorKind::InvalidData,
-            if kind.is_dir() {
-                "a directory, not a file"
-            } else {
-                "not a regular file"
-            },
-        )));
-    }
-    let bytes = fs::read(path).map_err(err)?;
+    let Some(bytes) = state_file::read(path).map_err(err)? else {
+        return Ok(Vec::new());
+    };
     serde_json::from_slice(&bytes).map_err(|e| err(Error::new(ErrorKind::InvalidData, e)))
 }
 
@@ -245,22 +242,6 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => File::open(path),
         created => created,
     }
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file: temp
-/// file, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

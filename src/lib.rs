@@ -24,6 +24,8 @@
 //!   is deleted, each with a reason.
 //! - [`hooks`]: pre/post hooks: argv commands in their own process group, killed at the timeout.
 //! - [`journal`]: the power journal that makes "a stopped server is started again" survive crashes.
+//! - [`state_file`]: files in `state_dir` written and read so a crash loses nothing.
+//! - [`ledger`]: every create sent and its answer, so a lost answer never makes a name twice.
 //! - [`execute`]: the one place with effects: prepare (reads) → plan → apply (stop, create,
 //!   wait, start, prune); a dry run and `plan` stop before apply.
 //! - [`report`]: what one run came to on one server; written by `execute`, kept by `runlog`.
@@ -49,6 +51,7 @@ mod fixtures;
 pub mod format;
 pub mod hooks;
 pub mod journal;
+pub mod ledger;
 pub mod logging;
 pub mod model;
 pub mod plan;
@@ -61,5 +64,6 @@ pub mod schedule;
 pub mod scheduler;
 pub mod shutdown;
 pub mod simulator;
+pub mod state_file;
 pub mod status;
 pub mod text;

@@ -22,6 +22,15 @@ pub const MAX_PAGES: usize = 10_000;
 /// the memory.
 pub const MAX_RECORDS: usize = 1_000_000;
 
+/// The most memory the records of one listing may take, text included: a fleet of 50,000
+/// servers at the cap takes about a quarter of this. Long names or descriptions on pages that
+/// never end must not grow the process to gigabytes before the record bound is reached.
+pub const MAX_LISTING_BYTES: usize = 256 << 20;
+
+/// The longest `next` link followed: a real one is a URL with a query; pages 2..=n of a long
+/// listing are each built from it, so a huge one would be copied thousands of times.
+pub const MAX_LINK_BYTES: usize = 8 << 10;
+
 /// Records a listing may hold beyond its `count` (at least; a tenth more for a large one):
 /// records shifted onto a second page while snapshots were created.
 const RECORDS_MARGIN: usize = 100;
@@ -182,6 +191,7 @@ pub async fn list_pages<P: Provider + ?Sized>(
 ) -> Result<Vec<Snapshot>, ApiError> {
     let what = scope.what();
     let first = provider.list_page(scope, None).await?;
+    check_link(&what, first.next.as_deref())?;
     let mut read = PagesRead::new(&what, &first);
     let mut all = first.snapshots;
     let mut unreadable = first.unreadable;
@@ -198,7 +208,7 @@ pub async fn list_pages<P: Provider + ?Sized>(
         .as_deref()
         .and_then(|n| numbered_pages(n, first.count, first.records));
     if let Some(links) = numbered {
-        read.followed.extend(links.iter().cloned());
+        read.followed.extend(links.iter().map(|l| link_hash(l)));
         let mut pages = futures_util::stream::iter(links.into_iter().enumerate())
             .map(|(i, link)| async move { (i + 2, provider.list_page(scope, Some(&link)).await) })
             .buffered(PAGES_IN_FLIGHT);
@@ -218,6 +228,7 @@ pub async fn list_pages<P: Provider + ?Sized>(
                 Err(e) => return Err(e),
             };
             read.page(number, &page)?;
+            check_link(&what, page.next.as_deref())?;
             // Only the very last page's `next` can lead further.
             last_next = page.next;
             all.extend(page.snapshots);
@@ -233,6 +244,7 @@ pub async fn list_pages<P: Provider + ?Sized>(
             });
         }
         let number = read.pages + 1;
+        check_link(&what, Some(&link))?;
         read.follow(&link, number)?;
         let page = match provider.list_page(scope, Some(&link)).await {
             Ok(page) => page,
@@ -281,7 +293,10 @@ struct PagesRead<'a> {
     /// The most records a listing may hold: `count` and a margin for records that shifted
     /// onto a second page, else [`MAX_RECORDS`].
     most: usize,
-    followed: HashSet<String>,
+    /// The memory its records take so far, bounded by [`MAX_LISTING_BYTES`].
+    bytes: usize,
+    /// The links followed, by their hash: a provider's links may be long.
+    followed: HashSet<u64>,
 }
 
 impl<'a> PagesRead<'a> {
@@ -301,13 +316,14 @@ impl<'a> PagesRead<'a> {
             pages: 1,
             records: first.records,
             most,
+            bytes: held_bytes(first),
             followed: HashSet::new(),
         }
     }
 
     /// An error if `link`, the way to page `number`, was followed before: the links loop.
     fn follow(&mut self, link: &str, number: usize) -> Result<(), ApiError> {
-        if self.followed.insert(link.to_owned()) {
+        if self.followed.insert(link_hash(link)) {
             return Ok(());
         }
         Err(ApiError::Decode {
@@ -330,6 +346,19 @@ impl<'a> PagesRead<'a> {
         }
         self.pages += 1;
         self.records = self.records.saturating_add(page.records);
+        self.bytes = self.bytes.saturating_add(held_bytes(page));
+        if self.bytes > MAX_LISTING_BYTES {
+            return Err(ApiError::Decode {
+                what: self.what.to_owned(),
+                message: format!(
+                    "its records take more than {} MiB after {} pages ({} records); the pages \
+                     seem to repeat or never end",
+                    MAX_LISTING_BYTES >> 20,
+                    self.pages,
+                    self.records
+                ),
+            });
+        }
         if self.records > self.most {
             return Err(ApiError::Decode {
                 what: self.what.to_owned(),
@@ -351,6 +380,47 @@ impl<'a> PagesRead<'a> {
             what: self.what.to_owned(),
             message: how,
         }
+    }
+}
+
+/// The memory a page's records take once kept: each record and its text.
+fn held_bytes(page: &ListedPage) -> usize {
+    let snapshots: usize = page
+        .snapshots
+        .iter()
+        .map(|s| {
+            std::mem::size_of::<Snapshot>()
+                + s.name.len()
+                + s.server.name.len()
+                + s.description.as_ref().map_or(0, String::len)
+        })
+        .sum();
+    let unreadable: usize = page
+        .unreadable
+        .iter()
+        .map(|u| {
+            std::mem::size_of::<Unreadable>() + u.error.len() + u.id.as_ref().map_or(0, String::len)
+        })
+        .sum();
+    snapshots + unreadable
+}
+
+fn link_hash(link: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(link)
+}
+
+/// An error when the provider's `next` link is longer than any real one.
+fn check_link(what: &str, link: Option<&str>) -> Result<(), ApiError> {
+    match link {
+        Some(l) if l.len() > MAX_LINK_BYTES => Err(ApiError::Decode {
+            what: what.to_owned(),
+            message: format!(
+                "a `next` link of {} bytes (at most {MAX_LINK_BYTES} are followed)",
+                l.len()
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -535,11 +605,135 @@ impl ApiError {
         )
     }
 
+    /// Whether the provider said it did nothing (a 4xx, a 429), or no connection was made:
+    /// a create that failed this way made no snapshot. Anything else (a 5xx, a lost or
+    /// unreadable answer, a redirect) may have made one.
+    pub fn not_carried_out(&self) -> bool {
+        match self {
+            Self::Unauthorized { .. }
+            | Self::BadRequest { .. }
+            | Self::NotFound { .. }
+            | Self::RateLimited { .. }
+            | Self::Unreachable { .. } => true,
+            // Any other 4xx (409, 422) refuses the request, but a 408 says the request was
+            // not heard out, which a proxy may say of one already passed on.
+            Self::Unexpected { status, .. } => (400..500).contains(status) && *status != 408,
+            _ => false,
+        }
+    }
+
     /// Whether a create that failed this way may have happened anyway (answer lost or 5xx).
     pub fn outcome_unknown(&self) -> bool {
         matches!(
             self,
             Self::Server { .. } | Self::Timeout { .. } | Self::Connection { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ServerRef, SnapshotStatus};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Pages that never end, each with new records carrying 16 KiB descriptions, under a
+    /// `count` of a million.
+    #[derive(Default)]
+    struct Endless {
+        pages: AtomicUsize,
+    }
+
+    impl Provider for Endless {
+        async fn list_page(
+            &self,
+            _scope: Scope<'_>,
+            _link: Option<&str>,
+        ) -> Result<ListedPage, ApiError> {
+            let n = self.pages.fetch_add(1, Ordering::Relaxed) as u64;
+            let snapshots: Vec<Snapshot> = (0..100)
+                .map(|i| Snapshot {
+                    id: n * 100 + i,
+                    server: ServerRef {
+                        id: 1,
+                        name: "web".into(),
+                    },
+                    name: format!("s{n}-{i}"),
+                    status: SnapshotStatus::Completed,
+                    size_mb: None,
+                    created_at: chrono::DateTime::UNIX_EPOCH,
+                    description: Some("x".repeat(16 << 10)),
+                })
+                .collect();
+            Ok(ListedPage {
+                count: Some(1_000_000),
+                next: Some(format!("https://api.test/snapshots/?cursor={}", n + 1)),
+                records: snapshots.len(),
+                snapshots,
+                unreadable: Vec::new(),
+            })
+        }
+        async fn create_snapshot(&self, _: &CreateSnapshot) -> Result<Snapshot, ApiError> {
+            unimplemented!()
+        }
+        async fn delete_snapshot(&self, _: SnapshotId) -> Result<(), ApiError> {
+            unimplemented!()
+        }
+        async fn restore_snapshot(&self, _: SnapshotId) -> Result<RestoreStarted, ApiError> {
+            unimplemented!()
+        }
+        async fn get_server(&self, _: ServerId) -> Result<Server, ApiError> {
+            unimplemented!()
+        }
+        async fn stop_server(&self, _: ServerId) -> Result<Server, ApiError> {
+            unimplemented!()
+        }
+        async fn start_server(&self, _: ServerId) -> Result<Server, ApiError> {
+            unimplemented!()
+        }
+    }
+
+    /// A listing's memory is bounded in bytes, not only in records: a million records with
+    /// long descriptions would be 16 GB, and the listing ends after about 256 MiB.
+    #[tokio::test]
+    async fn a_listing_of_long_records_that_never_ends_stops_at_its_memory_bound() {
+        let endless = Endless::default();
+        let err = list_pages(&endless, Scope::Account).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("MiB"), "{text}");
+        let pages = endless.pages.load(Ordering::Relaxed);
+        let page_bytes = 100 * (16 << 10);
+        assert!(
+            pages <= MAX_LISTING_BYTES / page_bytes + 1,
+            "{pages} pages read: {} MiB",
+            (pages * page_bytes) >> 20
+        );
+    }
+
+    /// A create refused by a 4xx made nothing, and the next run in its slot may send it; one
+    /// whose answer was a 5xx, a 408 or never came may have made a snapshot.
+    #[test]
+    fn only_a_refusal_says_a_create_made_nothing() {
+        let status = |code| ApiError::from_status(code, "create".into(), String::new(), None, "");
+        for code in [400, 401, 403, 404, 409, 422, 429] {
+            assert!(status(code).not_carried_out(), "{code}");
+        }
+        for code in [408, 500, 502, 503, 504, 302] {
+            assert!(!status(code).not_carried_out(), "{code}");
+        }
+        let timeout = ApiError::Timeout {
+            what: "create".into(),
+            timeout: Duration::from_secs(30),
+        };
+        assert!(!timeout.not_carried_out());
+    }
+
+    /// A `next` link longer than any real one is an error, not copied for every page.
+    #[test]
+    fn a_next_link_of_megabytes_is_an_error() {
+        let link = format!("https://api.test/?page=2&x={}", "a".repeat(1 << 20));
+        let err = check_link("list snapshots", Some(&link)).unwrap_err();
+        assert!(err.to_string().contains("next"), "{err}");
+        assert!(check_link("list snapshots", Some("https://api.test/?page=2")).is_ok());
     }
 }

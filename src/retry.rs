@@ -150,27 +150,38 @@ impl<P: Provider> Retrying<P> {
     /// A create whose answer was lost may have happened, and a provider may show it only
     /// later: it is looked for by name, with the back-off between looks, and never sent again
     /// (a look that finds nothing proves nothing, and a second create could make a duplicate).
+    /// Once `give_up` completes, the looks end: the create stays unconfirmed.
     async fn find_lost_create(
         &self,
         request: &CreateSnapshot,
         error: ApiError,
         mut backoff: Backoff,
+        give_up: impl Future<Output = ()>,
     ) -> Result<Snapshot, ApiError> {
+        let mut give_up = std::pin::pin!(give_up);
+        let unconfirmed = |error: &ApiError| ApiError::Unconfirmed {
+            what: format!(
+                "create snapshot {} of server {}",
+                request.name, request.server_id
+            ),
+            cause: error.to_string(),
+        };
         loop {
-            if let Some(found) = self.look_for(request).await? {
+            let found = tokio::select! {
+                found = self.look_for(request) => found?,
+                () = &mut give_up => return Err(unconfirmed(&error)),
+            };
+            if let Some(found) = found {
                 return Ok(found);
             }
             let Some(wait) = backoff.after(&error) else {
-                return Err(ApiError::Unconfirmed {
-                    what: format!(
-                        "create snapshot {} of server {}",
-                        request.name, request.server_id
-                    ),
-                    cause: error.to_string(),
-                });
+                return Err(unconfirmed(&error));
             };
             tracing::warn!(error = %error, look_again_in = ?wait, snapshot = %request.name, "the created snapshot is not listed yet; looking again");
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut give_up => return Err(unconfirmed(&error)),
+            }
         }
     }
 
@@ -179,6 +190,41 @@ impl<P: Provider> Retrying<P> {
         tracing::warn!(snapshot = %request.name, "create answer lost; looking for the snapshot by name");
         let listed = Box::pin(self.list_snapshots(Some(request.server_id))).await?;
         Ok(listed.into_iter().find(|s| s.name == request.name))
+    }
+
+    /// Sends the create; after an answer that says it was not carried out (429, no
+    /// connection), sends it again; after one that was lost, looks for it by name and never
+    /// sends it again. Once `give_up` completes, nothing is sent or looked for again (the
+    /// request in flight is never dropped).
+    pub async fn create_snapshot_unless(
+        &self,
+        request: &CreateSnapshot,
+        give_up: impl Future<Output = ()>,
+    ) -> Result<Snapshot, ApiError> {
+        let mut give_up = std::pin::pin!(give_up);
+        let mut backoff = self.rules.backoff();
+        loop {
+            let error = match self.inner.create_snapshot(request).await {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            };
+            if error.outcome_unknown() && self.rules.look_up_lost_creates {
+                return self
+                    .find_lost_create(request, error, backoff, give_up)
+                    .await;
+            }
+            if !error.is_retryable() {
+                return Err(error);
+            }
+            let Some(wait) = backoff.after(&error) else {
+                return Err(error);
+            };
+            tracing::warn!(error = %error, retry_in = ?wait, "create failed; trying again");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut give_up => return Err(error),
+            }
+        }
     }
 
     /// Sends the stop; after a failure whose outcome is unknown, looks at the server and
@@ -249,24 +295,8 @@ impl<P: Provider> Provider for Retrying<P> {
     }
 
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
-        let mut backoff = self.rules.backoff();
-        loop {
-            let error = match self.inner.create_snapshot(request).await {
-                Ok(s) => return Ok(s),
-                Err(e) => e,
-            };
-            if error.outcome_unknown() && self.rules.look_up_lost_creates {
-                return self.find_lost_create(request, error, backoff).await;
-            }
-            if !error.is_retryable() {
-                return Err(error);
-            }
-            let Some(wait) = backoff.after(&error) else {
-                return Err(error);
-            };
-            tracing::warn!(error = %error, retry_in = ?wait, "create failed; trying again");
-            tokio::time::sleep(wait).await;
-        }
+        self.create_snapshot_unless(request, std::future::pending())
+            .await
     }
 
     async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ApiError> {
@@ -320,6 +350,7 @@ impl<P: Provider> Provider for Retrying<P> {
 mod tests {
     use super::*;
 
+    use crate::fixtures::LostAnswer;
     use crate::simulator::{SimConfig, Simulator};
 
     const WEB: ServerId = 12345;
@@ -437,63 +468,10 @@ mod tests {
 
     /// A provider that makes the snapshot but loses the answer (504), and lists it only
     /// `hidden` later, as an eventually consistent provider does.
-    #[derive(Clone)]
-    struct SlowToShow {
-        sim: Simulator,
-        hidden: Duration,
-        made: std::sync::Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
-        really_made: bool,
-    }
-
-    impl Provider for SlowToShow {
-        async fn list_page(
-            &self,
-            scope: Scope<'_>,
-            link: Option<&str>,
-        ) -> Result<ListedPage, ApiError> {
-            let mut page = self.sim.list_page(scope, link).await?;
-            let made = *self.made.lock().unwrap();
-            if made.is_none_or(|t| t.elapsed() < self.hidden) {
-                page.snapshots.clear();
-            }
-            Ok(page)
-        }
-        async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
-            if self.really_made {
-                self.sim.create_snapshot(request).await?;
-                *self.made.lock().unwrap() = Some(tokio::time::Instant::now());
-            }
-            Err(ApiError::Server {
-                what: "create".into(),
-                status: 504,
-                message: "Gateway Time-out".into(),
-            })
-        }
-        async fn delete_snapshot(&self, id: SnapshotId) -> Result<(), ApiError> {
-            self.sim.delete_snapshot(id).await
-        }
-        async fn restore_snapshot(&self, id: SnapshotId) -> Result<RestoreStarted, ApiError> {
-            self.sim.restore_snapshot(id).await
-        }
-        async fn get_server(&self, id: ServerId) -> Result<Server, ApiError> {
-            self.sim.get_server(id).await
-        }
-        async fn stop_server(&self, id: ServerId) -> Result<Server, ApiError> {
-            self.sim.stop_server(id).await
-        }
-        async fn start_server(&self, id: ServerId) -> Result<Server, ApiError> {
-            self.sim.start_server(id).await
-        }
-    }
-
-    fn slow_to_show(hidden: Duration, really_made: bool) -> (Simulator, Retrying<SlowToShow>) {
+    fn slow_to_show(hidden: Duration, really_made: bool) -> (Simulator, Retrying<LostAnswer>) {
         let sim = sim(SimConfig::default());
-        let provider = SlowToShow {
-            sim: sim.clone(),
-            hidden,
-            made: std::sync::Arc::default(),
-            really_made,
-        };
+        let mut provider = LostAnswer::new(&sim, hidden);
+        provider.makes = really_made;
         (sim, Retrying::new(provider, RetryRules::new(5).seeded(1)))
     }
 

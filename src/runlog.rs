@@ -14,11 +14,11 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::journal::write_atomic;
 use crate::model::ServerId;
 use crate::policy::Policy;
 use crate::report::RunResult;
 use crate::scheduler::Recorded;
+use crate::state_file::write_atomic;
 
 const FILE_NAME: &str = "last-runs.json";
 const HANDLED_FILE_NAME: &str = "handled-slots.json";

@@ -125,7 +125,9 @@ pub(super) async fn show_plan(
     let listing = executor.list(&servers).await?;
     let mut plans = Vec::with_capacity(work.len());
     for (policy, server, slot) in &work {
-        let prepared = executor.prepare(policy, *server, Some(&listing)).await?;
+        let prepared = executor
+            .prepare(policy, *server, *slot, Some(&listing))
+            .await?;
         plans.push(executor.plan(policy, *slot, &prepared));
     }
     if json {

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::ledger::{Answer, Record};
 use crate::model::{CreateSnapshot, PowerState, ServerId, Snapshot, SnapshotStatus};
 use crate::plan::{plan, Create, Plan, SlotOutcome, Target};
 use crate::policy::Policy;
@@ -36,7 +37,7 @@ impl<P: Provider> Executor<P> {
         report: &mut ServerReport,
         turn: &mut Turn,
     ) -> anyhow::Result<()> {
-        let prepared = self.prepare(policy, server, listing).await?;
+        let prepared = self.prepare(policy, server, slot, listing).await?;
         self.note_newest(server, &prepared.snapshots);
         let first = self.plan(policy, slot, &prepared);
         for note in &first.notes {
@@ -52,7 +53,8 @@ impl<P: Provider> Executor<P> {
                 report.blocked = matches!(first.outcome, SlotOutcome::CapBlocked(_));
                 anyhow::bail!("{}", b.reason);
             }
-            SlotOutcome::SnapshotStuck { reason, .. } => anyhow::bail!("{reason}"),
+            SlotOutcome::SnapshotStuck { reason, .. }
+            | SlotOutcome::CreateUnconfirmed { reason, .. } => anyhow::bail!("{reason}"),
             _ => {}
         }
         if self.settings.dry_run {
@@ -74,14 +76,29 @@ impl<P: Provider> Executor<P> {
     /// `listing` when there is one), its power state when the policy stops it (a server in
     /// transition is skipped before a slot is freed, or a good snapshot would go for
     /// nothing), and its name when a hook will be told it.
+    ///
+    /// When a create of the slot's snapshot was sent before and `listing` does not show it,
+    /// the server's own listing is read: an account listing read page by page while others
+    /// changed can miss a record, and a snapshot missed there would be made twice.
     pub async fn prepare(
         &self,
         policy: &Policy,
         server: ServerId,
+        slot: DateTime<Utc>,
         listing: Option<&Listing>,
     ) -> Result<Prepared, ApiError> {
         let snapshots = match listing {
-            Some(l) => l.server(server),
+            Some(l) => {
+                let shared = l.server(server);
+                let name = policy.snapshot_name(slot);
+                let sent = self.journal.creates().sent(server, &name).is_some();
+                if sent && !shared.iter().any(|s| s.name == name) {
+                    tracing::info!(snapshot = %name, "a create of this slot was sent before and the account listing does not show it; reading the server's own listing");
+                    self.provider.list_snapshots(Some(server)).await?
+                } else {
+                    shared
+                }
+            }
             None => self.provider.list_snapshots(Some(server)).await?,
         };
         let hooked = policy.hooks.pre.is_some() || policy.hooks.post.is_some();
@@ -115,12 +132,39 @@ impl<P: Provider> Executor<P> {
             slot,
             self.clock.now(),
         );
-        if let SlotOutcome::SnapshotInProgress { .. } = planned.outcome {
-            if let Some((snapshots, reason)) = self.stuck(&prepared.snapshots) {
-                planned.outcome = SlotOutcome::SnapshotStuck { snapshots, reason };
+        match &planned.outcome {
+            SlotOutcome::SnapshotInProgress { .. } => {
+                if let Some((snapshots, reason)) = self.stuck(&prepared.snapshots) {
+                    planned.outcome = SlotOutcome::SnapshotStuck { snapshots, reason };
+                }
             }
+            SlotOutcome::Create(create) => {
+                if let Some(reason) = self.unconfirmed(prepared.target.id, &create.name) {
+                    planned.outcome = SlotOutcome::CreateUnconfirmed {
+                        snapshot: create.name.clone(),
+                        reason,
+                    };
+                }
+            }
+            _ => {}
         }
         planned
+    }
+
+    /// Why `name` is not created on `server` again, when a create of it was sent before and
+    /// its answer was lost (the plan read the server's own listing, which does not show it).
+    fn unconfirmed(&self, server: ServerId, name: &str) -> Option<String> {
+        let sent = self.journal.creates().sent(server, name)?;
+        (sent.answer == Answer::Unknown).then(|| {
+            format!(
+                "a create of snapshot {name} was sent at {} and its answer was lost; the \
+                 server's listing does not show it. It is not sent again, since the provider \
+                 may list it later and a second create could make a duplicate; the next \
+                 scheduled slot takes a new name (ledger: {})",
+                sent.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                self.journal.creates().path().display()
+            )
+        })
     }
 
     /// Does what `first` says. The run's result follows the slot's outcome, never the words
@@ -149,7 +193,8 @@ impl<P: Provider> Executor<P> {
             SlotOutcome::SnapshotInProgress { .. } | SlotOutcome::ServerInTransition { .. } => {
                 RunResult::Skipped
             }
-            SlotOutcome::SnapshotStuck { reason, .. } => anyhow::bail!("{reason}"),
+            SlotOutcome::SnapshotStuck { reason, .. }
+            | SlotOutcome::CreateUnconfirmed { reason, .. } => anyhow::bail!("{reason}"),
             SlotOutcome::CapBlocked(b) | SlotOutcome::OtherServers(b) => {
                 anyhow::bail!("{}", b.reason)
             }
@@ -404,14 +449,12 @@ impl<P: Provider> Executor<P> {
         name: &str,
         turn: &mut Turn,
     ) -> anyhow::Result<(Snapshot, Vec<Snapshot>)> {
-        let created = self
-            .provider
-            .create_snapshot(&CreateSnapshot {
-                server_id: server,
-                name: name.to_owned(),
-                description: Some(policy.description.clone()),
-            })
-            .await?;
+        let request = CreateSnapshot {
+            server_id: server,
+            name: name.to_owned(),
+            description: Some(policy.description.clone()),
+        };
+        let created = self.create_recorded(&request).await?;
         tracing::info!(
             id = created.id,
             "snapshot requested; waiting for it to finish"
@@ -431,6 +474,41 @@ impl<P: Provider> Executor<P> {
                 anyhow::bail!("stopped waiting for snapshot {name}: shutting down")
             }
         }
+    }
+}
+
+impl<P: Provider> Executor<P> {
+    /// Records the create in the ledger (durably) before it is sent, and its answer after:
+    /// a later run in this slot then never sends the name again while its answer is unknown.
+    /// A create that cannot be recorded is not sent. Once the shutdown hurries, a create whose
+    /// answer was lost is no longer looked for (a stopped server waits for it).
+    async fn create_recorded(&self, request: &CreateSnapshot) -> anyhow::Result<Snapshot> {
+        let ledger = self.journal.creates();
+        let record = |answer| Record {
+            server: request.server_id,
+            name: request.name.clone(),
+            at: self.clock.now(),
+            answer,
+        };
+        ledger.record(record(Answer::Unknown)).map_err(|e| {
+            anyhow::anyhow!("refusing to create snapshot {}: the create cannot be recorded ({e}); no snapshot taken", request.name)
+        })?;
+        let answer = self
+            .provider
+            .create_snapshot_unless(request, self.shutdown.hurried())
+            .await;
+        let outcome = match &answer {
+            Ok(_) => Some(Answer::Created),
+            Err(e) if e.not_carried_out() => Some(Answer::Refused),
+            Err(_) => None,
+        };
+        if let Some(outcome) = outcome {
+            // Lost in a crash, the record stays "unknown": the next run only looks harder.
+            if let Err(e) = ledger.record(record(outcome)) {
+                tracing::warn!(error = %e, "could not record the create's answer");
+            }
+        }
+        Ok(answer?)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::clock::TokioClock;
+use crate::fixtures::LostAnswer;
 use crate::journal;
 use crate::model::{CreateSnapshot, PowerState};
 use crate::plan::{Plan, SlotOutcome};
@@ -1103,4 +1104,148 @@ async fn a_dry_run_says_would_create_for_a_free_slot_and_failed_for_a_failed_one
         .run_server(&policy("nightly", false), WEB, slot(), None)
         .await;
     assert_eq!(failed.result, RunResult::Failed, "{failed:#?}");
+}
+
+/// Rule 4 across runs: a create whose answer was lost, and which the provider lists only
+/// later, is not sent again by the next run in the same slot (a second `once`, a restarted
+/// daemon), though neither the first run's looks nor the next run's listing find it.
+#[tokio::test(start_paused = true)]
+async fn a_later_run_in_the_slot_does_not_send_a_create_whose_answer_was_lost_again() {
+    let rig = Rig::new(SimConfig::default());
+    let lost = LostAnswer::new(&rig.sim, Duration::from_secs(3600));
+    let dir = tempfile::tempdir().unwrap();
+    let nightly = policy("nightly", false);
+
+    let first = faulty_run(&lost, dir.path(), &nightly).await;
+    assert_eq!(first.result, RunResult::Failed, "{}", first.message);
+    assert_eq!(rig.sim.stats().request_count("create"), 1);
+
+    // The next process on the same state_dir, in the same slot.
+    let second = faulty_run(&lost, dir.path(), &nightly).await;
+    assert_eq!(second.result, RunResult::Failed, "{}", second.message);
+    assert!(
+        second.message.contains("answer was lost") && second.message.contains(NAME),
+        "{}",
+        second.message
+    );
+    assert_eq!(
+        rig.sim.stats().request_count("create"),
+        1,
+        "the create was sent again: a duplicate {NAME} once the provider lists both"
+    );
+
+    // Once listed, the slot is taken: nothing more is created.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let third = faulty_run(&lost, dir.path(), &nightly).await;
+    assert!(!third.result.is_failure(), "{}", third.message);
+    assert_eq!(rig.sim.stats().request_count("create"), 1);
+    assert_eq!(rig.sim.snapshots(WEB).len(), 1);
+}
+
+/// A create the provider refused (a 4xx) made nothing: the next run in the slot sends it.
+#[tokio::test(start_paused = true)]
+async fn a_create_the_provider_refused_is_sent_by_the_next_run_in_the_slot() {
+    let rig = Rig::new(SimConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Journal::open(dir.path()).unwrap();
+    let record = |answer| crate::ledger::Record {
+        server: WEB,
+        name: NAME.into(),
+        at: slot(),
+        answer,
+    };
+    ledger
+        .creates()
+        .record(record(crate::ledger::Answer::Unknown))
+        .unwrap();
+    ledger
+        .creates()
+        .record(record(crate::ledger::Answer::Refused))
+        .unwrap();
+    let executor = executor_on(rig.sim.clone(), dir.path(), settings(), Shutdown::new());
+
+    let report = executor
+        .run_server(&policy("nightly", false), WEB, slot(), None)
+        .await;
+
+    assert_eq!(report.result, RunResult::Created, "{}", report.message);
+}
+
+/// Rule 4 when an account listing misses a record (a delete and a create elsewhere between
+/// two of its pages keep `count` the same and shift a record across the page boundary): a
+/// run in a slot whose create was sent before reads the server's own listing, finds the
+/// snapshot and makes no second one.
+#[tokio::test(start_paused = true)]
+async fn a_slot_snapshot_an_account_listing_missed_is_not_created_again() {
+    let rig = Rig::new(SimConfig {
+        snapshot_duration: Duration::from_secs(60),
+        ..SimConfig::default()
+    });
+    let mut provider = LostAnswer::new(&rig.sim, Duration::ZERO);
+    provider.lose_answer = false;
+    let dir = tempfile::tempdir().unwrap();
+    let nightly = policy("nightly", false);
+    let first = faulty_run(&provider, dir.path(), &nightly).await;
+    assert_eq!(first.result, RunResult::Created, "{}", first.message);
+
+    provider.hidden_from_account = true;
+    let executor = executor_on(provider.clone(), dir.path(), settings(), Shutdown::new());
+    let reports = executor
+        .run_all(vec![
+            (nightly.clone(), WEB, slot()),
+            (nightly.clone(), WEB + 1, slot()),
+        ])
+        .await;
+
+    assert!(!reports[0].result.is_failure(), "{}", reports[0].message);
+    assert_eq!(
+        rig.sim
+            .snapshots(WEB)
+            .iter()
+            .filter(|s| s.name == NAME)
+            .count(),
+        1,
+        "the slot's snapshot was made twice"
+    );
+}
+
+/// A SIGTERM while a lost create is looked for ends the looks at once: a server stopped for
+/// the snapshot is started again without waiting out the back-off.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_ends_the_looks_for_a_lost_create_and_starts_the_server_at_once() {
+    let rig = Rig::new(SimConfig {
+        power_delay: Duration::from_secs(5),
+        ..SimConfig::default()
+    });
+    let lost = LostAnswer::new(&rig.sim, Duration::from_secs(3600));
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = Shutdown::new();
+    let executor = executor_on(lost, dir.path(), settings(), shutdown.clone());
+    let run = tokio::spawn(async move {
+        executor
+            .run_server(&policy("nightly", true), WEB, slot(), None)
+            .await
+    });
+    // Stopped, created, answer lost, looking (the first wait is 0.5 s and then doubles).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(rig.sim.stats().request_count("create"), 1);
+    assert_eq!(rig.status(), PowerState::Stopped);
+
+    let signalled = Instant::now();
+    shutdown.hurry();
+    let report = run.await.unwrap();
+
+    assert_eq!(report.result, RunResult::Failed);
+    assert_eq!(rig.status(), PowerState::Running);
+    assert!(
+        signalled.elapsed() <= Duration::from_secs(10),
+        "started {:?} after the signal",
+        signalled.elapsed()
+    );
+}
+
+async fn faulty_run(provider: &LostAnswer, dir: &Path, policy: &Policy) -> ServerReport {
+    executor_on(provider.clone(), dir, settings(), Shutdown::new())
+        .run_server(policy, WEB, slot(), None)
+        .await
 }

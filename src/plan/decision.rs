@@ -53,6 +53,12 @@ pub enum SlotOutcome {
         snapshots: Vec<String>,
         reason: String,
     },
+    /// A create of this slot's snapshot was sent before and its answer was lost; the server's
+    /// own listing does not show it. It may still appear (a provider can list a snapshot a
+    /// while after making it), so it is not sent again: a second create could make a
+    /// duplicate. The run fails naming it; the next fire takes a new slot. Only the
+    /// executor's plan step knows what was sent and marks it.
+    CreateUnconfirmed { snapshot: String, reason: String },
     /// The server is neither running nor stopped (restoring, starting, ...): not snapshotted,
     /// nothing deleted. Not an error; the next fire tries again.
     ServerInTransition { state: PowerState, reason: String },
@@ -73,6 +79,7 @@ impl SlotOutcome {
             Self::SlotTaken { reason, .. }
             | Self::SnapshotInProgress { reason, .. }
             | Self::SnapshotStuck { reason, .. }
+            | Self::CreateUnconfirmed { reason, .. }
             | Self::ServerInTransition { reason, .. } => reason,
             Self::CapBlocked(b) | Self::OtherServers(b) => &b.reason,
         }
@@ -86,6 +93,7 @@ impl SlotOutcome {
                 completed: false, ..
             }
             | Self::SnapshotStuck { .. }
+            | Self::CreateUnconfirmed { .. }
             | Self::CapBlocked(_)
             | Self::OtherServers(_) => Some(self.reason()),
             Self::Create(_)

@@ -111,6 +111,7 @@ fn verb(outcome: &SlotOutcome) -> &'static str {
         } => "the snapshot of this slot failed ",
         SlotOutcome::SnapshotInProgress { .. } | SlotOutcome::ServerInTransition { .. } => "skip: ",
         SlotOutcome::SnapshotStuck { .. } => "snapshot stuck ",
+        SlotOutcome::CreateUnconfirmed { .. } => "a create of snapshot ",
         SlotOutcome::CapBlocked(_) | SlotOutcome::OtherServers(_) => "blocked: ",
     }
 }
@@ -998,7 +999,8 @@ proptest! {
             }
             SlotOutcome::CapBlocked(_)
             | SlotOutcome::OtherServers(_)
-            | SlotOutcome::SnapshotStuck { .. } => {
+            | SlotOutcome::SnapshotStuck { .. }
+            | SlotOutcome::CreateUnconfirmed { .. } => {
                 prop_assert!(
                     fates.iter().all(|&f| f == Fate::Stays),
                     "a blocked plan deletes: {:?}", fates

@@ -299,6 +299,47 @@ async fn a_next_link_already_followed_is_an_error_not_ten_thousand_pages() {
     assert_eq!(received(&server, "GET").await, 3);
 }
 
+/// A relative `next` link is followed from the page it came on; one that resolves to
+/// another host is still refused (the token would go along).
+#[tokio::test]
+async fn a_relative_next_link_is_followed_from_its_page() {
+    for (next, followed) in [
+        ("/api/v1/snapshots/?cursor=2", true),
+        ("?cursor=2", true),
+        ("//elsewhere.test/api/v1/snapshots/?cursor=2", false),
+    ] {
+        let (server, client) = mock().await;
+        Mock::given(method("GET"))
+            .and(query_param_is_missing("cursor"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(page_of(
+                2,
+                vec![snapshot(801, "a", "completed")],
+                Some(next.to_owned()),
+            )))
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/api/v1/snapshots/"))
+            .and(query_param("cursor", "2"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(page_of(
+                2,
+                vec![snapshot(802, "b", "completed")],
+                None,
+            )))
+            .mount(&server)
+            .await;
+
+        let listed = client.list_snapshots(None).await;
+        if followed {
+            let ids: Vec<u64> = listed.unwrap().iter().map(|s| s.id).collect();
+            assert_eq!(ids, [801, 802], "{next}");
+        } else {
+            let err = listed.unwrap_err().to_string();
+            assert!(err.contains("refusing to follow"), "{next}: {err}");
+        }
+    }
+}
+
 /// A provider whose pages never end, each with new records, is stopped by what its `count`
 /// promised (plus a margin), not by memory running out.
 #[tokio::test]
@@ -487,6 +528,33 @@ async fn retry_after_is_waited_out_before_the_retry() {
         "retried after {elapsed:?}, before Retry-After: 2"
     );
     assert!(elapsed < Duration::from_secs(8), "took {elapsed:?}");
+}
+
+/// `Retry-After` may be an HTTP date (RFC 9110): the wait until then is honoured, not
+/// treated as no wait.
+#[tokio::test]
+async fn a_retry_after_given_as_a_date_is_the_wait_until_then() {
+    let (server, client) = mock().await;
+    let until = std::time::SystemTime::now() + Duration::from_secs(30);
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(429).insert_header("Retry-After", httpdate::fmt_http_date(until)),
+        )
+        .mount(&server)
+        .await;
+
+    let err = client.inner().list_snapshots(None).await.unwrap_err();
+    let ApiError::RateLimited {
+        retry_after: Some(wait),
+        ..
+    } = err
+    else {
+        panic!("not a rate limit with a wait: {err}");
+    };
+    assert!(
+        wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+        "{wait:?}"
+    );
 }
 
 #[tokio::test]

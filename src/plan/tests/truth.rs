@@ -501,7 +501,8 @@ impl Server {
         match first.outcome {
             SlotOutcome::CapBlocked(_)
             | SlotOutcome::OtherServers(_)
-            | SlotOutcome::SnapshotStuck { .. } => return ran,
+            | SlotOutcome::SnapshotStuck { .. }
+            | SlotOutcome::CreateUnconfirmed { .. } => return ran,
             SlotOutcome::Create(_)
             | SlotOutcome::SlotTaken { .. }
             | SlotOutcome::SnapshotInProgress { .. }
