@@ -253,6 +253,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// Runs the command that `cli` names (all but `simulate-provider`) with its config.
 async fn command(cli: &Cli, config: Config) -> anyhow::Result<i32> {
+    let acting = matches!(
+        cli.command,
+        Command::Run | Command::Once { dry_run: false, .. }
+    );
+    if acting && config.ha.is_some() {
+        // Two hosts acting each on its own state would snapshot every slot twice: until both
+        // can be elected through etcd, a config with `[ha]` is only checked.
+        return Err(UsageError(format!(
+            "{}: [ha] is checked by this version but not acted on: two hosts would each act on \
+             their own state and snapshot every slot twice. Remove [ha] to run on this host \
+             alone",
+            cli.config.display()
+        ))
+        .into());
+    }
     match &cli.command {
         Command::Check => {
             if let Some(w) = crate::shutdown::stop_bound_warning(&config) {

@@ -31,6 +31,8 @@ pub(super) const JITTER: RangeInclusive<Duration> = Duration::ZERO..=Duration::f
 pub(super) const HOOK_TIMEOUT: RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(DAY);
 /// `warn_age` and `crit_age`.
+pub(super) const LEASE_TTL: RangeInclusive<Duration> =
+    Duration::from_secs(5)..=Duration::from_secs(5 * MINUTE);
 pub(super) const AGE: RangeInclusive<Duration> =
     Duration::from_secs(MINUTE)..=Duration::from_secs(400 * DAY);
 
@@ -231,6 +233,7 @@ mod tests {
             (JITTER, "0s", "24h"),
             (HOOK_TIMEOUT, "1s", "24h"),
             (AGE, "1m", "400d"),
+            (LEASE_TTL, "5s", "5m"),
         ];
         for (range, start, end) in cases {
             for (bound, text) in [(*range.start(), start), (*range.end(), end)] {

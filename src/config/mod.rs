@@ -17,6 +17,7 @@ use crate::policy::Policy;
 mod api;
 mod check;
 mod daemon;
+mod ha;
 mod notify;
 mod policies;
 mod raw;
@@ -25,12 +26,14 @@ mod token;
 pub use api::ApiConfig;
 pub use check::Problem;
 pub use daemon::{DaemonConfig, LogFormat};
+pub use ha::{EtcdAuth, HaConfig};
 pub use notify::{AlertEvent, NotifyTarget};
 pub use token::{TokenSource, CREDENTIAL_NAME};
 
 use api::validate_api;
 use check::{key_of_toml_error, line_column, Checker};
 use daemon::validate_daemon;
+use ha::validate_ha;
 use notify::validate_notify;
 use policies::validate_policies;
 use raw::RawConfig;
@@ -45,6 +48,8 @@ pub struct Config {
     pub policies: Vec<Policy>,
     /// Where alerts go (`[[notify]]`).
     pub notify: Vec<NotifyTarget>,
+    /// Two hosts, one acting (`[ha]`); `None`: this host alone, its state in `state_dir`.
+    pub ha: Option<HaConfig>,
     /// Things worth telling the operator that do not stop the program (group-readable token).
     pub warnings: Vec<String>,
 }
@@ -135,6 +140,10 @@ impl Config {
             .iter()
             .map(|n| validate_notify(&mut check, n, env, &mut warnings))
             .collect();
+        let ha = raw
+            .ha
+            .as_ref()
+            .and_then(|h| validate_ha(&mut check, h, env, &mut warnings));
         if !check.problems.is_empty() {
             return Err(invalid(check.problems));
         }
@@ -147,6 +156,7 @@ impl Config {
             daemon,
             policies,
             notify,
+            ha,
             warnings,
         })
     }

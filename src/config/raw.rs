@@ -14,6 +14,20 @@ pub(super) struct RawConfig {
     pub(super) policy: Vec<Spanned<RawPolicy>>,
     #[serde(default)]
     pub(super) notify: Vec<Spanned<RawNotify>>,
+    pub(super) ha: Option<Spanned<RawHa>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHa {
+    pub(super) etcd_endpoints: Spanned<Vec<Spanned<String>>>,
+    pub(super) cluster: Spanned<String>,
+    pub(super) lease_ttl: Option<Spanned<String>>,
+    pub(super) node: Option<Spanned<String>>,
+    pub(super) username: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) password_credential: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

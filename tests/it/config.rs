@@ -1088,3 +1088,90 @@ async fn once_and_run_with_a_bad_config_exit_2_naming_the_key_and_touch_nothing(
         }
     }
 }
+
+// ---- [ha] ----
+
+/// A config with `ha` as its `[ha]` table (after the policy).
+fn check_ha(ha: &str) -> (Scratch, PathBuf, Output) {
+    check_body(&format!("{}\n[ha]\n{ha}\n", config_with_policy(NIGHTLY)))
+}
+
+#[test]
+fn an_ha_section_on_loopback_etcd_is_accepted() {
+    let (_s, _path, out) = check_ha(
+        "etcd_endpoints = [\"http://127.0.0.1:2379\", \"https://etcd.internal:2379\"]\n\
+         cluster = \"prod\"\nlease_ttl = \"15s\"\nnode = \"ops-1\"",
+    );
+    assert_accepted(&out);
+}
+
+#[test]
+fn ha_keys_out_of_their_range_are_rejected_with_their_line() {
+    let cases = [
+        (
+            "etcd_endpoints = [\"http://10.0.0.5:2379\"]\ncluster = \"prod\"",
+            "etcd_endpoints",
+            "ha.etcd_endpoints",
+            "allowed: https://, or http:// to a loopback host",
+        ),
+        (
+            "etcd_endpoints = []\ncluster = \"prod\"",
+            "etcd_endpoints",
+            "ha.etcd_endpoints",
+            "allowed: one or more etcd client URLs",
+        ),
+        (
+            "etcd_endpoints = [\"http://127.0.0.1:2379\"]\ncluster = \"prod/other\"",
+            "cluster =",
+            "ha.cluster",
+            "allowed: 1 to 63 letters, digits",
+        ),
+        (
+            "etcd_endpoints = [\"http://127.0.0.1:2379\"]\ncluster = \"prod\"\nlease_ttl = \"2s\"",
+            "lease_ttl",
+            "ha.lease_ttl",
+            "allowed: 5s..=5m",
+        ),
+        (
+            "etcd_endpoints = [\"http://127.0.0.1:2379\"]\ncluster = \"prod\"\nnode = \"ops 1\"",
+            "node =",
+            "ha.node",
+            "allowed: 1 to 63 letters, digits",
+        ),
+        (
+            "etcd_endpoints = [\"http://127.0.0.1:2379\"]\ncluster = \"prod\"\nusername = \"sched\"",
+            "username",
+            "ha.username",
+            "allowed: username with password_file or password_credential",
+        ),
+    ];
+    for (ha, line, key, allowed) in cases {
+        let (_s, path, out) = check_ha(ha);
+        assert_rejected(&out, line_of(&path, line, 1), key, allowed);
+    }
+}
+
+#[test]
+fn an_ha_section_without_a_cluster_is_rejected_naming_it() {
+    let (_s, _path, out) = check_ha("etcd_endpoints = [\"http://127.0.0.1:2379\"]");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cluster"), "{}", stderr(&out));
+}
+
+/// Until two hosts can be elected, `[ha]` must not let two hosts each act on their own state.
+#[test]
+fn run_and_once_refuse_an_ha_config_they_cannot_act_on() {
+    let scratch = Scratch::new();
+    let path = scratch.config(
+        &format!(
+            "{}\n[ha]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\ncluster = \"prod\"\n",
+            config_with_policy(NIGHTLY)
+        ),
+        BASE_URL,
+    );
+    for command in [&["run"][..], &["once"]] {
+        let out = run(bin().arg("--config").arg(&path).args(command));
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("[ha]"), "{}", stderr(&out));
+    }
+}
