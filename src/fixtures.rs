@@ -67,6 +67,8 @@ pub struct LostAnswer {
     pub sim: Simulator,
     pub hidden: Duration,
     pub makes: bool,
+    /// Answers a create with a 400, making nothing.
+    pub refuses: bool,
     pub lose_answer: bool,
     pub hidden_from_account: bool,
     made: Arc<Mutex<Option<(String, Instant)>>>,
@@ -78,6 +80,7 @@ impl LostAnswer {
             sim: sim.clone(),
             hidden,
             makes: true,
+            refuses: false,
             lose_answer: true,
             hidden_from_account: false,
             made: Arc::default(),
@@ -106,6 +109,12 @@ impl Provider for LostAnswer {
         Ok(page)
     }
     async fn create_snapshot(&self, request: &CreateSnapshot) -> Result<Snapshot, ApiError> {
+        if self.refuses {
+            return Err(ApiError::BadRequest {
+                what: "create snapshot".into(),
+                message: "Snapshot limit reached".into(),
+            });
+        }
         if !self.makes {
             return Err(lost());
         }

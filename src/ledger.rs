@@ -21,9 +21,10 @@ use crate::model::ServerId;
 
 const FILE_NAME: &str = "creates.jsonl";
 
-/// Names remembered per server: the newest slots of every policy on it (a slot's name is
-/// asked about only while the slot is the newest of its policy).
-const KEPT_PER_SERVER: usize = 8;
+/// Names remembered per server: the newest slots of the policies on it (a slot's name is
+/// asked about only while the slot is the newest of its policy, and a server is under the cap
+/// of 5, so few policies snapshot one server).
+const KEPT_PER_SERVER: usize = 4;
 
 /// What the provider said to a create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,12 +96,20 @@ impl State {
         state
     }
 
+    /// Remembers `record` as the newest of its name; a refused create is forgotten (it made
+    /// nothing, and a later run may send it as if it never had been).
     fn keep(&mut self, record: Record) {
-        let kept = self.records.entry(record.server).or_default();
+        let server = record.server;
+        let kept = self.records.entry(server).or_default();
         kept.retain(|r| r.name != record.name);
-        kept.push(record);
+        if record.answer != Answer::Refused {
+            kept.push(record);
+        }
         if kept.len() > KEPT_PER_SERVER {
             kept.remove(0);
+        }
+        if kept.is_empty() {
+            self.records.remove(&server);
         }
     }
 
@@ -314,10 +323,18 @@ mod tests {
                 .unwrap();
         }
         let lines = fs::read_to_string(ledger.path()).unwrap().lines().count();
-        assert!(lines <= 4 * 80 + 1024, "{lines} lines for 80 live records");
+        assert!(lines <= 4 * 40 + 1024, "{lines} lines for 40 live records");
         drop(ledger);
         let ledger = Ledger::open(dir.path()).unwrap();
         assert_eq!(ledger.sent(9, "slot-2999").unwrap().answer, Answer::Created);
         assert_eq!(ledger.sent(9, "slot-9"), None, "older than the kept ones");
+        ledger
+            .record(record(9, "slot-2999", Answer::Refused))
+            .unwrap();
+        assert_eq!(
+            ledger.sent(9, "slot-2999"),
+            None,
+            "a refused create is forgotten"
+        );
     }
 }

@@ -1146,27 +1146,16 @@ async fn a_later_run_in_the_slot_does_not_send_a_create_whose_answer_was_lost_ag
 #[tokio::test(start_paused = true)]
 async fn a_create_the_provider_refused_is_sent_by_the_next_run_in_the_slot() {
     let rig = Rig::new(SimConfig::default());
+    let mut provider = LostAnswer::new(&rig.sim, Duration::ZERO);
+    provider.refuses = true;
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Journal::open(dir.path()).unwrap();
-    let record = |answer| crate::ledger::Record {
-        server: WEB,
-        name: NAME.into(),
-        at: slot(),
-        answer,
-    };
-    ledger
-        .creates()
-        .record(record(crate::ledger::Answer::Unknown))
-        .unwrap();
-    ledger
-        .creates()
-        .record(record(crate::ledger::Answer::Refused))
-        .unwrap();
-    let executor = executor_on(rig.sim.clone(), dir.path(), settings(), Shutdown::new());
+    let nightly = policy("nightly", false);
+    let refused = faulty_run(&provider, dir.path(), &nightly).await;
+    assert_eq!(refused.result, RunResult::Failed, "{}", refused.message);
 
-    let report = executor
-        .run_server(&policy("nightly", false), WEB, slot(), None)
-        .await;
+    provider.refuses = false;
+    provider.lose_answer = false;
+    let report = faulty_run(&provider, dir.path(), &nightly).await;
 
     assert_eq!(report.result, RunResult::Created, "{}", report.message);
 }
