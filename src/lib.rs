@@ -33,6 +33,7 @@
 //! - [`status`]: freshness of each policy on each server; the Nagios line.
 //! - [`clock`]: wall time as a parameter, so tests can move it.
 //! - [`alerts`]: webhooks for events and dead-man pings, delivered in the background.
+//! - [`ha`]: two hosts, one acting: the election on leases, epochs and self-fencing.
 //! - [`context`]: what commands are built from: client, executor, journal, alerts, `--simulate`.
 //! - [`format`](mod@format): sizes, ages and tables as the commands, the executor and `status` print them.
 //! - [`cli`]: the command line and what each command does.
@@ -49,6 +50,7 @@ pub mod execute;
 #[cfg(test)]
 mod fixtures;
 pub mod format;
+pub mod ha;
 pub mod hooks;
 pub mod journal;
 pub mod ledger;

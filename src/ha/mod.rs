@@ -1,0 +1,303 @@
+//! Two ops hosts, one acting: leadership through a lease store (etcd in production, an
+//! in-memory one for tests and the soak) with an epoch and self-fencing.
+//!
+//! - **Election**: a node grants a lease and creates `<prefix>leader` only if it is absent,
+//!   bound to that lease. The leader's **epoch** is that key's create revision: it grows with
+//!   every new leader.
+//! - **Self-fencing**: the leader keeps its lease alive every `ttl / 3`. It acts only while the
+//!   last keep-alive that succeeded was *sent* less than `ttl - margin` ago (the monotonic
+//!   clock): the store cannot have expired the lease before then, so no other node can lead
+//!   while this one acts. Past that, it stops acting, gives the lease up and campaigns again.
+//! - **Fenced writes** ([`Coordination::write_if_leader`]): every write of shared state is one
+//!   transaction that holds only while the leader key still has this epoch.
+//! - **Hand-over**: a leader that shuts down revokes its lease, so a standby takes over at
+//!   once, not after a TTL.
+
+pub mod memory;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub type LeaseId = i64;
+
+/// Who leads: the node's name and its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub node: String,
+    pub epoch: i64,
+}
+
+/// What a claim on the leader key came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This node leads from now on, with this epoch.
+    Won { epoch: i64 },
+    /// Another node (or an older lease of this one) holds the key.
+    Held(Holder),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    /// The store did not answer (or not in time): nothing can be known or changed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The lease expired or was revoked.
+    #[error("lease {0} is gone")]
+    LeaseGone(LeaseId),
+    /// The store answered something that makes no sense.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What leadership needs of a lease store (etcd's v3 API, or [`memory::Memory`]).
+pub trait Coordination: Send + Sync + 'static {
+    fn grant(&self, ttl: Duration) -> impl Future<Output = Result<LeaseId, CoordError>> + Send;
+    /// Keeps `lease` alive for another TTL; [`CoordError::LeaseGone`] when it is gone.
+    fn keep_alive(&self, lease: LeaseId) -> impl Future<Output = Result<(), CoordError>> + Send;
+    /// Ends `lease` and deletes every key bound to it.
+    fn revoke(&self, lease: LeaseId) -> impl Future<Output = Result<(), CoordError>> + Send;
+    /// Creates `key` = `node`, bound to `lease`, unless it exists (one transaction).
+    fn claim(
+        &self,
+        key: &str,
+        node: &str,
+        lease: LeaseId,
+    ) -> impl Future<Output = Result<Claim, CoordError>> + Send;
+    /// Who holds `key`, if anyone.
+    fn holder(&self, key: &str) -> impl Future<Output = Result<Option<Holder>, CoordError>> + Send;
+    /// Puts and deletes, in one transaction that holds only while `key` was created at
+    /// `epoch` (this node still leads): `false`, and nothing written, when it does not.
+    fn write_if_leader(
+        &self,
+        key: &str,
+        epoch: i64,
+        puts: Vec<(String, Vec<u8>)>,
+        deletes: Vec<String>,
+    ) -> impl Future<Output = Result<bool, CoordError>> + Send;
+}
+
+/// Where a node stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Not known yet (the store has not answered).
+    Unknown,
+    /// Another node leads.
+    Standby(Holder),
+    /// This node leads and may act.
+    Leader { epoch: i64 },
+    /// This node led, but could not renew its lease in time: it acts no more.
+    Fenced { epoch: i64 },
+}
+
+/// One node's part in the election.
+pub struct Leadership<C> {
+    store: Arc<C>,
+    key: String,
+    node: String,
+    ttl: Duration,
+    role: watch::Sender<Role>,
+    /// While leading: the epoch, and until when it may act (when the last keep-alive that
+    /// succeeded was sent, plus `ttl - margin`).
+    acting: Mutex<Option<(i64, Instant)>>,
+}
+
+impl<C: Coordination> Leadership<C> {
+    /// `prefix` is the cluster's (`/snapshot-scheduler/<cluster>/`).
+    pub fn new(store: Arc<C>, prefix: &str, node: &str, ttl: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            key: format!("{prefix}leader"),
+            node: node.to_owned(),
+            ttl,
+            role: watch::Sender::new(Role::Unknown),
+            acting: Mutex::new(None),
+        })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Follows every change of role.
+    pub fn watch(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+
+    /// The epoch this node may act with now, checked on the monotonic clock (not only the
+    /// role: the loop may be late to notice that the lease could be gone).
+    pub fn acting_epoch(&self) -> Option<i64> {
+        let acting = *self.acting.lock().unwrap_or_else(|e| e.into_inner());
+        acting.and_then(|(epoch, until)| (Instant::now() < until).then_some(epoch))
+    }
+
+    /// How long before the lease could expire the leader stops acting: a fifth of the TTL,
+    /// at least a second (a scheduling delay, a slow disk), at most half of it.
+    fn margin(&self) -> Duration {
+        (self.ttl / 5).max(Duration::from_secs(1)).min(self.ttl / 2)
+    }
+
+    /// How often the leader renews its lease.
+    fn renew_every(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    /// How often a standby looks whether the leader key is gone.
+    fn look_every(&self) -> Duration {
+        (self.ttl / 5).clamp(Duration::from_millis(200), Duration::from_secs(1))
+    }
+
+    fn set(&self, role: Role) {
+        self.role.send_if_modified(|r| {
+            if *r == role {
+                return false;
+            }
+            match &role {
+                Role::Leader { epoch } => {
+                    tracing::info!(node = %self.node, epoch, "leading")
+                }
+                Role::Standby(h) => {
+                    tracing::info!(node = %self.node, leader = %h.node, epoch = h.epoch, "standby")
+                }
+                Role::Fenced { epoch } => tracing::error!(
+                    node = %self.node, epoch,
+                    "leadership lost: the lease could not be renewed in time; acting no more"
+                ),
+                Role::Unknown => {
+                    tracing::warn!(node = %self.node, "the lease store does not answer; not acting")
+                }
+            }
+            *r = role;
+            true
+        });
+    }
+
+    /// Campaigns, leads and stands by until `shutdown`; a leader then gives its lease up so
+    /// a standby takes over at once.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        loop {
+            let lease = tokio::select! {
+                lease = self.campaign() => lease,
+                () = shutdown.cancelled() => return,
+            };
+            let Some((lease, epoch)) = lease else {
+                continue;
+            };
+            let clean = self.lead(lease, epoch, &shutdown).await;
+            *self.acting.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            // Given up either way: on shutdown so a standby takes over at once, after a
+            // fencing so the lease (if it still exists) does not hold the key for nobody.
+            if let Err(e) = self.store.revoke(lease).await {
+                tracing::warn!(error = %e, "could not give the lease up; it expires on its own");
+            }
+            if clean {
+                return;
+            }
+        }
+    }
+
+    /// Until this node wins: `Some((lease, epoch))`. `None` after a failed attempt (the
+    /// caller tries again).
+    async fn campaign(&self) -> Option<(LeaseId, i64)> {
+        match self.store.holder(&self.key).await {
+            Ok(Some(holder)) => {
+                self.set(Role::Standby(holder));
+                tokio::time::sleep(self.look_every()).await;
+                return None;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "looking for the leader");
+                self.set(Role::Unknown);
+                tokio::time::sleep(self.look_every()).await;
+                return None;
+            }
+        }
+        let sent = Instant::now();
+        let lease = match self.store.grant(self.ttl).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                tracing::debug!(error = %e, "granting a lease");
+                self.set(Role::Unknown);
+                tokio::time::sleep(self.look_every()).await;
+                return None;
+            }
+        };
+        match self.store.claim(&self.key, &self.node, lease).await {
+            Ok(Claim::Won { epoch }) => {
+                *self.acting.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((epoch, sent + self.ttl - self.margin()));
+                self.set(Role::Leader { epoch });
+                Some((lease, epoch))
+            }
+            Ok(Claim::Held(holder)) => {
+                let _ = self.store.revoke(lease).await;
+                self.set(Role::Standby(holder));
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "claiming the leader key");
+                let _ = self.store.revoke(lease).await;
+                self.set(Role::Unknown);
+                tokio::time::sleep(self.look_every()).await;
+                None
+            }
+        }
+    }
+
+    /// Renews the lease until `shutdown` (`true`) or until it cannot be renewed in time
+    /// (`false`: fenced).
+    async fn lead(&self, lease: LeaseId, epoch: i64, shutdown: &CancellationToken) -> bool {
+        loop {
+            let until = self
+                .acting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map_or_else(Instant::now, |(_, until)| until);
+            tokio::select! {
+                () = tokio::time::sleep(self.renew_every()) => {}
+                () = tokio::time::sleep_until(until) => {
+                    self.set(Role::Fenced { epoch });
+                    return false;
+                }
+                () = shutdown.cancelled() => return true,
+            }
+            let sent = Instant::now();
+            let renewed = tokio::select! {
+                renewed = self.store.keep_alive(lease) => renewed,
+                () = tokio::time::sleep_until(until) => {
+                    self.set(Role::Fenced { epoch });
+                    return false;
+                }
+                () = shutdown.cancelled() => return true,
+            };
+            match renewed {
+                Ok(()) => {
+                    let mut acting = self.acting.lock().unwrap_or_else(|e| e.into_inner());
+                    *acting = Some((epoch, sent + self.ttl - self.margin()));
+                }
+                Err(CoordError::LeaseGone(_)) => {
+                    *self.acting.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    self.set(Role::Fenced { epoch });
+                    return false;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not renew the lease; trying again"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+//! The election on paused time against the in-memory lease store.
+
+use super::memory::{Link, Memory};
+use super::*;
+
+const PREFIX: &str = "/snapshot-scheduler/test/";
+const TTL: Duration = Duration::from_secs(15);
+
+struct Node {
+    leadership: Arc<Leadership<Link>>,
+    link: Link,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn node(store: &Memory, name: &str) -> Node {
+    let link = store.link();
+    let leadership = Leadership::new(Arc::new(link.clone()), PREFIX, name, TTL);
+    let stop = CancellationToken::new();
+    let task = {
+        let (l, s) = (leadership.clone(), stop.clone());
+        tokio::spawn(async move { l.run(s).await })
+    };
+    Node {
+        leadership,
+        link,
+        stop,
+        task,
+    }
+}
+
+/// Steps time by `step` up to `total`, checking after each step that at most one node may
+/// act; returns how long it took until `done` held, if it did.
+async fn step_until(nodes: &[&Node], total: Duration, done: impl Fn() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    let step = Duration::from_millis(50);
+    while start.elapsed() < total {
+        let acting: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.leadership.acting_epoch().is_some())
+            .map(|n| n.leadership.node())
+            .collect();
+        assert!(acting.len() <= 1, "two nodes act at once: {acting:?}");
+        if done() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(step).await;
+    }
+    None
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_of_two_nodes_leads_and_the_other_names_it() {
+    let store = Memory::new();
+    let a = node(&store, "ops-1");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let b = node(&store, "ops-2");
+    step_until(&[&a, &b], Duration::from_secs(5), || false).await;
+
+    let epoch = a.leadership.acting_epoch().expect("the first node leads");
+    assert_eq!(a.leadership.role(), Role::Leader { epoch });
+    assert_eq!(
+        b.leadership.role(),
+        Role::Standby(Holder {
+            node: "ops-1".into(),
+            epoch
+        })
+    );
+    assert_eq!(b.leadership.acting_epoch(), None);
+    // Leading goes on for many TTLs.
+    step_until(&[&a, &b], TTL * 10, || false).await;
+    assert_eq!(a.leadership.acting_epoch(), Some(epoch));
+}
+
+/// A leader cut off from the store stops acting before its lease can expire there; the
+/// standby leads only after, with a higher epoch, and the old epoch can write nothing.
+#[tokio::test(start_paused = true)]
+async fn a_leader_cut_off_fences_itself_before_the_standby_leads() {
+    let store = Memory::new();
+    let a = node(&store, "ops-1");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let b = node(&store, "ops-2");
+    step_until(&[&a, &b], Duration::from_secs(2), || false).await;
+    let old = a.leadership.acting_epoch().expect("a leads");
+
+    a.link.cut();
+    let took = step_until(&[&a, &b], TTL * 3, || b.leadership.acting_epoch().is_some())
+        .await
+        .expect("the standby leads");
+    assert!(took <= TTL + Duration::from_secs(2), "{took:?}");
+    let new = b.leadership.acting_epoch().unwrap();
+    assert!(new > old, "epoch {new} after {old}");
+    // Fenced, then campaigning against a store it cannot reach.
+    assert!(
+        matches!(a.leadership.role(), Role::Fenced { .. } | Role::Unknown),
+        "{:?}",
+        a.leadership.role()
+    );
+
+    a.link.mend();
+    step_until(&[&a, &b], TTL * 2, || false).await;
+    assert!(matches!(a.leadership.role(), Role::Standby(ref h) if h.node == "ops-2"));
+    let stale = a
+        .link
+        .write_if_leader(
+            a.leadership.key(),
+            old,
+            vec![("k".into(), b"v".to_vec())],
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(!stale, "a write with the old epoch went through");
+    assert_eq!(store.get("k"), None);
+}
+
+/// A leader that shuts down gives its lease up: the standby leads within a second or so,
+/// not after a TTL.
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_shuts_down_hands_over_at_once() {
+    let store = Memory::new();
+    let a = node(&store, "ops-1");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let b = node(&store, "ops-2");
+    step_until(&[&a, &b], Duration::from_secs(2), || false).await;
+    assert!(a.leadership.acting_epoch().is_some());
+
+    a.stop.cancel();
+    let Node { task, .. } = a;
+    task.await.unwrap();
+    let took = step_until(&[&b], TTL, || b.leadership.acting_epoch().is_some())
+        .await
+        .expect("the standby leads");
+    assert!(took <= Duration::from_millis(1500), "{took:?}");
+}
+
+/// With the store out of reach of both, nobody acts; once it is back, one node leads.
+#[tokio::test(start_paused = true)]
+async fn nobody_acts_while_the_store_is_out_of_reach_and_one_leads_after() {
+    let store = Memory::new();
+    let a = node(&store, "ops-1");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let b = node(&store, "ops-2");
+    step_until(&[&a, &b], Duration::from_secs(2), || false).await;
+
+    a.link.cut();
+    b.link.cut();
+    let none = || a.leadership.acting_epoch().is_none() && b.leadership.acting_epoch().is_none();
+    step_until(&[&a, &b], TTL, none)
+        .await
+        .expect("the leader stops acting");
+    // Nobody acts for as long as the store is away.
+    step_until(&[&a, &b], TTL * 4, || !none()).await;
+    assert!(none());
+
+    a.link.mend();
+    b.link.mend();
+    let one = || a.leadership.acting_epoch().is_some() || b.leadership.acting_epoch().is_some();
+    step_until(&[&a, &b], TTL * 3, one)
+        .await
+        .expect("one node leads again");
+}
