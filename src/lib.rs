@@ -32,6 +32,8 @@
 //! - [`shutdown`]: SIGTERM/SIGINT for `run` and `once`: stop taking work, hurry, the time it takes.
 //! - [`status`]: freshness of each policy on each server; the Nagios line.
 //! - [`clock`]: wall time as a parameter, so tests can move it.
+//! - [`etcd`]: etcd v3 over its JSON gateway, for two hosts: leases, the election's create-if-absent,
+//!   reads, and the write fenced by the leader's epoch.
 //! - [`alerts`]: webhooks for events and dead-man pings, delivered in the background.
 //! - [`ha`]: two hosts, one acting: the election on leases, epochs and self-fencing.
 //! - [`context`]: what commands are built from: client, executor, journal, alerts, `--simulate`.
@@ -46,6 +48,7 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod daemon;
+pub mod etcd;
 pub mod execute;
 #[cfg(test)]
 mod fixtures;

@@ -26,6 +26,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("script", "bsdutils"),
     ("kill", "procps"),
+    ("etcd", "etcd-server"),
 ];
 
 /// Whether every test must run here: [`REQUIRE_TOOLS`] set to anything but `0`, or, without

@@ -9,6 +9,8 @@ mod commands;
 mod common;
 mod config;
 mod daemon;
+mod etcd;
+mod etcd_support;
 mod faults;
 mod fuzz_smoke;
 mod hostile;
