@@ -18,7 +18,7 @@ struct State {
     /// Lease → when it expires.
     leases: BTreeMap<LeaseId, (Instant, Duration)>,
     /// Key → value, create revision, lease.
-    keys: BTreeMap<String, (Vec<u8>, i64, Option<LeaseId>)>,
+    keys: BTreeMap<String, (String, i64, Option<LeaseId>)>,
 }
 
 impl State {
@@ -63,14 +63,14 @@ impl Memory {
     }
 
     /// The value of `key`, as a test reads it.
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+    pub fn get(&self, key: &str) -> Option<String> {
         let mut state = self.state.lock().unwrap();
         state.expire();
         state.keys.get(key).map(|(v, _, _)| v.clone())
     }
 
     /// Every key under `prefix`, with its value.
-    pub fn under(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    pub fn under(&self, prefix: &str) -> Vec<(String, String)> {
         let mut state = self.state.lock().unwrap();
         state.expire();
         state
@@ -140,7 +140,7 @@ impl Coordination for Link {
         let mut state = self.state()?;
         if let Some((value, epoch, _)) = state.keys.get(key) {
             return Ok(Claim::Held(Holder {
-                node: String::from_utf8_lossy(value).into_owned(),
+                node: value.clone(),
                 epoch: *epoch,
             }));
         }
@@ -149,17 +149,16 @@ impl Coordination for Link {
         }
         state.revision += 1;
         let epoch = state.revision;
-        state.keys.insert(
-            key.to_owned(),
-            (node.as_bytes().to_vec(), epoch, Some(lease)),
-        );
+        state
+            .keys
+            .insert(key.to_owned(), (node.to_owned(), epoch, Some(lease)));
         Ok(Claim::Won { epoch })
     }
 
     async fn holder(&self, key: &str) -> Result<Option<Holder>, CoordError> {
         let state = self.state()?;
         Ok(state.keys.get(key).map(|(value, epoch, _)| Holder {
-            node: String::from_utf8_lossy(value).into_owned(),
+            node: value.clone(),
             epoch: *epoch,
         }))
     }
@@ -168,7 +167,7 @@ impl Coordination for Link {
         &self,
         key: &str,
         epoch: i64,
-        puts: Vec<(String, Vec<u8>)>,
+        puts: Vec<(String, String)>,
         deletes: Vec<String>,
     ) -> Result<bool, CoordError> {
         let mut state = self.state()?;

@@ -13,6 +13,7 @@
 //! - **Hand-over**: a leader that shuts down revokes its lease, so a standby takes over at
 //!   once, not after a TTL.
 
+mod etcd;
 pub mod memory;
 
 use std::future::Future;
@@ -76,7 +77,7 @@ pub trait Coordination: Send + Sync + 'static {
         &self,
         key: &str,
         epoch: i64,
-        puts: Vec<(String, Vec<u8>)>,
+        puts: Vec<(String, String)>,
         deletes: Vec<String>,
     ) -> impl Future<Output = Result<bool, CoordError>> + Send;
 }

@@ -105,7 +105,7 @@ async fn a_leader_cut_off_fences_itself_before_the_standby_leads() {
         .write_if_leader(
             a.leadership.key(),
             old,
-            vec![("k".into(), b"v".to_vec())],
+            vec![("k".into(), "v".into())],
             vec![],
         )
         .await

@@ -479,3 +479,66 @@ async fn with_auth_a_token_is_fetched_renewed_when_stale_and_the_password_never_
     );
     assert!(!text.contains(wrong) && !text.contains(password), "{text}");
 }
+
+/// The election on a real etcd: one of two nodes leads, the other stands by naming it; the
+/// leader's shutdown hands over within about a second (not a TTL), with a higher epoch, and
+/// the old epoch can write nothing after.
+#[tokio::test]
+async fn two_nodes_elect_one_leader_and_hand_over_on_shutdown() {
+    use snapshot_scheduler::ha::{Coordination, Leadership, Role};
+    use std::sync::Arc;
+    use tokio_util::sync::CancellationToken;
+
+    let Some(etcd) = EtcdServer::start(&[]).await else {
+        return;
+    };
+    let prefix = "/snapshot-scheduler/test/";
+    let ttl = Duration::from_secs(5);
+    let start = |name: &str| {
+        let leadership = Leadership::new(Arc::new(client(&[&etcd.url])), prefix, name, ttl);
+        let stop = CancellationToken::new();
+        let task = {
+            let (l, s) = (leadership.clone(), stop.clone());
+            tokio::spawn(async move { l.run(s).await })
+        };
+        (leadership, stop, task)
+    };
+    let (a, stop_a, task_a) = start("ops-1");
+    eventually("ops-1 leads", Duration::from_secs(10), || async {
+        a.acting_epoch().is_some()
+    })
+    .await;
+    let (b, _stop_b, _task_b) = start("ops-2");
+    eventually("ops-2 stands by", Duration::from_secs(10), || async {
+        matches!(b.role(), Role::Standby(ref h) if h.node == "ops-1")
+    })
+    .await;
+    let old = a.acting_epoch().unwrap();
+    // Leading outlasts several TTLs.
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(a.acting_epoch(), Some(old));
+    assert_eq!(b.acting_epoch(), None);
+
+    let handed = tokio::time::Instant::now();
+    stop_a.cancel();
+    task_a.await.unwrap();
+    eventually("ops-2 leads", Duration::from_secs(3), || async {
+        b.acting_epoch().is_some()
+    })
+    .await;
+    assert!(handed.elapsed() < ttl, "took {:?}", handed.elapsed());
+    let new = b.acting_epoch().unwrap();
+    assert!(new > old, "epoch {new} after {old}");
+
+    let etcd_client = client(&[&etcd.url]);
+    let stale = Coordination::write_if_leader(
+        &etcd_client,
+        &format!("{prefix}leader"),
+        old,
+        vec![(format!("{prefix}x"), "1".into())],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert!(!stale, "a write with the old epoch went through");
+}

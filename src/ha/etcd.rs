@@ -1,0 +1,69 @@
+//! The election on a real etcd: [`Coordination`] over [`crate::etcd::Etcd`].
+
+use std::time::Duration;
+
+use crate::etcd::{CreateOutcome, ErrorKind, Etcd, EtcdError, LeaseId as EtcdLease};
+
+use super::{Claim, CoordError, Coordination, Holder, LeaseId};
+
+impl From<EtcdError> for CoordError {
+    fn from(e: EtcdError) -> Self {
+        match e.kind {
+            ErrorKind::LeaseGone(lease) => Self::LeaseGone(lease.0),
+            ErrorKind::Malformed(_) | ErrorKind::Setup(_) => Self::Invalid(e.to_string()),
+            _ => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl Coordination for Etcd {
+    async fn grant(&self, ttl: Duration) -> Result<LeaseId, CoordError> {
+        Ok(Etcd::grant(self, ttl).await?.0)
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), CoordError> {
+        Etcd::keep_alive(self, EtcdLease(lease)).await?;
+        Ok(())
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), CoordError> {
+        match Etcd::revoke(self, EtcdLease(lease)).await {
+            Err(e) if matches!(e.kind, ErrorKind::LeaseGone(_)) => Ok(()),
+            done => Ok(done?),
+        }
+    }
+
+    async fn claim(&self, key: &str, node: &str, lease: LeaseId) -> Result<Claim, CoordError> {
+        Ok(
+            match self.create_if_absent(key, node, EtcdLease(lease)).await? {
+                CreateOutcome::Created { revision } => Claim::Won { epoch: revision },
+                CreateOutcome::Exists {
+                    value,
+                    create_revision,
+                } => Claim::Held(Holder {
+                    node: value,
+                    epoch: create_revision,
+                }),
+            },
+        )
+    }
+
+    async fn holder(&self, key: &str) -> Result<Option<Holder>, CoordError> {
+        Ok(self.get(key).await?.map(|kv| Holder {
+            node: kv.value,
+            epoch: kv.create_revision,
+        }))
+    }
+
+    async fn write_if_leader(
+        &self,
+        key: &str,
+        epoch: i64,
+        puts: Vec<(String, String)>,
+        deletes: Vec<String>,
+    ) -> Result<bool, CoordError> {
+        let puts: Vec<(&str, &str)> = puts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let deletes: Vec<&str> = deletes.iter().map(String::as_str).collect();
+        Ok(self.txn_if_leader(key, epoch, &puts, &deletes).await?)
+    }
+}
