@@ -162,7 +162,7 @@ impl Context {
         shutdown: Shutdown,
     ) -> anyhow::Result<Arc<Executor<HttpClient>>> {
         let journal = if dry_run {
-            Journal::detached(&self.config.daemon.state_dir)
+            Journal::detached(&self.config.daemon.state_dir)?
         } else {
             Journal::open(&self.config.daemon.state_dir)?
         };

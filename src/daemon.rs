@@ -287,8 +287,9 @@ impl<P: Provider> Service<P> {
 
     /// A crash (or a shutdown) mid-fire leaves runs without a result. Their slot stays handled: running it
     /// again could stop a server a second time for it. Where the slot's snapshot was already
-    /// requested, the run is finished now (its snapshot waited for, the policy pruned): the
-    /// plan creates nothing for a slot whose snapshot exists, so nothing is stopped.
+    /// requested (listed, or in the create ledger), the run is finished now (its snapshot
+    /// waited for, the policy pruned): the plan creates nothing for a slot whose snapshot
+    /// exists or whose create is unanswered, so nothing is stopped.
     async fn finish_interrupted(&self, policies: &[Policy], tasks: &mut JoinSet<()>) {
         let log = self.executor.runlog();
         for policy in policies {
@@ -305,7 +306,14 @@ impl<P: Provider> Service<P> {
             let name = policy.snapshot_name(slot);
             let policy = Arc::new(policy.clone());
             for server in servers {
-                if !listing.server(server).iter().any(|s| s.name == name) {
+                let listed = listing.server(server).iter().any(|s| s.name == name);
+                // Sent, its answer lost, and not listed: the run finishes as any run in the
+                // slot does (the server's own listing is read; the create is reported
+                // unconfirmed, never sent again).
+                let unanswered = (self.executor.journal().creates())
+                    .sent(server, &policy.name, &name)
+                    .is_some_and(|r| r.answer == crate::ledger::Answer::Unknown);
+                if !listed && !unanswered {
                     tracing::warn!(policy = %policy.name, server, %slot, "this slot's run ended early (a crash or shutdown) before its snapshot was requested; it is not run again (a restart never stops a server twice for one slot), the next fire takes a new slot");
                     continue;
                 }

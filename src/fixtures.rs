@@ -71,6 +71,8 @@ pub struct LostAnswer {
     pub refuses: bool,
     pub lose_answer: bool,
     pub hidden_from_account: bool,
+    /// Once a snapshot is made, listings answer 429 (the looks for a lost create fail).
+    pub looks_refused: bool,
     made: Arc<Mutex<Option<(String, Instant)>>>,
 }
 
@@ -83,6 +85,7 @@ impl LostAnswer {
             refuses: false,
             lose_answer: true,
             hidden_from_account: false,
+            looks_refused: false,
             made: Arc::default(),
         }
     }
@@ -102,6 +105,12 @@ impl Provider for LostAnswer {
         scope: Scope<'_>,
         link: Option<&str>,
     ) -> Result<ListedPage, ApiError> {
+        if self.looks_refused && self.made.lock().unwrap().is_some() {
+            return Err(ApiError::RateLimited {
+                what: "list snapshots".into(),
+                retry_after: Some(Duration::from_secs(1)),
+            });
+        }
         let mut page = self.sim.list_page(scope, link).await?;
         if let Some(name) = self.hiding(scope) {
             page.snapshots.retain(|s| s.name != name);

@@ -104,14 +104,15 @@ impl Journal {
 
     /// A journal that is neither read nor created, for a dry run: it changes nothing, so it
     /// must not need the state directory, let alone create it (as root, 0755) or write to it.
-    pub fn detached(state_dir: &Path) -> Self {
-        Self {
+    /// Its create ledger is read, if there is one: `plan` says what the run would.
+    pub fn detached(state_dir: &Path) -> Result<Self, JournalError> {
+        Ok(Self {
             path: state_dir.join(FILE_NAME),
             entries: Mutex::default(),
             recorded: tokio::sync::Notify::new(),
             lock: std::sync::OnceLock::new(),
-            creates: Ledger::detached(state_dir),
-        }
+            creates: Ledger::detached(state_dir)?,
+        })
     }
 
     pub fn path(&self) -> &Path {

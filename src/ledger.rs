@@ -5,12 +5,14 @@
 //! server's own listing, and does not send that name again unless the provider said it made
 //! nothing (or the snapshot it made is gone).
 //!
-//! One JSON line per event; the newest line of a name is its state. The file is written again
-//! with only the live records once it has grown well past them.
+//! One JSON line per event; the newest line of a name is its state. Only the newest create of
+//! each policy on each server is kept (a slot's name is asked about only while it is its
+//! policy's newest slot), so the ledger's size follows the config, not time; the file is
+//! written again with only those once it has grown well past them.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -18,13 +20,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ServerId;
+use crate::state_file;
 
 const FILE_NAME: &str = "creates.jsonl";
-
-/// Names remembered per server: the newest slots of the policies on it (a slot's name is
-/// asked about only while the slot is the newest of its policy, and a server is under the cap
-/// of 5, so few policies snapshot one server).
-const KEPT_PER_SERVER: usize = 4;
 
 /// What the provider said to a create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,10 +37,11 @@ pub enum Answer {
     Refused,
 }
 
-/// "Create `name` on `server` was sent at `at`; its answer: `answer`."
+/// "Create `name` (of `policy`) on `server` was sent at `at`; its answer: `answer`."
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub server: ServerId,
+    pub policy: String,
     pub name: String,
     pub at: DateTime<Utc>,
     pub answer: Answer,
@@ -75,8 +74,8 @@ pub struct Ledger {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Each server's newest records, oldest first.
-    records: HashMap<ServerId, Vec<Record>>,
+    /// The newest create of each policy on each server.
+    records: HashMap<(ServerId, String), Record>,
     /// Lines in the file, live or not: when they are far more than the records, it is
     /// written again.
     lines: usize,
@@ -96,25 +95,21 @@ impl State {
         state
     }
 
-    /// Remembers `record` as the newest of its name; a refused create is forgotten (it made
-    /// nothing, and a later run may send it as if it never had been).
+    /// Remembers `record` as its policy's newest on its server; a refused create is
+    /// forgotten (it made nothing, and a later run may send it as if it never had been).
     fn keep(&mut self, record: Record) {
-        let server = record.server;
-        let kept = self.records.entry(server).or_default();
-        kept.retain(|r| r.name != record.name);
-        if record.answer != Answer::Refused {
-            kept.push(record);
+        let key = (record.server, record.policy.clone());
+        if record.answer == Answer::Refused {
+            if self
+                .records
+                .get(&key)
+                .is_some_and(|r| r.name == record.name)
+            {
+                self.records.remove(&key);
+            }
+            return;
         }
-        if kept.len() > KEPT_PER_SERVER {
-            kept.remove(0);
-        }
-        if kept.is_empty() {
-            self.records.remove(&server);
-        }
-    }
-
-    fn live(&self) -> usize {
-        self.records.values().map(Vec::len).sum()
+        self.records.insert(key, record);
     }
 }
 
@@ -129,14 +124,29 @@ impl Ledger {
         })
     }
 
-    /// For a dry run: what is on disk if it can be read, else nothing; never written.
-    pub fn detached(state_dir: &Path) -> Self {
+    /// For a dry run or `plan`: what is on disk, never written. A ledger that is there but
+    /// cannot be read is an error as for the real run (which would refuse), except one this
+    /// user may not read (an operator's `plan` of the daemon's state): that is said, and the
+    /// plan goes on without it.
+    pub fn detached(state_dir: &Path) -> Result<Self, LedgerError> {
         let path = state_dir.join(FILE_NAME);
-        let state = State::from_records(read_records(&path).unwrap_or_default());
-        Self {
+        let records = match std::fs::File::open(&path) {
+            // No state directory at all: no ledger can be there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Vec::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::warn!(
+                    "create ledger {}: {e}; a create whose answer was lost is not shown here (the \
+                     run itself reads it)",
+                    path.display()
+                );
+                Vec::new()
+            }
+            _ => read_records(&path)?,
+        };
+        Ok(Self {
             path,
-            state: Mutex::new(state),
-        }
+            state: Mutex::new(State::from_records(records)),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -151,12 +161,12 @@ impl Ledger {
         Ok(())
     }
 
-    /// The newest record of a create of `name` on `server`, if one was sent.
-    pub fn sent(&self, server: ServerId, name: &str) -> Option<Record> {
+    /// The record of a create of `name` by `policy` on `server`, if that was its newest.
+    pub fn sent(&self, server: ServerId, policy: &str, name: &str) -> Option<Record> {
         self.lock()
             .records
-            .get(&server)
-            .and_then(|kept| kept.iter().find(|r| r.name == name))
+            .get(&(server, policy.to_owned()))
+            .filter(|r| r.name == name)
             .cloned()
     }
 
@@ -173,7 +183,8 @@ impl Ledger {
         let durable = record.answer == Answer::Unknown;
         let mut state = self.lock();
         if state.file.is_none() {
-            state.file = Some(self.open_for_append().map_err(err)?);
+            let file = self.open_for_append(&mut state).map_err(err)?;
+            state.file = Some(file);
         }
         let file = state.file.as_mut().expect("opened above");
         file.write_all(&line).map_err(err)?;
@@ -182,40 +193,81 @@ impl Ledger {
         }
         state.lines += 1;
         state.keep(record);
-        if state.lines > 4 * state.live() + 1024 {
+        if state.lines > 4 * state.records.len() + 1024 {
             self.compact(&mut state).map_err(err)?;
         }
         Ok(())
     }
 
-    fn open_for_append(&self) -> std::io::Result<File> {
+    /// The file, ready to append to. A last line cut short (a crash, a full disk while it was
+    /// written, before its create was sent) is cut off first, so the next line starts on a
+    /// line of its own. A file this user may not write (left by root's `once`) is written
+    /// anew, as this user, with the records read from it.
+    fn open_for_append(&self, state: &mut State) -> std::io::Result<File> {
         let existed = self.path.exists();
-        let file = File::options().append(true).create(true).open(&self.path)?;
+        let file = match File::options()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&self.path)
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && existed => {
+                self.rewrite(state)?;
+                return File::options().read(true).append(true).open(&self.path);
+            }
+            opened => opened?,
+        };
         if !existed {
             // The file's name must survive a crash as its first line does.
-            crate::state_file::sync_dir_of(&self.path)?;
+            state_file::sync_dir_of(&self.path)?;
         }
+        cut_short_tail(&file)?;
         Ok(file)
     }
 
-    /// Writes the live records alone (temp file, fsync, rename).
+    /// Writes the live records alone (temp file, fsync, rename), and appends from there.
     fn compact(&self, state: &mut State) -> std::io::Result<()> {
-        let mut bytes = Vec::new();
-        let mut all: Vec<&Record> = state.records.values().flatten().collect();
+        self.rewrite(state)?;
+        state.file = Some(File::options().read(true).append(true).open(&self.path)?);
+        Ok(())
+    }
+
+    fn rewrite(&self, state: &mut State) -> std::io::Result<()> {
+        let mut all: Vec<&Record> = state.records.values().collect();
         all.sort_by_key(|r| r.at);
+        let mut bytes = Vec::new();
         for record in &all {
             serde_json::to_writer(&mut bytes, record).map_err(std::io::Error::other)?;
             bytes.push(b'\n');
         }
-        crate::state_file::write_atomic(&self.path, &bytes)?;
+        state_file::write_atomic(&self.path, &bytes)?;
         state.lines = all.len();
-        state.file = Some(self.open_for_append()?);
         Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Cuts `file` back to the end of its last whole line.
+fn cut_short_tail(mut file: &File) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0))?;
+    file.read_to_end(&mut bytes)?;
+    let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    file.set_len(keep as u64)?;
+    file.sync_data()
 }
 
 /// The records in the file; none when nothing is at its path. A last line cut short (a crash
@@ -226,7 +278,7 @@ fn read_records(path: &Path) -> Result<Vec<Record>, LedgerError> {
         path: path.to_owned(),
         message,
     };
-    let Some(bytes) = crate::state_file::read(path).map_err(|e| err(e.to_string()))? else {
+    let Some(bytes) = state_file::read(path).map_err(|e| err(e.to_string()))? else {
         return Ok(Vec::new());
     };
     let complete = bytes.ends_with(b"\n");
@@ -257,41 +309,72 @@ mod tests {
 
     use std::fs;
 
+    /// A create of `name` by the policy its name starts with (`nightly-1` → `nightly`).
     fn record(server: ServerId, name: &str, answer: Answer) -> Record {
         Record {
             server,
+            policy: name.split('-').next().unwrap().into(),
             name: name.into(),
             at: "2025-01-15T02:30:00Z".parse().unwrap(),
             answer,
         }
     }
 
+    fn sent(ledger: &Ledger, server: ServerId, name: &str) -> Option<Answer> {
+        let policy = name.split('-').next().unwrap();
+        ledger.sent(server, policy, name).map(|r| r.answer)
+    }
+
     #[test]
     fn a_sent_create_is_remembered_across_a_restart_with_its_newest_answer() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        ledger.record(record(1, "a", Answer::Unknown)).unwrap();
-        ledger.record(record(2, "a", Answer::Unknown)).unwrap();
-        ledger.record(record(2, "a", Answer::Created)).unwrap();
+        ledger.record(record(1, "a-1", Answer::Unknown)).unwrap();
+        ledger.record(record(2, "a-1", Answer::Unknown)).unwrap();
+        ledger.record(record(2, "a-1", Answer::Created)).unwrap();
         drop(ledger);
         let ledger = Ledger::open(dir.path()).unwrap();
-        assert_eq!(ledger.sent(1, "a").unwrap().answer, Answer::Unknown);
-        assert_eq!(ledger.sent(2, "a").unwrap().answer, Answer::Created);
-        assert_eq!(ledger.sent(1, "b"), None);
-        assert_eq!(ledger.sent(3, "a"), None);
+        assert_eq!(sent(&ledger, 1, "a-1"), Some(Answer::Unknown));
+        assert_eq!(sent(&ledger, 2, "a-1"), Some(Answer::Created));
+        assert_eq!(sent(&ledger, 1, "a-2"), None);
+        assert_eq!(sent(&ledger, 3, "a-1"), None);
+        ledger.record(record(2, "a-1", Answer::Refused)).unwrap();
+        assert_eq!(
+            sent(&ledger, 2, "a-1"),
+            None,
+            "a refused create is forgotten"
+        );
+    }
+
+    /// However often other policies on the server create, a policy's newest create stays.
+    #[test]
+    fn a_busier_policy_on_the_server_does_not_push_another_policys_create_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger
+            .record(record(1, "daily-1", Answer::Unknown))
+            .unwrap();
+        for i in 0..100 {
+            let name = format!("minutely-{i}");
+            ledger.record(record(1, &name, Answer::Unknown)).unwrap();
+            ledger.record(record(1, &name, Answer::Created)).unwrap();
+        }
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(sent(&ledger, 1, "daily-1"), Some(Answer::Unknown));
+        assert_eq!(sent(&ledger, 1, "minutely-99"), Some(Answer::Created));
     }
 
     #[test]
     fn a_line_cut_short_by_a_crash_is_left_out_and_any_other_bad_line_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let good = serde_json::to_string(&record(1, "a", Answer::Unknown)).unwrap();
+        let good = serde_json::to_string(&record(1, "a-1", Answer::Unknown)).unwrap();
         fs::write(
             dir.path().join(FILE_NAME),
             format!("{good}\n{{\"server\":2,\"na"),
         )
         .unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        assert!(ledger.sent(1, "a").is_some());
+        assert!(sent(&ledger, 1, "a-1").is_some());
 
         fs::write(dir.path().join(FILE_NAME), format!("garbage\n{good}\n")).unwrap();
         let e = Ledger::open(dir.path()).unwrap_err().to_string();
@@ -301,12 +384,36 @@ mod tests {
         );
     }
 
+    /// The next record after a line cut short starts a line of its own: the ledger still
+    /// reads, with every record in it.
+    #[test]
+    fn a_record_after_a_line_cut_short_is_not_glued_onto_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = serde_json::to_string(&record(1, "a-1", Answer::Created)).unwrap();
+        fs::write(
+            dir.path().join(FILE_NAME),
+            format!("{good}\n{{\"server\":2,\"na"),
+        )
+        .unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.record(record(2, "b-1", Answer::Unknown)).unwrap();
+
+        let ledger = Ledger::open(dir.path()).expect("the ledger reads after the append");
+        assert_eq!(sent(&ledger, 1, "a-1"), Some(Answer::Created));
+        assert_eq!(sent(&ledger, 2, "b-1"), Some(Answer::Unknown));
+    }
+
     #[test]
     fn a_directory_where_the_ledger_should_be_is_an_error_not_an_empty_ledger() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join(FILE_NAME)).unwrap();
         let e = Ledger::open(dir.path()).unwrap_err().to_string();
         assert!(e.contains("a directory, not a file"), "{e}");
+        let e = Ledger::detached(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("a directory, not a file"),
+            "a dry run reads it too: {e}"
+        );
     }
 
     #[test]
@@ -314,7 +421,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
         for i in 0..3_000u64 {
-            let name = format!("slot-{i}");
+            let name = format!("p{}-{i}", i % 4);
             ledger
                 .record(record(i % 10, &name, Answer::Unknown))
                 .unwrap();
@@ -326,15 +433,11 @@ mod tests {
         assert!(lines <= 4 * 40 + 1024, "{lines} lines for 40 live records");
         drop(ledger);
         let ledger = Ledger::open(dir.path()).unwrap();
-        assert_eq!(ledger.sent(9, "slot-2999").unwrap().answer, Answer::Created);
-        assert_eq!(ledger.sent(9, "slot-9"), None, "older than the kept ones");
-        ledger
-            .record(record(9, "slot-2999", Answer::Refused))
-            .unwrap();
+        assert_eq!(sent(&ledger, 9, "p3-2999"), Some(Answer::Created));
         assert_eq!(
-            ledger.sent(9, "slot-2999"),
+            sent(&ledger, 9, "p1-9"),
             None,
-            "a refused create is forgotten"
+            "older than its policy's newest"
         );
     }
 }

@@ -365,8 +365,8 @@ impl<'a> PagesRead<'a> {
                 message: format!(
                     "more records than {} after {} pages; the pages seem to repeat or never end",
                     match self.count {
-                        Some(c) => format!("its count of {c} promised"),
-                        None => format!("the {MAX_RECORDS} a listing may hold"),
+                        Some(c) if self.most < MAX_RECORDS => format!("its count of {c} promised"),
+                        _ => format!("the {MAX_RECORDS} a listing may hold"),
                     },
                     self.pages
                 ),

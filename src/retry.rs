@@ -159,28 +159,33 @@ impl<P: Provider> Retrying<P> {
         give_up: impl Future<Output = ()>,
     ) -> Result<Snapshot, ApiError> {
         let mut give_up = std::pin::pin!(give_up);
-        let unconfirmed = |error: &ApiError| ApiError::Unconfirmed {
+        let unconfirmed = |cause: String| ApiError::Unconfirmed {
             what: format!(
                 "create snapshot {} of server {}",
                 request.name, request.server_id
             ),
-            cause: error.to_string(),
+            cause,
         };
         loop {
+            // A look that fails says nothing about the create: the error is still the
+            // create's (unconfirmed), never the look's (a 429 or a 404 would read as "the
+            // create was refused", and a later run would send it again).
             let found = tokio::select! {
-                found = self.look_for(request) => found?,
-                () = &mut give_up => return Err(unconfirmed(&error)),
+                found = self.look_for(request) => found.map_err(|look| {
+                    unconfirmed(format!("{error}; looking for it then failed: {look}"))
+                })?,
+                () = &mut give_up => return Err(unconfirmed(error.to_string())),
             };
             if let Some(found) = found {
                 return Ok(found);
             }
             let Some(wait) = backoff.after(&error) else {
-                return Err(unconfirmed(&error));
+                return Err(unconfirmed(error.to_string()));
             };
             tracing::warn!(error = %error, look_again_in = ?wait, snapshot = %request.name, "the created snapshot is not listed yet; looking again");
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = &mut give_up => return Err(unconfirmed(&error)),
+                () = &mut give_up => return Err(unconfirmed(error.to_string())),
             }
         }
     }

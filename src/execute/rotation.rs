@@ -91,7 +91,11 @@ impl<P: Provider> Executor<P> {
             Some(l) => {
                 let shared = l.server(server);
                 let name = policy.snapshot_name(slot);
-                let sent = self.journal.creates().sent(server, &name).is_some();
+                let sent = self
+                    .journal
+                    .creates()
+                    .sent(server, &policy.name, &name)
+                    .is_some();
                 if sent && !shared.iter().any(|s| s.name == name) {
                     tracing::info!(snapshot = %name, "a create of this slot was sent before and the account listing does not show it; reading the server's own listing");
                     self.provider.list_snapshots(Some(server)).await?
@@ -139,7 +143,7 @@ impl<P: Provider> Executor<P> {
                 }
             }
             SlotOutcome::Create(create) => {
-                if let Some(reason) = self.unconfirmed(prepared.target.id, &create.name) {
+                if let Some(reason) = self.unconfirmed(policy, prepared.target.id, &create.name) {
                     planned.outcome = SlotOutcome::CreateUnconfirmed {
                         snapshot: create.name.clone(),
                         reason,
@@ -153,8 +157,8 @@ impl<P: Provider> Executor<P> {
 
     /// Why `name` is not created on `server` again, when a create of it was sent before and
     /// its answer was lost (the plan read the server's own listing, which does not show it).
-    fn unconfirmed(&self, server: ServerId, name: &str) -> Option<String> {
-        let sent = self.journal.creates().sent(server, name)?;
+    fn unconfirmed(&self, policy: &Policy, server: ServerId, name: &str) -> Option<String> {
+        let sent = self.journal.creates().sent(server, &policy.name, name)?;
         (sent.answer == Answer::Unknown).then(|| {
             format!(
                 "a create of snapshot {name} was sent at {} and its answer was lost; the \
@@ -454,7 +458,7 @@ impl<P: Provider> Executor<P> {
             name: name.to_owned(),
             description: Some(policy.description.clone()),
         };
-        let created = self.create_recorded(&request).await?;
+        let created = self.create_recorded(policy, &request).await?;
         tracing::info!(
             id = created.id,
             "snapshot requested; waiting for it to finish"
@@ -482,10 +486,15 @@ impl<P: Provider> Executor<P> {
     /// a later run in this slot then never sends the name again while its answer is unknown.
     /// A create that cannot be recorded is not sent. Once the shutdown hurries, a create whose
     /// answer was lost is no longer looked for (a stopped server waits for it).
-    async fn create_recorded(&self, request: &CreateSnapshot) -> anyhow::Result<Snapshot> {
+    async fn create_recorded(
+        &self,
+        policy: &Policy,
+        request: &CreateSnapshot,
+    ) -> anyhow::Result<Snapshot> {
         let ledger = self.journal.creates();
         let record = |answer| Record {
             server: request.server_id,
+            policy: policy.name.clone(),
             name: request.name.clone(),
             at: self.clock.now(),
             answer,

@@ -1142,6 +1142,30 @@ async fn a_later_run_in_the_slot_does_not_send_a_create_whose_answer_was_lost_ag
     assert_eq!(rig.sim.snapshots(WEB).len(), 1);
 }
 
+/// A lost create whose looks then fail with a 429 (or a 404, or no connection) is still
+/// unconfirmed, not refused: the next run in the slot does not send it again.
+#[tokio::test(start_paused = true)]
+async fn a_lost_create_whose_looks_are_refused_is_not_sent_again_by_the_next_run() {
+    let rig = Rig::new(SimConfig::default());
+    let mut lost = LostAnswer::new(&rig.sim, Duration::from_secs(3600));
+    lost.looks_refused = true;
+    let dir = tempfile::tempdir().unwrap();
+    let nightly = policy("nightly", false);
+    let first = faulty_run(&lost, dir.path(), &nightly).await;
+    assert_eq!(first.result, RunResult::Failed, "{}", first.message);
+
+    lost.looks_refused = false;
+    let second = faulty_run(&lost, dir.path(), &nightly).await;
+
+    assert_eq!(second.result, RunResult::Failed, "{}", second.message);
+    assert!(
+        second.message.contains("answer was lost"),
+        "{}",
+        second.message
+    );
+    assert_eq!(rig.sim.stats().request_count("create"), 1, "sent again");
+}
+
 /// A create the provider refused (a 4xx) made nothing: the next run in the slot sends it.
 #[tokio::test(start_paused = true)]
 async fn a_create_the_provider_refused_is_sent_by_the_next_run_in_the_slot() {

@@ -677,3 +677,50 @@ async fn power_journal_not_readable_by_the_user_it_runs_as() {
     })
     .await;
 }
+
+/// Root's `once` leaves the create ledger root's (0644); the service, running as another
+/// user, must still record its creates (the ledger is written anew as that user), not refuse
+/// every create from then on.
+#[tokio::test]
+async fn a_create_ledger_left_by_roots_once_does_not_stop_the_services_user_from_creating() {
+    if bin_as_nobody().is_none() {
+        return;
+    }
+    let (sim, base_url) = serve_sim(&[WEB], quick()).await;
+    let scratch = Scratch::new();
+    let second = policy(YEARLY, "").replace("name = \"nightly\"", "name = \"second\"");
+    let config = scratch.config(
+        &format!(
+            "{}\n[[policy]]\n{second}\n",
+            config(&policy(YEARLY, ""), "", "")
+        ),
+        &base_url,
+    );
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["-q", "once", "--policy", "nightly"]);
+    let root = tokio::process::Command::from(cmd).output().await.unwrap();
+    assert_eq!(root.status.code(), Some(0), "{}", stderr(&root));
+    let state = scratch.state_dir();
+    let ledger = state.join("creates.jsonl");
+    assert!(ledger.exists(), "root's once recorded its create");
+    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOBODY)).expect("chown state_dir");
+    std::os::unix::fs::chown(scratch.token_path(), Some(NOBODY), None).expect("chown token");
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the scratch directory");
+
+    let mut cmd = bin_as_nobody().expect("checked above");
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["-q", "once", "--policy", "second"]);
+    let out = tokio::process::Command::from(cmd).output().await.unwrap();
+
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(sim.stats().request_count("create"), 2);
+    let text = std::fs::read_to_string(&ledger).expect("read the ledger");
+    assert!(
+        text.contains("\"nightly\"") && text.contains("\"second\""),
+        "{text}"
+    );
+}

@@ -506,6 +506,56 @@ async fn plan_says_skip_like_once_for_a_restoring_server_of_a_stop_server_policy
     }
 }
 
+/// A create whose answer was lost (in the ledger, not listed): `plan`, the dry run and the
+/// run all say it fails as `create_unconfirmed`, and nothing is sent; a ledger that cannot
+/// be read stops all three alike.
+#[tokio::test]
+async fn plan_dry_run_and_once_agree_on_a_create_whose_answer_was_lost() {
+    let setup = Setup::new(&[WEB], quick(), &policy("nightly", YEARLY, &[WEB], ""), "").await;
+    let out = setup.run(&["plan", "--json"]).await;
+    let plans: Value = serde_json::from_str(&stdout(&out)).expect("plan --json is JSON");
+    let name = plans[0]["outcome"]["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a create: {plans:#}"))
+        .to_owned();
+    let state = setup.scratch.state_dir();
+    std::fs::create_dir_all(&state).expect("mkdir state");
+    let ledger = state.join("creates.jsonl");
+    std::fs::write(
+        &ledger,
+        format!(
+            "{{\"server\":{WEB},\"policy\":\"nightly\",\"name\":\"{name}\",\
+             \"at\":\"2026-01-01T03:00:01Z\",\"answer\":\"unknown\"}}\n"
+        ),
+    )
+    .expect("write the ledger");
+
+    let out = setup.run(&["plan", "--json"]).await;
+    let plans: Value = serde_json::from_str(&stdout(&out)).expect("plan --json is JSON");
+    assert_eq!(
+        plans[0]["outcome"]["kind"], "create_unconfirmed",
+        "{plans:#}"
+    );
+    for args in [&["once", "--dry-run"][..], &["once"]] {
+        let out = setup.run(args).await;
+        assert_eq!(code(&out), Some(1), "{args:?}: {}", explain(&out));
+        let line = summary_line(&out, WEB, "nightly");
+        assert!(line.contains("answer was lost"), "{args:?}: {line}");
+    }
+
+    std::fs::write(&ledger, "garbage\n").expect("write the ledger");
+    for args in [&["plan"][..], &["once", "--dry-run"], &["once"]] {
+        let out = setup.run(args).await;
+        assert_eq!(code(&out), Some(1), "{args:?}: {}", explain(&out));
+        assert!(
+            stderr(&out).contains("creates.jsonl"),
+            "{args:?}: {}",
+            explain(&out)
+        );
+    }
+    assert_eq!(setup.sim.stats().request_count("create"), 0);
+}
+
 /// `plan` says what the run does: a snapshot in progress past `snapshot_timeout` fails the
 /// run, so `plan` prints it as a failure (and `--json` says `snapshot_stuck`), not a skip.
 #[tokio::test]
