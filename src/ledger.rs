@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -125,22 +126,13 @@ impl Ledger {
     }
 
     /// For a dry run or `plan`: what is on disk, never written. A ledger that is there but
-    /// cannot be read is an error as for the real run (which would refuse), except one this
-    /// user may not read (an operator's `plan` of the daemon's state): that is said, and the
-    /// plan goes on without it.
+    /// cannot be read is an error, as for the run (which would refuse): a plan without it
+    /// could say "create" where the run fails.
     pub fn detached(state_dir: &Path) -> Result<Self, LedgerError> {
         let path = state_dir.join(FILE_NAME);
-        let records = match std::fs::File::open(&path) {
+        let records = match std::fs::symlink_metadata(&path) {
             // No state directory at all: no ledger can be there.
             Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Vec::new(),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                tracing::warn!(
-                    "create ledger {}: {e}; a create whose answer was lost is not shown here (the \
-                     run itself reads it)",
-                    path.display()
-                );
-                Vec::new()
-            }
             _ => read_records(&path)?,
         };
         Ok(Self {
@@ -202,18 +194,15 @@ impl Ledger {
     /// The file, ready to append to. A last line cut short (a crash, a full disk while it was
     /// written, before its create was sent) is cut off first, so the next line starts on a
     /// line of its own. A file this user may not write (left by root's `once`) is written
-    /// anew, as this user, with the records read from it.
+    /// anew, as this user, with the records read from it. Never through a link: root's
+    /// `once` must not append to (or cut short) whatever file the owner of `state_dir`
+    /// points it at.
     fn open_for_append(&self, state: &mut State) -> std::io::Result<File> {
         let existed = self.path.exists();
-        let file = match File::options()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&self.path)
-        {
+        let file = match append_to(&self.path, true) {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && existed => {
                 self.rewrite(state)?;
-                return File::options().read(true).append(true).open(&self.path);
+                return append_to(&self.path, false);
             }
             opened => opened?,
         };
@@ -228,7 +217,7 @@ impl Ledger {
     /// Writes the live records alone (temp file, fsync, rename), and appends from there.
     fn compact(&self, state: &mut State) -> std::io::Result<()> {
         self.rewrite(state)?;
-        state.file = Some(File::options().read(true).append(true).open(&self.path)?);
+        state.file = Some(append_to(&self.path, false)?);
         Ok(())
     }
 
@@ -248,6 +237,16 @@ impl Ledger {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// `path` opened to append (and read its tail), never through a link.
+fn append_to(path: &Path, create: bool) -> std::io::Result<File> {
+    File::options()
+        .read(true)
+        .append(true)
+        .create(create)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// Cuts `file` back to the end of its last whole line.
@@ -401,6 +400,25 @@ mod tests {
         let ledger = Ledger::open(dir.path()).expect("the ledger reads after the append");
         assert_eq!(sent(&ledger, 1, "a-1"), Some(Answer::Created));
         assert_eq!(sent(&ledger, 2, "b-1"), Some(Answer::Unknown));
+    }
+
+    /// A link where the ledger should be is not written through (root's `once` would append
+    /// to, or cut short, whatever file the owner of `state_dir` pointed it at).
+    #[test]
+    fn a_link_where_the_ledger_should_be_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "not json without newline").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(FILE_NAME)).unwrap();
+        let ledger = Ledger::open(dir.path()).unwrap();
+
+        let refused = ledger.record(record(1, "a-1", Answer::Unknown));
+
+        assert!(refused.is_err(), "a create recorded through a link");
+        assert_eq!(
+            fs::read_to_string(&victim).unwrap(),
+            "not json without newline"
+        );
     }
 
     #[test]
