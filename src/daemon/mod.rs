@@ -3,12 +3,13 @@
 //! without dropping work, talks to systemd (READY, STATUS, RELOADING, STOPPING, WATCHDOG) and
 //! optionally serves Prometheus metrics and `/healthz`.
 
+mod endpoint;
+
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use sd_notify::NotifyState;
@@ -79,7 +80,7 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
         shutdown.clone(),
     )?;
     if let Some(addr) = ctx.config.daemon.metrics_listen {
-        serve_metrics(addr).await?;
+        endpoint::serve_metrics(addr).await?;
     }
     let (reload_tx, reload_rx) = watch::channel(ctx.config.policies.clone());
     tokio::spawn(handle_signals(
@@ -660,72 +661,6 @@ fn jitter_delay(
         return Duration::ZERO;
     }
     rand::rng().random_range(Duration::ZERO..bound)
-}
-
-/// At most this many metrics connections at once; more are closed as they arrive, so a flood
-/// of connections cannot take the file descriptors the journal and the provider calls need.
-const METRICS_CONNECTIONS: usize = 64;
-
-/// A metrics connection gets this long for its one request, from its first byte to the last
-/// byte of the answer (a scrape takes milliseconds); idle or slow ones are closed then.
-const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let handle = handle.clone();
-                async move {
-                    handle.run_upkeep();
-                    handle.render()
-                }
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on metrics_listen {addr}"))?;
-    tracing::info!(%addr, "serving /metrics and /healthz");
-    tokio::spawn(serve_bounded(listener, app));
-    Ok(())
-}
-
-/// Serves `app`, one request per connection, at most [`METRICS_CONNECTIONS`] at once, each
-/// closed after [`METRICS_CONNECTION_TIMEOUT`]. (`axum::serve` has no limit of either kind.)
-async fn serve_bounded(listener: tokio::net::TcpListener, app: axum::Router) {
-    let turns = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors, say: wait instead of spinning.
-                tracing::warn!(error = %e, "the metrics endpoint cannot accept a connection");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let Ok(turn) = turns.clone().try_acquire_owned() else {
-            tracing::debug!(
-                "{METRICS_CONNECTIONS} metrics connections open already; closing a new one"
-            );
-            continue;
-        };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(METRICS_CONNECTION_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            // Dropping the connection closes it.
-            let _ = tokio::time::timeout(METRICS_CONNECTION_TIMEOUT, connection).await;
-            drop(turn);
-        });
-    }
 }
 
 /// Raises this process's soft limit on open files to its hard limit, and returns that. Services
