@@ -157,6 +157,25 @@ impl Etcd {
         timeout: Duration,
         auth: Option<(String, SecretString)>,
     ) -> Result<Self, EtcdError> {
+        Self::with_roots(endpoints, timeout, auth, None)
+    }
+
+    /// The client for a cluster's `[ha]`: its endpoints, its auth, and its CA certificates
+    /// (PEM, beside the system's) for https endpoints.
+    pub fn for_cluster(ha: &crate::config::HaConfig, timeout: Duration) -> Result<Self, EtcdError> {
+        let auth = ha
+            .auth
+            .as_ref()
+            .map(|a| (a.username.clone(), a.password.clone()));
+        Self::with_roots(ha.endpoints.clone(), timeout, auth, ha.ca_pem.as_deref())
+    }
+
+    fn with_roots(
+        endpoints: Vec<Url>,
+        timeout: Duration,
+        auth: Option<(String, SecretString)>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, EtcdError> {
         let setup = |message: String| {
             let all = endpoints.iter().map(shown).collect::<Vec<_>>().join(", ");
             EtcdError::new("setup", &all, ErrorKind::Setup(message))
@@ -167,11 +186,19 @@ impl Etcd {
         if let Some((_, password)) = &auth {
             text::keep_secret(password.expose_secret());
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(crate::client::USER_AGENT)
             .timeout(timeout)
             .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = ca_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| setup(format!("ca_file holds no PEM certificate: {e}")))?;
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| setup(format!("the HTTP client cannot be built: {e}")))?;
         let token = Mutex::new(None);

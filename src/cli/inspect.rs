@@ -56,6 +56,42 @@ pub fn check_report(config: &Config, now: DateTime<Utc>) -> String {
     out
 }
 
+/// `check --connect`: reaches etcd (with `[ha]`: who leads) and the provider (one listing
+/// request, one attempt: what fails is said, not retried for minutes).
+pub(super) async fn reach(config: Config, simulate: bool) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if let Some(ha) = &config.ha {
+        let etcd = crate::etcd::Etcd::for_cluster(ha, std::time::Duration::from_secs(5))?;
+        let key = format!("{}leader", ha.prefix());
+        let leader = etcd
+            .get(&key)
+            .await
+            .context("check --connect: etcd ([ha] etcd_endpoints) cannot be read")?;
+        match leader {
+            Some(kv) => outln!(
+                "etcd: reached; cluster {} is led by {} (epoch {})",
+                ha.cluster,
+                crate::text::message(&kv.value),
+                kv.create_revision
+            )?,
+            None => outln!("etcd: reached; cluster {} has no leader now", ha.cluster)?,
+        }
+    }
+    let base_url = config.api.base_url.clone();
+    let ctx = Context::connect(config, simulate).await?;
+    let page = ctx
+        .client
+        .inner()
+        .list_page(crate::provider::Scope::Account, None)
+        .await
+        .context("check --connect: the provider's API cannot be listed")?;
+    outln!(
+        "API: reached {base_url}; {} snapshot(s) in the account",
+        page.count.map_or(page.records as u64, |c| c)
+    )?;
+    Ok(())
+}
+
 pub(super) async fn list(
     ctx: &Context,
     server: Option<ServerId>,

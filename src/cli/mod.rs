@@ -28,7 +28,7 @@ pub use output::OutputClosed;
 pub use select::{select, UsageError};
 
 use act::{once, restore, simulate_provider};
-use inspect::{list, show_plan, status};
+use inspect::{list, reach, show_plan, status};
 use output::{out, outln};
 
 #[derive(Debug, Parser)]
@@ -81,7 +81,11 @@ impl From<LogFormatArg> for LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate the config and show each policy's servers, retention and next fires.
-    Check,
+    Check {
+        /// Also reach the provider's API (one listing request) and, with `[ha]`, etcd.
+        #[arg(long)]
+        connect: bool,
+    },
     /// List snapshots with the policy that manages each (`-` for hand-made ones).
     List {
         /// Only this server.
@@ -269,7 +273,7 @@ async fn command(cli: &Cli, config: Config) -> anyhow::Result<i32> {
         .into());
     }
     match &cli.command {
-        Command::Check => {
+        Command::Check { connect } => {
             if let Some(w) = crate::shutdown::stop_bound_warning(&config) {
                 tracing::warn!("{w}");
             }
@@ -279,6 +283,9 @@ async fn command(cli: &Cli, config: Config) -> anyhow::Result<i32> {
                 tracing::warn!("{warning}");
             }
             out(&check_report(&config, Utc::now()))?;
+            if *connect {
+                reach(config, cli.simulate).await?;
+            }
             Ok(0)
         }
         Command::List { server, json } => {

@@ -542,3 +542,46 @@ async fn two_nodes_elect_one_leader_and_hand_over_on_shutdown() {
     .unwrap();
     assert!(!stale, "a write with the old epoch went through");
 }
+
+/// `check --connect` reaches etcd (saying who leads) and the provider; an etcd that does not
+/// answer is an error naming it, exit 1.
+#[tokio::test]
+async fn check_connect_reaches_etcd_and_the_provider() {
+    use crate::common::{bin, config_with_policy, policy, serve_sim, stderr, stdout, Scratch};
+    use snapshot_scheduler::simulator::SimConfig;
+
+    let Some(etcd) = EtcdServer::start(&[]).await else {
+        return;
+    };
+    let (_sim, base_url) = serve_sim(&[12345], SimConfig::default()).await;
+    let scratch = Scratch::new();
+    let with_etcd = |url: &str| {
+        format!(
+            "{}\n[ha]\netcd_endpoints = [\"{url}\"]\ncluster = \"prod\"\nnode = \"ops-1\"\n",
+            config_with_policy(&policy("nightly", "30 2 * * *", &[12345], ""))
+        )
+    };
+    let config = scratch.config(&with_etcd(etcd.url.as_str()), &base_url);
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["check", "--connect"]);
+    let out = tokio::process::Command::from(cmd).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("etcd: reached; cluster prod has no leader now"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("API: reached {base_url}")), "{text}");
+
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let config = scratch.config(&with_etcd(&closed), &base_url);
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["check", "--connect"]);
+    let out = tokio::process::Command::from(cmd).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("etcd"), "{}", stderr(&out));
+}
