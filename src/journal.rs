@@ -5,16 +5,24 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::{Ledger, LedgerError};
 use crate::model::ServerId;
+use crate::shared::{SharedError, SharedState};
 use crate::state_file::{self, write_atomic};
 
 const FILE_NAME: &str = "power-journal.json";
+
+/// With `[ha]`: an entry's key, under the cluster's prefix.
+const SHARED_SECTION: &str = "journal/";
+
+fn shared_key(server: ServerId) -> String {
+    format!("{SHARED_SECTION}{server}")
+}
 
 /// "Stopped server S for snapshot N at T; stop waiting for N at `deadline`."
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +57,8 @@ pub enum JournalError {
     },
     #[error(transparent)]
     Creates(#[from] LedgerError),
+    #[error("power journal (shared): {0}")]
+    Shared(#[from] SharedError),
 }
 
 /// Why the state directory could not be taken.
@@ -82,6 +92,10 @@ pub struct Journal {
     lock: std::sync::OnceLock<File>,
     /// Every create sent, beside every stop: what a crash or a lost answer must not forget.
     creates: Ledger,
+    /// With `[ha]`: the entries live there (written fenced), not in `state_dir`.
+    shared: Option<Arc<dyn SharedState>>,
+    /// Writers one at a time (a shared write is awaited without holding `entries`).
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl Journal {
@@ -99,6 +113,8 @@ impl Journal {
             recorded: tokio::sync::Notify::new(),
             lock: std::sync::OnceLock::new(),
             creates: Ledger::open(state_dir)?,
+            shared: None,
+            writes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -112,6 +128,8 @@ impl Journal {
             recorded: tokio::sync::Notify::new(),
             lock: std::sync::OnceLock::new(),
             creates: Ledger::detached(state_dir)?,
+            shared: None,
+            writes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -128,15 +146,66 @@ impl Journal {
         self.lock().clone()
     }
 
+    /// The journal and create ledger of a cluster (`[ha]`): written fenced to `shared`, read
+    /// from it by [`Journal::load_shared`] when this host takes the lead. `state_dir` names
+    /// nothing here but appears in messages.
+    pub fn shared(state_dir: &Path, shared: Arc<dyn SharedState>) -> Self {
+        Self {
+            path: state_dir.join(FILE_NAME),
+            entries: Mutex::default(),
+            recorded: tokio::sync::Notify::new(),
+            lock: std::sync::OnceLock::new(),
+            creates: Ledger::shared(state_dir, shared.clone()),
+            shared: Some(shared),
+            writes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// With `[ha]`, when this host takes the lead: every stop and create the cluster recorded
+    /// (a host that led before may have left a server stopped, or a create unanswered).
+    pub async fn load_shared(&self) -> Result<(), JournalError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let mut entries = Vec::new();
+        for (key, value) in shared.read(SHARED_SECTION).await? {
+            match serde_json::from_str::<Entry>(&value) {
+                Ok(entry) => entries.push(entry),
+                Err(e) => {
+                    return Err(JournalError::Shared(SharedError::Unavailable(format!(
+                        "{key} is not a journal entry: {e}"
+                    ))))
+                }
+            }
+        }
+        self.creates.load_shared().await?;
+        let found = !entries.is_empty();
+        *self.lock() = entries;
+        if found {
+            self.recorded.notify_one();
+        }
+        Ok(())
+    }
+
     /// Durably records an entry (replacing one for the same server). Only after this returns
-    /// `Ok` may the server be stopped.
-    pub fn record(&self, entry: Entry) -> Result<(), JournalError> {
-        let mut entries = self.lock();
-        let mut next = entries.clone();
+    /// `Ok` may the server be stopped. With `[ha]` it is one fenced write: a host that no
+    /// longer leads records nothing, and so stops nothing.
+    pub async fn record(&self, entry: Entry) -> Result<(), JournalError> {
+        let _turn = self.writes.lock().await;
+        let mut next = self.entries();
         next.retain(|e| e.server != entry.server);
-        next.push(entry);
-        self.write(&next)?;
-        *entries = next;
+        next.push(entry.clone());
+        match &self.shared {
+            Some(shared) => {
+                let value = serde_json::to_string(&entry)
+                    .map_err(|e| JournalError::Shared(SharedError::Unavailable(e.to_string())))?;
+                shared
+                    .write(vec![(shared_key(entry.server), value)], Vec::new())
+                    .await?;
+            }
+            None => self.write(&next)?,
+        }
+        *self.lock() = next;
         self.recorded.notify_one();
         Ok(())
     }
@@ -183,15 +252,18 @@ impl Journal {
     }
 
     /// Forgets the entry of a server that runs again.
-    pub fn clear(&self, server: ServerId) -> Result<(), JournalError> {
-        let mut entries = self.lock();
-        if !entries.iter().any(|e| e.server == server) {
+    pub async fn clear(&self, server: ServerId) -> Result<(), JournalError> {
+        let _turn = self.writes.lock().await;
+        let mut next = self.entries();
+        if !next.iter().any(|e| e.server == server) {
             return Ok(());
         }
-        let mut next = entries.clone();
         next.retain(|e| e.server != server);
-        self.write(&next)?;
-        *entries = next;
+        match &self.shared {
+            Some(shared) => shared.write(Vec::new(), vec![shared_key(server)]).await?,
+            None => self.write(&next)?,
+        }
+        *self.lock() = next;
         Ok(())
     }
 
@@ -249,6 +321,13 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
 mod tests {
     use super::*;
 
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     fn entry(server: ServerId) -> Entry {
         let t: DateTime<Utc> = "2025-01-15T02:30:00Z".parse().unwrap();
         Entry {
@@ -264,12 +343,12 @@ mod tests {
     fn entries_survive_a_restart_until_cleared() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        j.record(entry(1)).unwrap();
-        j.record(entry(2)).unwrap();
+        block_on(j.record(entry(1))).unwrap();
+        block_on(j.record(entry(2))).unwrap();
         drop(j);
         let j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.entries(), [entry(1), entry(2)]);
-        j.clear(1).unwrap();
+        block_on(j.clear(1)).unwrap();
         let j = Journal::open(dir.path()).unwrap();
         assert_eq!(j.entries(), [entry(2)]);
     }
@@ -297,7 +376,7 @@ mod tests {
             // ...then another process stops a server and exits before crashing or settling.
             let other = Journal::open(dir.path()).unwrap();
             assert!(other.try_lock().unwrap());
-            other.record(entry(7)).unwrap();
+            block_on(other.record(entry(7))).unwrap();
         }
         assert!(late.try_lock().unwrap());
         assert_eq!(
@@ -421,7 +500,7 @@ mod tests {
         let j = Journal::open(dir.path()).unwrap();
         // A directory where the journal file should be makes every write fail.
         fs::create_dir(dir.path().join("power-journal.json.tmp")).unwrap();
-        assert!(j.record(entry(1)).is_err());
+        assert!(block_on(j.record(entry(1))).is_err());
         assert!(j.entries().is_empty());
     }
 

@@ -15,12 +15,13 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ServerId;
+use crate::shared::SharedState;
 use crate::state_file;
 
 const FILE_NAME: &str = "creates.jsonl";
@@ -71,6 +72,18 @@ pub enum LedgerError {
 pub struct Ledger {
     path: PathBuf,
     state: Mutex<State>,
+    /// With `[ha]`: records live there (written fenced), not in `state_dir`.
+    shared: Option<Arc<dyn SharedState>>,
+    /// Writers one at a time (a shared write is awaited without holding `state`).
+    writes: tokio::sync::Mutex<()>,
+}
+
+/// With `[ha]`: a record's key, under the cluster's prefix (the newest of each policy on each
+/// server, as in the file).
+const SHARED_SECTION: &str = "creates/";
+
+fn shared_key(record: &Record) -> String {
+    format!("{SHARED_SECTION}{}/{}", record.server, record.policy)
 }
 
 #[derive(Debug, Default)]
@@ -122,7 +135,43 @@ impl Ledger {
         Ok(Self {
             path,
             state: Mutex::new(state),
+            shared: None,
+            writes: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The ledger of a cluster (`[ha]`), read by [`Ledger::load_shared`].
+    pub fn shared(state_dir: &Path, shared: Arc<dyn SharedState>) -> Self {
+        Self {
+            path: state_dir.join(FILE_NAME),
+            state: Mutex::default(),
+            shared: Some(shared),
+            writes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// With `[ha]`: the records the cluster holds (when this host takes the lead).
+    pub async fn load_shared(&self) -> Result<(), LedgerError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let err = |message: String| LedgerError::Read {
+            path: self.path.clone(),
+            message,
+        };
+        let mut records = Vec::new();
+        for (key, value) in shared
+            .read(SHARED_SECTION)
+            .await
+            .map_err(|e| err(e.to_string()))?
+        {
+            records.push(
+                serde_json::from_str::<Record>(&value)
+                    .map_err(|e| err(format!("{key} is not a record: {e}")))?,
+            );
+        }
+        *self.lock() = State::from_records(records);
+        Ok(())
     }
 
     /// For a dry run or `plan`: what is on disk, never written. A ledger that is there but
@@ -138,6 +187,8 @@ impl Ledger {
         Ok(Self {
             path,
             state: Mutex::new(State::from_records(records)),
+            shared: None,
+            writes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -164,12 +215,27 @@ impl Ledger {
 
     /// Appends a record. One of [`Answer::Unknown`] is on disk (fsynced) when this returns
     /// `Ok`: only then may the create be sent. An answer that is lost in a crash leaves the
-    /// create unknown, which only makes the next run look harder.
-    pub fn record(&self, record: Record) -> Result<(), LedgerError> {
+    /// create unknown, which only makes the next run look harder. With `[ha]` it is one fenced
+    /// write: a host that no longer leads records nothing, and so creates nothing.
+    pub async fn record(&self, record: Record) -> Result<(), LedgerError> {
         let err = |source| LedgerError::Write {
             path: self.path.clone(),
             source,
         };
+        let _turn = self.writes.lock().await;
+        if let Some(shared) = &self.shared {
+            let key = shared_key(&record);
+            let written = if record.answer == Answer::Refused {
+                shared.write(Vec::new(), vec![key]).await
+            } else {
+                let value =
+                    serde_json::to_string(&record).map_err(|e| err(std::io::Error::other(e)))?;
+                shared.write(vec![(key, value)], Vec::new()).await
+            };
+            written.map_err(|e| err(std::io::Error::other(e)))?;
+            self.lock().keep(record);
+            return Ok(());
+        }
         let mut line = serde_json::to_vec(&record).map_err(|e| err(std::io::Error::other(e)))?;
         line.push(b'\n');
         let durable = record.answer == Answer::Unknown;
@@ -308,6 +374,13 @@ mod tests {
 
     use std::fs;
 
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     /// A create of `name` by the policy its name starts with (`nightly-1` → `nightly`).
     fn record(server: ServerId, name: &str, answer: Answer) -> Record {
         Record {
@@ -328,16 +401,16 @@ mod tests {
     fn a_sent_create_is_remembered_across_a_restart_with_its_newest_answer() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        ledger.record(record(1, "a-1", Answer::Unknown)).unwrap();
-        ledger.record(record(2, "a-1", Answer::Unknown)).unwrap();
-        ledger.record(record(2, "a-1", Answer::Created)).unwrap();
+        block_on(ledger.record(record(1, "a-1", Answer::Unknown))).unwrap();
+        block_on(ledger.record(record(2, "a-1", Answer::Unknown))).unwrap();
+        block_on(ledger.record(record(2, "a-1", Answer::Created))).unwrap();
         drop(ledger);
         let ledger = Ledger::open(dir.path()).unwrap();
         assert_eq!(sent(&ledger, 1, "a-1"), Some(Answer::Unknown));
         assert_eq!(sent(&ledger, 2, "a-1"), Some(Answer::Created));
         assert_eq!(sent(&ledger, 1, "a-2"), None);
         assert_eq!(sent(&ledger, 3, "a-1"), None);
-        ledger.record(record(2, "a-1", Answer::Refused)).unwrap();
+        block_on(ledger.record(record(2, "a-1", Answer::Refused))).unwrap();
         assert_eq!(
             sent(&ledger, 2, "a-1"),
             None,
@@ -350,13 +423,11 @@ mod tests {
     fn a_busier_policy_on_the_server_does_not_push_another_policys_create_out() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        ledger
-            .record(record(1, "daily-1", Answer::Unknown))
-            .unwrap();
+        block_on(ledger.record(record(1, "daily-1", Answer::Unknown))).unwrap();
         for i in 0..100 {
             let name = format!("minutely-{i}");
-            ledger.record(record(1, &name, Answer::Unknown)).unwrap();
-            ledger.record(record(1, &name, Answer::Created)).unwrap();
+            block_on(ledger.record(record(1, &name, Answer::Unknown))).unwrap();
+            block_on(ledger.record(record(1, &name, Answer::Created))).unwrap();
         }
         let ledger = Ledger::open(dir.path()).unwrap();
         assert_eq!(sent(&ledger, 1, "daily-1"), Some(Answer::Unknown));
@@ -395,7 +466,7 @@ mod tests {
         )
         .unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
-        ledger.record(record(2, "b-1", Answer::Unknown)).unwrap();
+        block_on(ledger.record(record(2, "b-1", Answer::Unknown))).unwrap();
 
         let ledger = Ledger::open(dir.path()).expect("the ledger reads after the append");
         assert_eq!(sent(&ledger, 1, "a-1"), Some(Answer::Created));
@@ -412,7 +483,7 @@ mod tests {
         std::os::unix::fs::symlink(&victim, dir.path().join(FILE_NAME)).unwrap();
         let ledger = Ledger::open(dir.path()).unwrap();
 
-        let refused = ledger.record(record(1, "a-1", Answer::Unknown));
+        let refused = block_on(ledger.record(record(1, "a-1", Answer::Unknown)));
 
         assert!(refused.is_err(), "a create recorded through a link");
         assert_eq!(
@@ -440,12 +511,8 @@ mod tests {
         let ledger = Ledger::open(dir.path()).unwrap();
         for i in 0..3_000u64 {
             let name = format!("p{}-{i}", i % 4);
-            ledger
-                .record(record(i % 10, &name, Answer::Unknown))
-                .unwrap();
-            ledger
-                .record(record(i % 10, &name, Answer::Created))
-                .unwrap();
+            block_on(ledger.record(record(i % 10, &name, Answer::Unknown))).unwrap();
+            block_on(ledger.record(record(i % 10, &name, Answer::Created))).unwrap();
         }
         let lines = fs::read_to_string(ledger.path()).unwrap().lines().count();
         assert!(lines <= 4 * 40 + 1024, "{lines} lines for 40 live records");

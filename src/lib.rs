@@ -24,6 +24,7 @@
 //!   is deleted, each with a reason.
 //! - [`hooks`]: pre/post hooks: argv commands in their own process group, killed at the timeout.
 //! - [`journal`]: the power journal that makes "a stopped server is started again" survive crashes.
+//! - [`shared`]: the state two hosts share (`[ha]`): writes fenced by the leader's epoch.
 //! - [`state_file`]: files in `state_dir` written and read so a crash loses nothing.
 //! - [`ledger`]: every create sent and its answer, so a lost answer never makes a name twice.
 //! - [`execute`]: the one place with effects: prepare (reads) → plan → apply (stop, create,
@@ -67,6 +68,7 @@ pub mod retry;
 pub mod runlog;
 pub mod schedule;
 pub mod scheduler;
+pub mod shared;
 pub mod shutdown;
 pub mod simulator;
 pub mod state_file;

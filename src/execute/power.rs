@@ -127,7 +127,7 @@ impl<P: Provider> Executor<P> {
             stopped_at: now,
             deadline: wall_after(now, budget),
         };
-        if let Err(e) = self.journal.record(entry) {
+        if let Err(e) = self.journal.record(entry).await {
             metrics::counter!("snapshot_scheduler_journal_failures_total").increment(1);
             match policy.on_journal_failure {
                 JournalFailure::Skip => anyhow::bail!(
@@ -166,7 +166,7 @@ impl<P: Provider> Executor<P> {
     pub async fn start_again(&self, server: ServerId) -> anyhow::Result<()> {
         match self.bring_up(server).await {
             Ok(Up::Running) => {
-                self.journal.clear(server)?;
+                self.journal.clear(server).await?;
                 self.alerted().remove(&server);
                 Ok(())
             }
@@ -178,7 +178,7 @@ impl<P: Provider> Executor<P> {
                 tracing::warn!("{message}");
                 // The entry goes with this alert, so it cannot repeat.
                 self.alert_left_stopped(server, &message);
-                self.journal.clear(server)?;
+                self.journal.clear(server).await?;
                 self.alerted().remove(&server);
                 Ok(())
             }

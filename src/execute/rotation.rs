@@ -499,7 +499,7 @@ impl<P: Provider> Executor<P> {
             at: self.clock.now(),
             answer,
         };
-        ledger.record(record(Answer::Unknown)).map_err(|e| {
+        ledger.record(record(Answer::Unknown)).await.map_err(|e| {
             anyhow::anyhow!("refusing to create snapshot {}: the create cannot be recorded ({e}); no snapshot taken", request.name)
         })?;
         let answer = self
@@ -513,7 +513,7 @@ impl<P: Provider> Executor<P> {
         };
         if let Some(outcome) = outcome {
             // Lost in a crash, the record stays "unknown": the next run only looks harder.
-            if let Err(e) = ledger.record(record(outcome)) {
+            if let Err(e) = ledger.record(record(outcome)).await {
                 tracing::warn!(error = %e, "could not record the create's answer");
             }
         }

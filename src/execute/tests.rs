@@ -211,6 +211,7 @@ async fn reconcile_waits_for_the_snapshot_in_progress_then_starts_the_server() {
             stopped_at: now,
             deadline: now + chrono::Duration::hours(1),
         })
+        .await
         .unwrap();
 
     let errors = rig.executor.reconcile().await;
@@ -244,6 +245,7 @@ async fn a_server_in_an_unknown_state_keeps_its_journal_entry() {
             stopped_at: now,
             deadline: now,
         })
+        .await
         .unwrap();
 
     let errors = rig.executor.reconcile().await;
@@ -717,6 +719,7 @@ async fn a_journal_entry_for_a_deleted_server_is_cleared_not_retried_forever() {
             stopped_at: now,
             deadline: now,
         })
+        .await
         .unwrap();
 
     let errors = rig.executor.reconcile().await;
@@ -828,6 +831,7 @@ async fn leftovers_are_settled_again_with_back_off_before_a_command_exits() {
             stopped_at: now,
             deadline: now,
         })
+        .await
         .unwrap();
     assert_eq!(
         rig.executor.reconcile().await.len(),
@@ -870,6 +874,7 @@ async fn a_listing_that_fails_does_not_keep_a_journaled_server_stopped() {
                 stopped_at: now,
                 deadline,
             })
+            .await
             .unwrap();
     }
 
@@ -936,6 +941,7 @@ async fn a_journal_deadline_far_ahead_is_capped_by_the_current_config() {
             stopped_at,
             deadline: "9999-12-31T23:59:59Z".parse().unwrap(),
         })
+        .await
         .unwrap();
     let started = Instant::now();
 
@@ -1261,4 +1267,44 @@ async fn faulty_run(provider: &LostAnswer, dir: &Path, policy: &Policy) -> Serve
     executor_on(provider.clone(), dir, settings(), Shutdown::new())
         .run_server(policy, WEB, slot(), None)
         .await
+}
+
+/// With `[ha]`, a host that does not lead can record neither the stop nor the create, so it
+/// sends neither: the fence comes before every provider write.
+#[tokio::test(start_paused = true)]
+async fn a_host_that_does_not_lead_sends_no_stop_and_no_create() {
+    use crate::ha::{memory::Memory, Fenced, Leadership};
+    let rig = Rig::new(SimConfig::default());
+    let store = Memory::new();
+    let link = Arc::new(store.link());
+    // Never campaigned: it does not lead.
+    let leadership = Leadership::new(
+        link.clone(),
+        "/snapshot-scheduler/t/",
+        "ops-2",
+        Duration::from_secs(15),
+    );
+    let fenced = Fenced::new(link, leadership, "/snapshot-scheduler/t/");
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TokioClock::starting_at("2025-01-15T02:30:05Z".parse().unwrap());
+    let executor = Executor::new(Parts {
+        journal: Arc::new(Journal::shared(dir.path(), Arc::new(fenced))),
+        ..parts(rig.sim.clone(), clock, dir.path())
+    });
+
+    for stop_server in [true, false] {
+        let report = executor
+            .run_server(&policy("nightly", stop_server), WEB, slot(), None)
+            .await;
+        assert_eq!(report.result, RunResult::Failed, "{}", report.message);
+        assert!(
+            report.message.contains("does not lead"),
+            "{}",
+            report.message
+        );
+    }
+    let stats = rig.sim.stats();
+    assert_eq!(stats.request_count("stop"), 0);
+    assert_eq!(stats.request_count("create"), 0);
+    assert_eq!(rig.status(), PowerState::Running);
 }

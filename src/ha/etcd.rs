@@ -55,6 +55,15 @@ impl Coordination for Etcd {
         }))
     }
 
+    async fn read_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, CoordError> {
+        Ok(self
+            .get_prefix(prefix)
+            .await?
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect())
+    }
+
     async fn write_if_leader(
         &self,
         key: &str,

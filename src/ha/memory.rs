@@ -163,6 +163,16 @@ impl Coordination for Link {
         }))
     }
 
+    async fn read_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, CoordError> {
+        let state = self.state()?;
+        Ok(state
+            .keys
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (v, _, _))| (k.clone(), v.clone()))
+            .collect())
+    }
+
     async fn write_if_leader(
         &self,
         key: &str,

@@ -71,6 +71,11 @@ pub trait Coordination: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Claim, CoordError>> + Send;
     /// Who holds `key`, if anyone.
     fn holder(&self, key: &str) -> impl Future<Output = Result<Option<Holder>, CoordError>> + Send;
+    /// Every key under `prefix`, with its value.
+    fn read_prefix(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, CoordError>> + Send;
     /// Puts and deletes, in one transaction that holds only while `key` was created at
     /// `epoch` (this node still leads): `false`, and nothing written, when it does not.
     fn write_if_leader(
@@ -297,6 +302,84 @@ impl<C: Coordination> Leadership<C> {
                 Err(e) => tracing::warn!(error = %e, "could not renew the lease; trying again"),
             }
         }
+    }
+}
+
+/// The shared state of a cluster, written fenced by this node's leadership: what the journal
+/// and the create ledger use with `[ha]`.
+pub struct Fenced<C> {
+    store: Arc<C>,
+    leadership: Arc<Leadership<C>>,
+    prefix: String,
+}
+
+impl<C> std::fmt::Debug for Fenced<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fenced")
+            .field("prefix", &self.prefix)
+            .field("node", &self.leadership.node)
+            .finish()
+    }
+}
+
+impl<C: Coordination> Fenced<C> {
+    pub fn new(store: Arc<C>, leadership: Arc<Leadership<C>>, prefix: &str) -> Self {
+        Self {
+            store,
+            leadership,
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+impl<C: Coordination> crate::shared::SharedState for Fenced<C> {
+    fn write(
+        &self,
+        puts: Vec<(String, String)>,
+        deletes: Vec<String>,
+    ) -> crate::shared::Boxed<'_, Result<(), crate::shared::SharedError>> {
+        use crate::shared::SharedError;
+        Box::pin(async move {
+            let epoch = self
+                .leadership
+                .acting_epoch()
+                .ok_or(SharedError::NotLeading)?;
+            let puts = puts
+                .into_iter()
+                .map(|(k, v)| (format!("{}{k}", self.prefix), v))
+                .collect();
+            let deletes = deletes
+                .into_iter()
+                .map(|k| format!("{}{k}", self.prefix))
+                .collect();
+            match self
+                .store
+                .write_if_leader(self.leadership.key(), epoch, puts, deletes)
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(SharedError::NotLeading),
+                Err(e) => Err(SharedError::Unavailable(e.to_string())),
+            }
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        section: &'a str,
+    ) -> crate::shared::Boxed<'a, Result<Vec<(String, String)>, crate::shared::SharedError>> {
+        Box::pin(async move {
+            let under = format!("{}{section}", self.prefix);
+            let found = self
+                .store
+                .read_prefix(&under)
+                .await
+                .map_err(|e| crate::shared::SharedError::Unavailable(e.to_string()))?;
+            Ok(found
+                .into_iter()
+                .map(|(k, v)| (k[self.prefix.len()..].to_owned(), v))
+                .collect())
+        })
     }
 }
 

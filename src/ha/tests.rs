@@ -29,6 +29,16 @@ fn node(store: &Memory, name: &str) -> Node {
     }
 }
 
+/// Two nodes on one store, `ops-1` started first (so it leads), after two seconds.
+async fn two_nodes() -> (Memory, Node, Node) {
+    let store = Memory::new();
+    let a = node(&store, "ops-1");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let b = node(&store, "ops-2");
+    step_until(&[&a, &b], Duration::from_secs(2), || false).await;
+    (store, a, b)
+}
+
 /// Steps time by `step` up to `total`, checking after each step that at most one node may
 /// act; returns how long it took until `done` held, if it did.
 async fn step_until(nodes: &[&Node], total: Duration, done: impl Fn() -> bool) -> Option<Duration> {
@@ -76,11 +86,7 @@ async fn one_of_two_nodes_leads_and_the_other_names_it() {
 /// standby leads only after, with a higher epoch, and the old epoch can write nothing.
 #[tokio::test(start_paused = true)]
 async fn a_leader_cut_off_fences_itself_before_the_standby_leads() {
-    let store = Memory::new();
-    let a = node(&store, "ops-1");
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let b = node(&store, "ops-2");
-    step_until(&[&a, &b], Duration::from_secs(2), || false).await;
+    let (store, a, b) = two_nodes().await;
     let old = a.leadership.acting_epoch().expect("a leads");
 
     a.link.cut();
@@ -118,11 +124,7 @@ async fn a_leader_cut_off_fences_itself_before_the_standby_leads() {
 /// not after a TTL.
 #[tokio::test(start_paused = true)]
 async fn a_leader_that_shuts_down_hands_over_at_once() {
-    let store = Memory::new();
-    let a = node(&store, "ops-1");
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let b = node(&store, "ops-2");
-    step_until(&[&a, &b], Duration::from_secs(2), || false).await;
+    let (_store, a, b) = two_nodes().await;
     assert!(a.leadership.acting_epoch().is_some());
 
     a.stop.cancel();
@@ -137,11 +139,7 @@ async fn a_leader_that_shuts_down_hands_over_at_once() {
 /// With the store out of reach of both, nobody acts; once it is back, one node leads.
 #[tokio::test(start_paused = true)]
 async fn nobody_acts_while_the_store_is_out_of_reach_and_one_leads_after() {
-    let store = Memory::new();
-    let a = node(&store, "ops-1");
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let b = node(&store, "ops-2");
-    step_until(&[&a, &b], Duration::from_secs(2), || false).await;
+    let (_store, a, b) = two_nodes().await;
 
     a.link.cut();
     b.link.cut();
@@ -159,4 +157,65 @@ async fn nobody_acts_while_the_store_is_out_of_reach_and_one_leads_after() {
     step_until(&[&a, &b], TTL * 3, one)
         .await
         .expect("one node leads again");
+}
+
+fn stop_entry(server: crate::model::ServerId) -> crate::journal::Entry {
+    let t: chrono::DateTime<chrono::Utc> = "2025-01-15T02:30:00Z".parse().unwrap();
+    crate::journal::Entry {
+        server,
+        policy: "nightly".into(),
+        snapshot: "nightly-20250115T023000Z".into(),
+        stopped_at: t,
+        deadline: t + chrono::Duration::minutes(50),
+    }
+}
+
+fn shared_journal(n: &Node) -> crate::journal::Journal {
+    let fenced = Fenced::new(Arc::new(n.link.clone()), n.leadership.clone(), PREFIX);
+    crate::journal::Journal::shared(std::path::Path::new("/nonexistent"), Arc::new(fenced))
+}
+
+/// With `[ha]` the stops and creates a leader records live in the shared store: the next
+/// leader reads them when it takes over (and starts the server its predecessor left stopped);
+/// a host that does not lead records nothing, so it stops and creates nothing.
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_reads_what_the_old_one_recorded_and_a_standby_records_nothing() {
+    use crate::ledger::{Answer, Record};
+    let (store, a, b) = two_nodes().await;
+    assert!(a.leadership.acting_epoch().is_some());
+
+    let standby = shared_journal(&b);
+    let refused = standby.record(stop_entry(7)).await;
+    assert!(refused.is_err(), "a standby recorded a stop");
+    assert!(standby.entries().is_empty());
+
+    let leader = shared_journal(&a);
+    leader.record(stop_entry(7)).await.unwrap();
+    let create = Record {
+        server: 8,
+        policy: "nightly".into(),
+        name: "nightly-20250115T023000Z".into(),
+        at: "2025-01-15T02:30:01Z".parse().unwrap(),
+        answer: Answer::Unknown,
+    };
+    leader.creates().record(create.clone()).await.unwrap();
+
+    a.link.cut();
+    step_until(&[&a, &b], TTL * 3, || b.leadership.acting_epoch().is_some())
+        .await
+        .expect("the standby leads");
+    assert!(
+        leader.record(stop_entry(9)).await.is_err(),
+        "a fenced host recorded a stop"
+    );
+    let next = shared_journal(&b);
+    next.load_shared().await.unwrap();
+    assert_eq!(next.entries(), [stop_entry(7)]);
+    assert_eq!(
+        next.creates()
+            .sent(8, "nightly", "nightly-20250115T023000Z"),
+        Some(create)
+    );
+    next.clear(7).await.unwrap();
+    assert!(store.under(&format!("{PREFIX}journal/")).is_empty());
 }

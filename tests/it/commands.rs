@@ -345,6 +345,7 @@ async fn restore_settles_only_its_own_servers_journal_entry() {
                 stopped_at: stopped,
                 deadline: stopped + chrono::Duration::minutes(50),
             })
+            .await
             .expect("record");
     }
     drop(journal);
@@ -384,6 +385,7 @@ async fn restore_refuses_a_server_the_daemon_has_stopped_for_a_snapshot() {
             stopped_at: stopped,
             deadline: stopped + chrono::Duration::minutes(50),
         })
+        .await
         .expect("record");
     let out = run(bin()
         .arg("-c")
