@@ -418,6 +418,21 @@ mod tests {
         );
     }
 
+    /// A create another process recorded after this one opened the ledger (before it took the
+    /// state lock) is seen once the ledger is read again under the lock.
+    #[test]
+    fn a_create_recorded_by_another_process_before_the_lock_is_seen_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let late = Ledger::open(dir.path()).unwrap();
+        {
+            let other = Ledger::open(dir.path()).unwrap();
+            block_on(other.record(record(1, "a-1", Answer::Unknown))).unwrap();
+        }
+        assert_eq!(sent(&late, 1, "a-1"), None);
+        late.reload().unwrap();
+        assert_eq!(sent(&late, 1, "a-1"), Some(Answer::Unknown));
+    }
+
     /// However often other policies on the server create, a policy's newest create stays.
     #[test]
     fn a_busier_policy_on_the_server_does_not_push_another_policys_create_out() {
