@@ -251,6 +251,16 @@ impl Journal {
         self.recorded.notified().await;
     }
 
+    /// With `[ha]`: `Ok` only while this host leads (one fenced transaction that writes
+    /// nothing), checked right before a delete, which has no record of its own to write.
+    /// Without `[ha]`, always `Ok`: the state lock is this process's.
+    pub async fn fence(&self) -> Result<(), JournalError> {
+        match &self.shared {
+            Some(shared) => Ok(shared.write(Vec::new(), Vec::new()).await?),
+            None => Ok(()),
+        }
+    }
+
     /// Forgets the entry of a server that runs again.
     pub async fn clear(&self, server: ServerId) -> Result<(), JournalError> {
         let _turn = self.writes.lock().await;

@@ -341,6 +341,7 @@ impl<P: Provider> Executor<P> {
     ) -> anyhow::Result<()> {
         for d in plan.deletes_now().chain(plan.deletes_before_create()) {
             tracing::info!(delete = %d.name, "{}", d.reason);
+            self.journal.fence().await?;
             self.provider.delete_snapshot(d.snapshot_id).await?;
             metrics::counter!("snapshot_scheduler_snapshots_deleted_total", "policy" => policy.name.clone()).increment(1);
             report.deleted.push(d.name.clone());
@@ -403,7 +404,14 @@ impl<P: Provider> Executor<P> {
         );
         for d in second.deletes_now() {
             tracing::info!(delete = %d.name, "{}", d.reason);
-            match self.provider.delete_snapshot(d.snapshot_id).await {
+            let deleted = match self.journal.fence().await {
+                Ok(()) => self.provider.delete_snapshot(d.snapshot_id).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, snapshot = %d.name, "could not prune; the next run tries again");
+                    continue;
+                }
+            };
+            match deleted {
                 Ok(()) => {
                     metrics::counter!("snapshot_scheduler_snapshots_deleted_total", "policy" => policy.name.clone()).increment(1);
                     report.deleted.push(d.name.clone());

@@ -1270,9 +1270,10 @@ async fn faulty_run(provider: &LostAnswer, dir: &Path, policy: &Policy) -> Serve
 }
 
 /// With `[ha]`, a host that does not lead can record neither the stop nor the create, so it
-/// sends neither: the fence comes before every provider write.
+/// sends neither, and its fence before a delete fails: the fence comes before every provider
+/// write.
 #[tokio::test(start_paused = true)]
-async fn a_host_that_does_not_lead_sends_no_stop_and_no_create() {
+async fn a_host_that_does_not_lead_sends_no_stop_no_create_and_no_delete() {
     use crate::ha::{memory::Memory, Fenced, Leadership};
     let rig = Rig::new(SimConfig::default());
     let store = Memory::new();
@@ -1303,8 +1304,23 @@ async fn a_host_that_does_not_lead_sends_no_stop_and_no_create() {
             report.message
         );
     }
+    // A slot already taken, with one more snapshot than `keep`: the prune is fenced too.
+    let day = |n: i64| slot() - chrono::Duration::days(n);
+    for (name, at) in [
+        ("nightly-20250113T023000Z", day(2)),
+        ("nightly-20250114T023000Z", day(1)),
+        (NAME, slot()),
+    ] {
+        rig.sim
+            .add_snapshot(WEB, name, SnapshotStatus::Completed, at);
+    }
+    let report = executor
+        .run_server(&policy("nightly", false), WEB, slot(), None)
+        .await;
+    assert_eq!(report.result, RunResult::Failed, "{}", report.message);
     let stats = rig.sim.stats();
     assert_eq!(stats.request_count("stop"), 0);
     assert_eq!(stats.request_count("create"), 0);
+    assert_eq!(stats.request_count("delete"), 0);
     assert_eq!(rig.status(), PowerState::Running);
 }
