@@ -219,3 +219,83 @@ async fn a_new_leader_reads_what_the_old_one_recorded_and_a_standby_records_noth
     next.clear(7).await.unwrap();
     assert!(store.under(&format!("{PREFIX}journal/")).is_empty());
 }
+
+/// A day of random trouble on paused time: links cut and mended, nodes crashed (no hand-over)
+/// and restarted, clean restarts. At no step do two nodes act, and whenever one node has been
+/// able to reach the store for longer than a lease and a campaign take, one leads.
+#[tokio::test(start_paused = true)]
+async fn a_day_of_cuts_and_crashes_never_has_two_acting_nodes() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let store = Memory::new();
+    let mut nodes = [node(&store, "ops-1"), node(&store, "ops-2")];
+    // Since when each node has been up and linked (None: it is not).
+    let mut reachable_since = [Some(Instant::now()), Some(Instant::now())];
+    let step = Duration::from_millis(250);
+    let bound = TTL + Duration::from_secs(3);
+    let (mut failovers, mut last_leader, mut longest_gap) = (0, None::<String>, Duration::ZERO);
+    let mut leaderless_since: Option<Instant> = None;
+    let day = Instant::now() + Duration::from_secs(86_400);
+    while Instant::now() < day {
+        if rng.random_bool(0.005) {
+            let i = rng.random_range(0..2);
+            match rng.random_range(0..4) {
+                0 => {
+                    nodes[i].link.cut();
+                    reachable_since[i] = None;
+                }
+                1 => {
+                    nodes[i].link.mend();
+                    reachable_since[i].get_or_insert(Instant::now());
+                }
+                2 => {
+                    // A crash: no revoke, the lease runs out on its own.
+                    nodes[i].task.abort();
+                    let name = nodes[i].leadership.node().to_owned();
+                    nodes[i] = node(&store, &name);
+                    reachable_since[i] = Some(Instant::now());
+                }
+                _ => {
+                    nodes[i].stop.cancel();
+                    let name = nodes[i].leadership.node().to_owned();
+                    nodes[i] = node(&store, &name);
+                    reachable_since[i] = Some(Instant::now());
+                }
+            }
+        }
+        tokio::time::sleep(step).await;
+        let acting: Vec<&str> = nodes
+            .iter()
+            .filter(|n| n.leadership.acting_epoch().is_some())
+            .map(|n| n.leadership.node())
+            .collect();
+        assert!(acting.len() <= 1, "two nodes act at once: {acting:?}");
+        match acting.first() {
+            Some(name) => {
+                if last_leader.as_deref() != Some(name) {
+                    failovers += 1;
+                    last_leader = Some((*name).to_owned());
+                }
+                leaderless_since = None;
+            }
+            None => {
+                let since = *leaderless_since.get_or_insert(Instant::now());
+                let able = reachable_since
+                    .iter()
+                    .flatten()
+                    .any(|t| t.elapsed() > bound && since.elapsed() > bound);
+                assert!(
+                    !able,
+                    "nobody leads for {:?} though a node has reached the store for {bound:?}",
+                    since.elapsed()
+                );
+                longest_gap = longest_gap.max(since.elapsed());
+            }
+        }
+    }
+    assert!(
+        failovers > 10,
+        "only {failovers} leaders in a day: the trouble was too mild"
+    );
+    eprintln!("a day: {failovers} leaders, longest stretch without one {longest_gap:?}");
+}
