@@ -39,18 +39,23 @@ async fn two_nodes() -> (Memory, Node, Node) {
     (store, a, b)
 }
 
+/// The node that may act now, if one may; fails when two may.
+fn the_one_acting<'a>(nodes: impl Iterator<Item = &'a Node>) -> Option<&'a str> {
+    let acting: Vec<&str> = nodes
+        .filter(|n| n.leadership.acting_epoch().is_some())
+        .map(|n| n.leadership.node())
+        .collect();
+    assert!(acting.len() <= 1, "two nodes act at once: {acting:?}");
+    acting.first().copied()
+}
+
 /// Steps time by `step` up to `total`, checking after each step that at most one node may
 /// act; returns how long it took until `done` held, if it did.
 async fn step_until(nodes: &[&Node], total: Duration, done: impl Fn() -> bool) -> Option<Duration> {
     let start = Instant::now();
     let step = Duration::from_millis(50);
     while start.elapsed() < total {
-        let acting: Vec<&str> = nodes
-            .iter()
-            .filter(|n| n.leadership.acting_epoch().is_some())
-            .map(|n| n.leadership.node())
-            .collect();
-        assert!(acting.len() <= 1, "two nodes act at once: {acting:?}");
+        the_one_acting(nodes.iter().copied());
         if done() {
             return Some(start.elapsed());
         }
@@ -264,17 +269,11 @@ async fn a_day_of_cuts_and_crashes_never_has_two_acting_nodes() {
             }
         }
         tokio::time::sleep(step).await;
-        let acting: Vec<&str> = nodes
-            .iter()
-            .filter(|n| n.leadership.acting_epoch().is_some())
-            .map(|n| n.leadership.node())
-            .collect();
-        assert!(acting.len() <= 1, "two nodes act at once: {acting:?}");
-        match acting.first() {
+        match the_one_acting(nodes.iter()) {
             Some(name) => {
                 if last_leader.as_deref() != Some(name) {
                     failovers += 1;
-                    last_leader = Some((*name).to_owned());
+                    last_leader = Some(name.to_owned());
                 }
                 leaderless_since = None;
             }
