@@ -14,6 +14,14 @@ use crate::provider::{ApiError, ListedPage, Provider, Scope};
 use crate::schedule::Schedule;
 use crate::simulator::{SimConfig, Simulator};
 
+/// Runs `f` to completion, for a synchronous test of an `async` call.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a test runtime")
+        .block_on(f)
+}
+
 /// `name` at 02:30 UTC daily on server 1, keeping 2, with every other key at its default.
 pub fn policy(name: &str) -> Policy {
     policy_at(name, "30 2 * * *", Tz::UTC)

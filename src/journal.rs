@@ -107,30 +107,41 @@ impl Journal {
             source,
         })?;
         let entries = read_entries(&path)?;
-        Ok(Self {
-            path,
+        Ok(Self::with(
+            state_dir,
+            entries,
+            Ledger::open(state_dir)?,
+            None,
+        ))
+    }
+
+    fn with(
+        state_dir: &Path,
+        entries: Vec<Entry>,
+        creates: Ledger,
+        shared: Option<Arc<dyn SharedState>>,
+    ) -> Self {
+        Self {
+            path: state_dir.join(FILE_NAME),
             entries: Mutex::new(entries),
             recorded: tokio::sync::Notify::new(),
             lock: std::sync::OnceLock::new(),
-            creates: Ledger::open(state_dir)?,
-            shared: None,
+            creates,
+            shared,
             writes: tokio::sync::Mutex::new(()),
-        })
+        }
     }
 
     /// A journal that is neither read nor created, for a dry run: it changes nothing, so it
     /// must not need the state directory, let alone create it (as root, 0755) or write to it.
     /// Its create ledger is read, if there is one: `plan` says what the run would.
     pub fn detached(state_dir: &Path) -> Result<Self, JournalError> {
-        Ok(Self {
-            path: state_dir.join(FILE_NAME),
-            entries: Mutex::default(),
-            recorded: tokio::sync::Notify::new(),
-            lock: std::sync::OnceLock::new(),
-            creates: Ledger::detached(state_dir)?,
-            shared: None,
-            writes: tokio::sync::Mutex::new(()),
-        })
+        Ok(Self::with(
+            state_dir,
+            Vec::new(),
+            Ledger::detached(state_dir)?,
+            None,
+        ))
     }
 
     pub fn path(&self) -> &Path {
@@ -150,15 +161,8 @@ impl Journal {
     /// from it by [`Journal::load_shared`] when this host takes the lead. `state_dir` names
     /// nothing here but appears in messages.
     pub fn shared(state_dir: &Path, shared: Arc<dyn SharedState>) -> Self {
-        Self {
-            path: state_dir.join(FILE_NAME),
-            entries: Mutex::default(),
-            recorded: tokio::sync::Notify::new(),
-            lock: std::sync::OnceLock::new(),
-            creates: Ledger::shared(state_dir, shared.clone()),
-            shared: Some(shared),
-            writes: tokio::sync::Mutex::new(()),
-        }
+        let creates = Ledger::shared(state_dir, shared.clone());
+        Self::with(state_dir, Vec::new(), creates, Some(shared))
     }
 
     /// With `[ha]`, when this host takes the lead: every stop and create the cluster recorded
@@ -331,12 +335,7 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
 mod tests {
     use super::*;
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::fixtures::block_on;
 
     fn entry(server: ServerId) -> Entry {
         let t: DateTime<Utc> = "2025-01-15T02:30:00Z".parse().unwrap();

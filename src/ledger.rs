@@ -374,12 +374,7 @@ mod tests {
 
     use std::fs;
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::fixtures::block_on;
 
     /// A create of `name` by the policy its name starts with (`nightly-1` → `nightly`).
     fn record(server: ServerId, name: &str, answer: Answer) -> Record {

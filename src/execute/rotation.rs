@@ -487,9 +487,7 @@ impl<P: Provider> Executor<P> {
             }
         }
     }
-}
 
-impl<P: Provider> Executor<P> {
     /// Records the create in the ledger (durably) before it is sent, and its answer after:
     /// a later run in this slot then never sends the name again while its answer is unknown.
     /// A create that cannot be recorded is not sent. Once the shutdown hurries, a create whose

@@ -36,6 +36,15 @@ impl State {
         }
     }
 
+    /// Every key under `prefix`, with its value.
+    fn under(&self, prefix: &str) -> Vec<(String, String)> {
+        self.keys
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (v, _, _))| (k.clone(), v.clone()))
+            .collect()
+    }
+
     fn drop_lease(&mut self, id: LeaseId) {
         self.leases.remove(&id);
         self.keys.retain(|_, (_, _, lease)| *lease != Some(id));
@@ -73,12 +82,7 @@ impl Memory {
     pub fn under(&self, prefix: &str) -> Vec<(String, String)> {
         let mut state = self.state.lock().unwrap();
         state.expire();
-        state
-            .keys
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (v, _, _))| (k.clone(), v.clone()))
-            .collect()
+        state.under(prefix)
     }
 }
 
@@ -164,13 +168,7 @@ impl Coordination for Link {
     }
 
     async fn read_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, CoordError> {
-        let state = self.state()?;
-        Ok(state
-            .keys
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (v, _, _))| (k.clone(), v.clone()))
-            .collect())
+        Ok(self.state()?.under(prefix))
     }
 
     async fn write_if_leader(

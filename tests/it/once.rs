@@ -512,12 +512,7 @@ async fn plan_says_skip_like_once_for_a_restoring_server_of_a_stop_server_policy
 #[tokio::test]
 async fn plan_dry_run_and_once_agree_on_a_create_whose_answer_was_lost() {
     let setup = Setup::new(&[WEB], quick(), &policy("nightly", YEARLY, &[WEB], ""), "").await;
-    let out = setup.run(&["plan", "--json"]).await;
-    let plans: Value = serde_json::from_str(&stdout(&out)).expect("plan --json is JSON");
-    let name = plans[0]["outcome"]["name"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a create: {plans:#}"))
-        .to_owned();
+    let name = slot_name("nightly", YEARLY);
     let state = setup.scratch.state_dir();
     std::fs::create_dir_all(&state).expect("mkdir state");
     let ledger = state.join("creates.jsonl");
@@ -641,17 +636,23 @@ async fn a_dry_run_exits_1_when_the_real_run_would_fail() {
     assert!(summary_line(&dry, OK, "nightly").contains("dry-run"));
 }
 
-/// An own failed snapshot of the current slot leaves the slot without a good snapshot: the
-/// run fails (and says the next fire takes a new slot); it is not "unchanged", which counts
-/// as a success (and may send `recovered`).
-#[tokio::test]
-async fn a_failed_snapshot_of_the_current_slot_fails_the_run_not_unchanged() {
+/// Two good snapshots of `nightly` on WEB, and a failed one of its current slot.
+async fn with_a_failed_snapshot_of_the_slot() -> Setup {
     let setup = Setup::new(&[WEB], quick(), &policy("nightly", YEARLY, &[WEB], ""), "").await;
     seed(&setup.sim, WEB, &[OLDEST, OLDER]);
     let new = slot_name("nightly", YEARLY);
     setup
         .sim
         .add_snapshot(WEB, &new, SnapshotStatus::Failed, Utc::now());
+    setup
+}
+
+/// An own failed snapshot of the current slot leaves the slot without a good snapshot: the
+/// run fails (and says the next fire takes a new slot); it is not "unchanged", which counts
+/// as a success (and may send `recovered`).
+#[tokio::test]
+async fn a_failed_snapshot_of_the_current_slot_fails_the_run_not_unchanged() {
+    let setup = with_a_failed_snapshot_of_the_slot().await;
 
     let out = setup.run(&["once"]).await;
 
@@ -677,12 +678,7 @@ async fn a_failed_snapshot_of_the_current_slot_fails_the_run_not_unchanged() {
 /// slot: a FAILED line, `completed: false` in `--json`, and a dry run exiting 1.
 #[tokio::test]
 async fn plan_and_dry_run_say_failed_like_once_for_a_failed_snapshot_of_the_current_slot() {
-    let setup = Setup::new(&[WEB], quick(), &policy("nightly", YEARLY, &[WEB], ""), "").await;
-    seed(&setup.sim, WEB, &[OLDEST, OLDER]);
-    let new = slot_name("nightly", YEARLY);
-    setup
-        .sim
-        .add_snapshot(WEB, &new, SnapshotStatus::Failed, Utc::now());
+    let setup = with_a_failed_snapshot_of_the_slot().await;
 
     let out = setup.run(&["plan"]).await;
 
@@ -702,6 +698,7 @@ async fn plan_and_dry_run_say_failed_like_once_for_a_failed_snapshot_of_the_curr
     assert_eq!(code(&dry), Some(1), "{}", explain(&dry));
     let line = summary_line(&dry, WEB, "nightly");
     assert!(line.contains("FAILED"), "{line}");
+    let new = slot_name("nightly", YEARLY);
     assert!(line.contains(&format!("would delete {new}")), "{line}");
     let stats = setup.sim.stats();
     for endpoint in ["create", "delete"] {
