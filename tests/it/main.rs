@@ -14,6 +14,7 @@ mod etcd_support;
 mod faults;
 mod fuzz_smoke;
 mod hostile;
+mod layout;
 mod once;
 mod requests;
 mod restarts;
