@@ -563,6 +563,10 @@ struct TxnResponse {
 
 #[derive(Deserialize)]
 struct Range {
+    /// Always there in etcd's answer (cluster, member, revision): an answer without it is
+    /// not etcd's, whatever else it says.
+    #[serde(rename = "header")]
+    _header: serde::de::IgnoredAny,
     #[serde(default)]
     kvs: Vec<RawKv>,
 }

@@ -104,6 +104,16 @@ impl<P: Provider> Executor<P> {
                 _ => return (false, Ok(None)),
             }
         }
+        // A shutdown that began while the server was stopping takes no snapshot: the
+        // shutdown may hurry (and start the server) any moment, under a snapshot in progress.
+        if stopped_by_us && self.shutdown.is_stopping() {
+            return (
+                true,
+                Err(anyhow::anyhow!(
+                    "shutting down: no snapshot taken of the stopped server; it is started again"
+                )),
+            );
+        }
         let result = self.create_and_wait(policy, server, name, turn).await;
         (stopped_by_us, result.map(Some))
     }

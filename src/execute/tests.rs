@@ -1324,3 +1324,32 @@ async fn a_host_that_does_not_lead_sends_no_stop_no_create_and_no_delete() {
     assert_eq!(stats.request_count("delete"), 0);
     assert_eq!(rig.status(), PowerState::Running);
 }
+
+/// A shutdown that begins while the server is stopping (the daemon's grace not yet over)
+/// takes no snapshot of it: a create sent now could still be in progress when the shutdown
+/// hurries and starts the server under it. The server is started again, nothing is created.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_begun_while_the_server_stops_sends_no_create_and_starts_it_again() {
+    let rig = Rig::new(SimConfig {
+        power_delay: Duration::from_secs(20),
+        ..SimConfig::default()
+    });
+    let shutdown = Shutdown::new();
+    let dir = tempfile::tempdir().unwrap();
+    let executor = executor_on(rig.sim.clone(), dir.path(), settings(), shutdown.clone());
+    let run = tokio::spawn(async move {
+        executor
+            .run_server(&policy("nightly", true), WEB, slot(), None)
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(rig.sim.stats().request_count("stop"), 1);
+
+    shutdown.begin();
+    let report = run.await.unwrap();
+
+    assert_eq!(report.result, RunResult::Failed, "{}", report.message);
+    assert_eq!(rig.sim.stats().request_count("create"), 0);
+    assert_eq!(rig.status(), PowerState::Running);
+    assert!(Journal::open(dir.path()).unwrap().entries().is_empty());
+}

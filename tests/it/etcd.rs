@@ -351,6 +351,17 @@ async fn an_answer_that_is_not_etcds_is_an_error_naming_the_call_and_field() {
         "{text}"
     );
 
+    // Any HTTP server answering `{}`: no `header`, so not etcd (not "no leader").
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v3/kv/range"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+        .mount(&server)
+        .await;
+    let url = Url::parse(&server.uri()).expect("url");
+    let err = client(&[&url]).get("x").await.expect_err("not etcd");
+    assert!(err.to_string().contains("header"), "{err}");
+
     // An answer cut off mid-body: the connection closes before the announced length.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
