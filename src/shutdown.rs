@@ -1,6 +1,6 @@
 //! One shutdown for every acting command (`run` and `once`). The first SIGTERM or SIGINT
-//! *begins* it: no new work is taken and no server is stopped from then on. Then, at once for
-//! `once` and after `shutdown_grace` for the daemon, it *hurries*: every wait ends, every
+//! *begins* it: no new work is taken, no server is stopped, and one stopping gets no snapshot.
+//! Then, at once for `once` and after `shutdown_grace` for the daemon, it *hurries*: every wait ends, every
 //! server this process stopped is started again, post hooks run with `RESULT=failure`. A
 //! second signal exits at once; the power journal on disk lets the next start settle the rest.
 //!
