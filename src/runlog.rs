@@ -6,10 +6,14 @@
 //! large fleet does not rewrite the file thousands of times. A handled slot is written at
 //! once, before the fire's work begins, so a crash mid-run does not make the next start run
 //! the slot again.
+//!
+//! With `[ha]` both live in the cluster's shared state instead (`handled/<policy>` and
+//! `runs/<policy>/<server>`, written fenced), so `status` reads the same on either host and a
+//! new leader catches up only the slots nobody handled.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,10 +22,26 @@ use crate::model::ServerId;
 use crate::policy::Policy;
 use crate::report::RunResult;
 use crate::scheduler::Recorded;
+use crate::shared::{SharedError, SharedState};
 use crate::state_file::write_atomic;
 
 const FILE_NAME: &str = "last-runs.json";
 const HANDLED_FILE_NAME: &str = "handled-slots.json";
+const RUNS_SECTION: &str = "runs/";
+const HANDLED_SECTION: &str = "handled/";
+/// Last runs per shared transaction: etcd takes at most 128 operations in one.
+const PUTS_PER_WRITE: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunLogError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("run log (shared): {0}")]
+    Shared(#[from] SharedError),
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastRun {
@@ -51,8 +71,8 @@ pub struct Handled {
 #[derive(Debug, Default)]
 struct State {
     runs: BTreeMap<String, LastRun>,
-    /// Runs recorded since the last flush.
-    dirty: bool,
+    /// The keys of the runs recorded since the last flush.
+    dirty: BTreeSet<String>,
     handled: BTreeMap<String, Handled>,
 }
 
@@ -61,6 +81,8 @@ pub struct RunLog {
     path: PathBuf,
     handled_path: PathBuf,
     state: Mutex<State>,
+    /// With `[ha]`: where the records live (written fenced), instead of `state_dir`.
+    shared: Option<Arc<dyn SharedState>>,
 }
 
 fn key(policy: &str, server: ServerId) -> String {
@@ -93,14 +115,62 @@ impl RunLog {
         let handled_path = state_dir.join(HANDLED_FILE_NAME);
         let state = State {
             runs: read_or_default(&path),
-            dirty: false,
+            dirty: BTreeSet::new(),
             handled: read_or_default(&handled_path),
         };
         Self {
             path,
             handled_path,
             state: Mutex::new(state),
+            shared: None,
         }
+    }
+
+    /// The run log of a cluster (`[ha]`), empty until [`RunLog::load_shared`] reads it.
+    /// `state_dir` appears in messages only.
+    pub fn shared(state_dir: &Path, shared: Arc<dyn SharedState>) -> Self {
+        Self {
+            path: state_dir.join(FILE_NAME),
+            handled_path: state_dir.join(HANDLED_FILE_NAME),
+            state: Mutex::new(State::default()),
+            shared: Some(shared),
+        }
+    }
+
+    /// With `[ha]`: reads the cluster's last runs and handled slots (when this host takes the
+    /// lead, and for `status`). A record that does not read is skipped, and said: a last run
+    /// is for people, and a policy without its handled slot waits for its next fire.
+    pub async fn load_shared(&self) -> Result<(), SharedError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let handled = shared.read(HANDLED_SECTION).await?;
+        let runs = shared.read(RUNS_SECTION).await?;
+        let mut state = State::default();
+        for (key, value) in handled {
+            match serde_json::from_str::<Handled>(&value) {
+                Ok(h) => {
+                    state
+                        .handled
+                        .insert(key[HANDLED_SECTION.len()..].to_owned(), h);
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "cannot read this record; going on without it")
+                }
+            }
+        }
+        for (key, value) in runs {
+            match serde_json::from_str::<LastRun>(&value) {
+                Ok(run) => {
+                    state.runs.insert(self::key(&run.policy, run.server), run);
+                }
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "cannot read this record; going on without it")
+                }
+            }
+        }
+        *self.state() = state;
+        Ok(())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -109,8 +179,9 @@ impl RunLog {
 
     pub fn record(&self, run: LastRun) {
         let mut state = self.state();
-        state.runs.insert(key(&run.policy, run.server), run);
-        state.dirty = true;
+        let key = key(&run.policy, run.server);
+        state.runs.insert(key.clone(), run);
+        state.dirty.insert(key);
     }
 
     pub fn get(&self, policy: &str, server: ServerId) -> Option<LastRun> {
@@ -118,18 +189,47 @@ impl RunLog {
     }
 
     /// Writes what changed since the last flush.
-    pub fn flush(&self) {
+    pub async fn flush(&self) {
+        if let Some(shared) = &self.shared {
+            return self.flush_shared(&**shared).await;
+        }
         let mut state = self.state();
-        if !state.dirty {
+        if state.dirty.is_empty() {
             return;
         }
         let written = serde_json::to_vec_pretty(&state.runs)
             .map_err(std::io::Error::other)
             .and_then(|b| write_atomic(&self.path, &b));
         match written {
-            Ok(()) => state.dirty = false,
+            Ok(()) => state.dirty.clear(),
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot record the last runs")
+            }
+        }
+    }
+
+    /// The runs recorded since the last flush, a hundred to a fenced write; what is not
+    /// written stays for the next flush.
+    async fn flush_shared(&self, shared: &dyn SharedState) {
+        let puts: Vec<(String, String)> = {
+            let state = self.state();
+            state
+                .dirty
+                .iter()
+                .filter_map(|k| state.runs.get(k).map(|r| (k, r)))
+                .filter_map(|(k, r)| {
+                    Some((format!("{RUNS_SECTION}{k}"), serde_json::to_string(r).ok()?))
+                })
+                .collect()
+        };
+        for chunk in puts.chunks(PUTS_PER_WRITE) {
+            if let Err(e) = shared.write(chunk.to_vec(), Vec::new()).await {
+                tracing::warn!(error = %e, "cannot record the last runs in the shared state");
+                return;
+            }
+            let mut state = self.state();
+            for (k, _) in chunk {
+                state.dirty.remove(&k[RUNS_SECTION.len()..]);
             }
         }
     }
@@ -157,21 +257,62 @@ impl RunLog {
     }
 
     /// Durably records that a fire of `slot` is about to start on each of the policy's servers.
-    pub fn mark_fired(&self, policy: &Policy, slot: DateTime<Utc>) -> std::io::Result<()> {
-        self.mark(policy, slot, true)
+    pub async fn mark_fired(
+        &self,
+        policy: &Policy,
+        slot: DateTime<Utc>,
+    ) -> Result<(), RunLogError> {
+        self.mark(policy, slot, true).await
     }
 
     /// Durably records `policy` as handled up to `at` without a fire (its first start, a
     /// changed schedule).
-    pub fn mark_handled(&self, policy: &Policy, at: DateTime<Utc>) -> std::io::Result<()> {
-        self.mark(policy, at, false)
+    pub async fn mark_handled(
+        &self,
+        policy: &Policy,
+        at: DateTime<Utc>,
+    ) -> Result<(), RunLogError> {
+        self.mark(policy, at, false).await
     }
 
     /// Records `at` as the newest slot `policy` handled on each of its servers. Servers no
     /// longer in the policy are forgotten, and so is everything recorded under another
     /// schedule.
-    fn mark(&self, policy: &Policy, at: DateTime<Utc>, fired: bool) -> std::io::Result<()> {
-        let mut state = self.state();
+    async fn mark(
+        &self,
+        policy: &Policy,
+        at: DateTime<Utc>,
+        fired: bool,
+    ) -> Result<(), RunLogError> {
+        let handled = self.handled_at(policy, at, fired);
+        match &self.shared {
+            Some(shared) => {
+                let value = serde_json::to_string(&handled)
+                    .map_err(|e| SharedError::Unavailable(e.to_string()))?;
+                let key = format!("{HANDLED_SECTION}{}", policy.name);
+                shared.write(vec![(key, value)], Vec::new()).await?;
+                self.state().handled.insert(policy.name.clone(), handled);
+            }
+            None => {
+                let mut state = self.state();
+                let mut next = state.handled.clone();
+                next.insert(policy.name.clone(), handled);
+                serde_json::to_vec_pretty(&next)
+                    .map_err(std::io::Error::other)
+                    .and_then(|b| write_atomic(&self.handled_path, &b))
+                    .map_err(|source| RunLogError::Write {
+                        path: self.handled_path.clone(),
+                        source,
+                    })?;
+                state.handled = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// What `policy`'s record becomes when it has handled `at`.
+    fn handled_at(&self, policy: &Policy, at: DateTime<Utc>, fired: bool) -> Handled {
+        let state = self.state();
         let schedule = policy.schedule.expr().to_owned();
         let timezone = policy.schedule.timezone().name().to_owned();
         let previous = state
@@ -187,20 +328,12 @@ impl RunLog {
         } else {
             previous.and_then(|h| h.fired)
         };
-        let mut next = state.handled.clone();
-        next.insert(
-            policy.name.clone(),
-            Handled {
-                schedule,
-                timezone,
-                servers,
-                fired,
-            },
-        );
-        let bytes = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
-        write_atomic(&self.handled_path, &bytes)?;
-        state.handled = next;
-        Ok(())
+        Handled {
+            schedule,
+            timezone,
+            servers,
+            fired,
+        }
     }
 
     /// The newest slot `policy` fired under its current schedule, and the servers whose run of

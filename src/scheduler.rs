@@ -298,10 +298,14 @@ mod tests {
             self.runlog.recorded(&policy.name)
         }
         fn handled(&mut self, policy: &Policy, at: DateTime<Utc>) {
-            self.runlog.mark_handled(policy, at).unwrap();
+            futures_util::FutureExt::now_or_never(self.runlog.mark_handled(policy, at))
+                .expect("a write to state_dir does not wait")
+                .unwrap();
         }
         fn fire(&mut self, f: Fire) {
-            self.runlog.mark_fired(&f.policy, f.slot).unwrap();
+            futures_util::FutureExt::now_or_never(self.runlog.mark_fired(&f.policy, f.slot))
+                .expect("a write to state_dir does not wait")
+                .unwrap();
             self.fires.push((f.policy.name, f.slot, f.kind));
         }
         fn woke(&mut self, _: &Scheduler, _: DateTime<Utc>) {
@@ -768,9 +772,10 @@ mod tests {
             let log = crate::runlog::RunLog::open(dir.path());
             match case.before {
                 Nothing => {}
-                Handled(name, slot, expr, tz) => {
-                    log.mark_fired(&db(name, expr, tz), utc(slot)).unwrap()
-                }
+                Handled(name, slot, expr, tz) => log
+                    .mark_fired(&db(name, expr, tz), utc(slot))
+                    .await
+                    .unwrap(),
                 LastRun(name, slot) => {
                     log.record(crate::runlog::LastRun {
                         policy: name.into(),
@@ -781,7 +786,7 @@ mod tests {
                         message: String::new(),
                         created: None,
                     });
-                    log.flush();
+                    log.flush().await;
                 }
             }
             let mut fired = Vec::new();

@@ -216,6 +216,28 @@ pub(super) async fn show_plan(
     Ok(0)
 }
 
+/// The run log `status` reads: `state_dir`'s, or with `[ha]` the cluster's, so either host
+/// shows the same.
+async fn runlog(config: &Config) -> anyhow::Result<crate::runlog::RunLog> {
+    use anyhow::Context as _;
+    let Some(ha) = &config.ha else {
+        return Ok(crate::runlog::RunLog::open(&config.daemon.state_dir));
+    };
+    let store = std::sync::Arc::new(crate::etcd::Etcd::for_cluster(
+        ha,
+        std::time::Duration::from_secs(5),
+    )?);
+    let prefix = ha.prefix();
+    // Never campaigns: its writes are refused, reads are all `status` does.
+    let leadership = crate::ha::Leadership::new(store.clone(), &prefix, &ha.node, ha.lease_ttl);
+    let shared = crate::ha::Fenced::new(store, leadership, &prefix);
+    let log = crate::runlog::RunLog::shared(&config.daemon.state_dir, std::sync::Arc::new(shared));
+    log.load_shared()
+        .await
+        .context("cannot read the cluster's run log from etcd ([ha])")?;
+    Ok(log)
+}
+
 pub(super) async fn status(
     ctx: &Context,
     work: Vec<(Policy, ServerId, DateTime<Utc>)>,
@@ -226,7 +248,7 @@ pub(super) async fn status(
     servers.sort_unstable();
     servers.dedup();
     let listing = crate::execute::list(&ctx.client, &servers).await?;
-    let runlog = crate::runlog::RunLog::open(&ctx.config.daemon.state_dir);
+    let runlog = runlog(&ctx.config).await?;
     let pairs: Vec<(Policy, ServerId)> = work.into_iter().map(|(p, s, _)| (p, s)).collect();
     let now = ctx.clock.now();
     let rows = crate::status::rows(&pairs, |s| listing.server(s), &runlog, now);

@@ -257,20 +257,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// Runs the command that `cli` names (all but `simulate-provider`) with its config.
 async fn command(cli: &Cli, config: Config) -> anyhow::Result<i32> {
-    let acting = matches!(
-        cli.command,
-        Command::Run | Command::Once { dry_run: false, .. }
-    );
-    if acting && config.ha.is_some() {
-        // Two hosts acting each on its own state would snapshot every slot twice: until both
-        // can be elected through etcd, a config with `[ha]` is only checked.
-        return Err(UsageError(format!(
-            "{}: [ha] is checked by this version but not acted on: two hosts would each act on \
-             their own state and snapshot every slot twice. Remove [ha] to run on this host \
-             alone",
-            cli.config.display()
-        ))
-        .into());
+    if config.ha.is_some() {
+        let refused = match cli.command {
+            // A demo would campaign in the real cluster, and lead it with a made-up provider.
+            Command::Run if cli.simulate => Some(
+                "run --simulate does not take part in a cluster: remove [ha] from a copy of the \
+                 config to try it",
+            ),
+            // Beside the leader and outside its fencing: it could stop a server the leader is
+            // snapshotting, or snapshot a slot a second time.
+            Command::Once { dry_run: false, .. } => Some(
+                "once would act beside the cluster's leader, outside its fencing; the leader runs \
+                 every policy (once --dry-run shows what a run would do)",
+            ),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            return Err(UsageError(format!("{}: [ha]: {why}", cli.config.display())).into());
+        }
     }
     match &cli.command {
         Command::Check { connect } => {

@@ -372,6 +372,9 @@ struct Inner {
     token_source: String,
     budget: Budget,
     timeout: Duration,
+    /// With `[ha]`, while this host leads: `USER_AGENT (<node>; epoch <n>)`, so the provider's
+    /// logs tell which host, under which leadership, sent each request.
+    agent: std::sync::RwLock<Option<reqwest::header::HeaderValue>>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -403,8 +406,19 @@ impl HttpClient {
                 token_source: api.token_source.to_string(),
                 budget: Budget::new(api.requests_per_second),
                 timeout: api.timeout,
+                agent: std::sync::RwLock::new(None),
             }),
         })
+    }
+
+    /// Names the host and its epoch in every request's `User-Agent` from now on (`None`: the
+    /// plain one). `node` is a checked name (`[ha] node`), so the header is always valid.
+    pub fn set_acting_as(&self, acting: Option<(&str, i64)>) {
+        let agent = acting.and_then(|(node, epoch)| {
+            reqwest::header::HeaderValue::from_str(&format!("{USER_AGENT} ({node}; epoch {epoch})"))
+                .ok()
+        });
+        *self.inner.agent.write().unwrap_or_else(|e| e.into_inner()) = agent;
     }
 
     async fn exchange(&self, call: Call<'_>) -> Result<bytes::Bytes, ApiError> {
@@ -422,6 +436,14 @@ impl HttpClient {
             .request(method.clone(), url)
             .bearer_auth(inner.token.expose_secret())
             .header(reqwest::header::CONTENT_TYPE, "application/json");
+        let agent = inner
+            .agent
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(agent) = agent {
+            request = request.header(reqwest::header::USER_AGENT, agent);
+        }
         if let Some(body) = &body {
             request = request.json(body);
         }

@@ -27,15 +27,18 @@ pub enum AlertEvent {
     CapBlocked,
     ServerLeftStopped,
     ConfigReloadFailed,
+    /// With `[ha]`: this host led but could not renew its lease in time, so it acts no more.
+    LeadershipLost,
 }
 
 impl AlertEvent {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Failure,
         Self::Recovered,
         Self::CapBlocked,
         Self::ServerLeftStopped,
         Self::ConfigReloadFailed,
+        Self::LeadershipLost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +48,7 @@ impl AlertEvent {
             Self::CapBlocked => "cap_blocked",
             Self::ServerLeftStopped => "server_left_stopped",
             Self::ConfigReloadFailed => "config_reload_failed",
+            Self::LeadershipLost => "leadership_lost",
         }
     }
 }
@@ -99,9 +103,9 @@ pub(super) fn validate_notify(
                         e.span(),
                         "notify.events",
                         format!(
-                            "\"{}\" is not an event; allowed: failure, recovered, cap_blocked, \
-                             server_left_stopped, config_reload_failed",
-                            e.get_ref()
+                            "\"{}\" is not an event; allowed: {}",
+                            e.get_ref(),
+                            AlertEvent::ALL.map(AlertEvent::as_str).join(", ")
                         ),
                     );
                 }

@@ -15,7 +15,14 @@ const METRICS_CONNECTIONS: usize = 64;
 /// byte of the answer (a scrape takes milliseconds); idle or slow ones are closed then.
 const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(super) async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+/// What `/healthz` answers: whether this process is healthy (200, else 503), and a line
+/// saying what it does (with `[ha]`: leading, standby and who leads, or not acting and why).
+pub(super) type Health = tokio::sync::watch::Receiver<(bool, String)>;
+
+pub(super) async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    health: Option<Health>,
+) -> anyhow::Result<()> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -30,7 +37,27 @@ pub(super) async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<
                 }
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        .route(
+            "/healthz",
+            axum::routing::get(move || {
+                let health = health.clone();
+                async move {
+                    use axum::http::StatusCode;
+                    match health {
+                        None => (StatusCode::OK, "ok\n".to_owned()),
+                        Some(health) => {
+                            let (healthy, line) = health.borrow().clone();
+                            let code = if healthy {
+                                StatusCode::OK
+                            } else {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            };
+                            (code, format!("{line}\n"))
+                        }
+                    }
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on metrics_listen {addr}"))?;

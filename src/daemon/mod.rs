@@ -3,34 +3,37 @@
 //! without dropping work, talks to systemd (READY, STATUS, RELOADING, STOPPING, WATCHDOG) and
 //! optionally serves Prometheus metrics and `/healthz`.
 
+mod cluster;
+mod dispatch;
 mod endpoint;
 
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
+use dispatch::Dispatcher;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::{Alerts, Ping};
+use crate::alerts::Alerts;
+use crate::client::HttpClient;
 use crate::clock::Clock;
 use crate::config::{Config, LoadOptions};
 use crate::context::Context;
 use crate::execute::{Executor, Parts, Settings};
 use crate::journal::Journal;
-use crate::model::ServerId;
 use crate::policy::Policy;
 use crate::provider::Provider;
 use crate::retry::Retrying;
 use crate::runlog::RunLog;
-use crate::scheduler::{self, Fire, LoopEvents, Recorded, Scheduler};
+use crate::scheduler::{self, Scheduler};
+use crate::shared::SharedState;
 use crate::shutdown::Shutdown;
+pub use cluster::{Cluster, TermEvents};
 
 /// Hands the heap that start-up used (config parsing, the first listing) back to the system,
 /// so an idle daemon stays small for years. glibc keeps freed memory otherwise.
@@ -71,16 +74,13 @@ pub async fn run(config: Config, config_path: PathBuf, simulate: bool) -> anyhow
 }
 
 async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
+    if let Some(ha) = &ctx.config.ha {
+        return cluster::serve_cluster(ctx, reloader, ha).await;
+    }
     let shutdown = Shutdown::new();
-    let service = Service::open(
-        ctx.client.clone(),
-        ctx.clock.clone(),
-        &ctx.config,
-        ctx.alerts.clone(),
-        shutdown.clone(),
-    )?;
+    let service = Service::for_run(ctx, shutdown.clone())?;
     if let Some(addr) = ctx.config.daemon.metrics_listen {
-        endpoint::serve_metrics(addr).await?;
+        endpoint::serve_metrics(addr, None).await?;
     }
     let (reload_tx, reload_rx) = watch::channel(ctx.config.policies.clone());
     tokio::spawn(handle_signals(
@@ -92,11 +92,31 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
     ));
     let watchdog = sd_notify::watchdog_enabled();
     let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
+    let on_wake = wake_handler(service.executor.clone(), watchdog, String::new());
+    tracing::info!(
+        policies = ctx.config.policies.len(),
+        servers = ctx.config.servers().len(),
+        "snapshot-scheduler running"
+    );
+    let clean = service
+        .run(ctx.config.policies.clone(), reload_rx, cap, on_wake)
+        .await;
+    tracing::info!("stopped");
+    Ok(if clean { 0 } else { 1 })
+}
+
+/// What the scheduler does on every wake in `run`: READY=1 the first time, the snapshot ages
+/// and next-fire metrics, STATUS= (after `acting`, which says whose term it is with `[ha]`),
+/// and the watchdog's ping.
+fn wake_handler<P: Provider>(
+    executor: Arc<Executor<P>>,
+    watchdog: Option<Duration>,
+    acting: String,
+) -> OnWake {
     let mut last_status = String::new();
     let mut ready = false;
-    let ages = service.executor.clone();
-    let on_wake = move |scheduler: &Scheduler, now: DateTime<Utc>| {
-        ages.export_snapshot_ages();
+    Box::new(move |scheduler: &Scheduler, now: DateTime<Utc>| {
+        executor.export_snapshot_ages();
         if !ready {
             notify(&[NotifyState::Ready]);
             ready = true;
@@ -110,12 +130,12 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
         }
         let status = match scheduler.next_fire(now) {
             Some((t, p)) => format!(
-                "next: {} at {}",
+                "{acting}next: {} at {}",
                 p.name,
                 t.with_timezone(&p.schedule.timezone())
                     .format("%Y-%m-%d %H:%M:%S %Z")
             ),
-            None => "no upcoming fires".into(),
+            None => format!("{acting}no upcoming fires"),
         };
         if status != last_status {
             notify(&[NotifyState::Status(&status)]);
@@ -124,22 +144,7 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
         if watchdog.is_some() {
             notify(&[NotifyState::Watchdog]);
         }
-    };
-    tracing::info!(
-        policies = ctx.config.policies.len(),
-        servers = ctx.config.servers().len(),
-        "snapshot-scheduler running"
-    );
-    let clean = service
-        .run(
-            ctx.config.policies.clone(),
-            reload_rx,
-            cap,
-            Box::new(on_wake),
-        )
-        .await;
-    tracing::info!("stopped");
-    Ok(if clean { 0 } else { 1 })
+    })
 }
 
 /// The scheduling core of `run`, generic over the provider so the same code runs in tests on
@@ -158,6 +163,19 @@ pub struct Service<P: Provider> {
 
 pub type OnWake = Box<dyn FnMut(&Scheduler, DateTime<Utc>) + Send>;
 
+impl Service<HttpClient> {
+    /// The service of `run`, on the provider and the `state_dir` of `ctx`.
+    fn for_run(ctx: &Context, shutdown: Shutdown) -> anyhow::Result<Self> {
+        Self::open(
+            ctx.client.clone(),
+            ctx.clock.clone(),
+            &ctx.config,
+            ctx.alerts.clone(),
+            shutdown,
+        )
+    }
+}
+
 impl<P: Provider> Service<P> {
     /// The service `run` runs, over `provider`: the executor with the journal and the run log
     /// in `config`'s `state_dir`, holding that directory's state lock (one acting process per
@@ -172,28 +190,68 @@ impl<P: Provider> Service<P> {
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let state_dir = &config.daemon.state_dir;
-        let executor = Executor::new(Parts {
-            provider: Arc::new(provider),
-            clock: clock.clone(),
-            journal: Arc::new(Journal::open(state_dir)?),
-            runlog: Arc::new(RunLog::open(state_dir)),
-            alerts,
-            settings: Settings::from_config(&config.daemon, false),
-            shutdown: shutdown.clone(),
-        });
-        if !executor.journal().try_lock()? {
+        let journal = Journal::open(state_dir)?;
+        let runlog = RunLog::open(state_dir);
+        let this = Self::with(provider, clock, config, alerts, shutdown, journal, runlog);
+        if !this.executor.journal().try_lock()? {
             anyhow::bail!(
                 "another snapshot-scheduler process is acting on state_dir {}; one daemon per state_dir",
                 state_dir.display()
             );
         }
-        Ok(Self {
+        Ok(this)
+    }
+
+    /// One term of a cluster's leader (`[ha]`): the journal, the create ledger and the run
+    /// log live in `shared` (read by [`Service::load_shared`], written fenced). The state lock
+    /// is the caller's, taken once for the process.
+    pub fn open_shared(
+        provider: Retrying<P>,
+        clock: Arc<dyn Clock>,
+        config: &Config,
+        alerts: Arc<Alerts>,
+        shutdown: Shutdown,
+        shared: Arc<dyn SharedState>,
+    ) -> Self {
+        let state_dir = &config.daemon.state_dir;
+        let journal = Journal::shared(state_dir, shared.clone());
+        let runlog = RunLog::shared(state_dir, shared);
+        Self::with(provider, clock, config, alerts, shutdown, journal, runlog)
+    }
+
+    fn with(
+        provider: Retrying<P>,
+        clock: Arc<dyn Clock>,
+        config: &Config,
+        alerts: Arc<Alerts>,
+        shutdown: Shutdown,
+        journal: Journal,
+        runlog: RunLog,
+    ) -> Self {
+        let executor = Executor::new(Parts {
+            provider: Arc::new(provider),
+            clock: clock.clone(),
+            journal: Arc::new(journal),
+            runlog: Arc::new(runlog),
+            alerts,
+            settings: Settings::from_config(&config.daemon, false),
+            shutdown: shutdown.clone(),
+        });
+        Self {
             executor,
             clock,
             shutdown,
             shutdown_grace: config.daemon.shutdown_grace,
             drain_bound: crate::shutdown::drain_bound(config),
-        })
+        }
+    }
+
+    /// With `[ha]`, when this host takes the lead: what the cluster recorded (servers left
+    /// stopped, creates unanswered, handled slots, last runs).
+    pub async fn load_shared(&self) -> anyhow::Result<()> {
+        self.executor.journal().load_shared().await?;
+        self.executor.runlog().load_shared().await?;
+        Ok(())
     }
 
     /// Settles the journal, fires policies until `shutdown`, then drains: in-flight work gets
@@ -325,7 +383,7 @@ impl<P: Provider> Service<P> {
                     executor
                         .run_server(&policy, server, slot, Some(&listing))
                         .await;
-                    executor.flush();
+                    executor.flush().await;
                 });
             }
         }
@@ -514,153 +572,6 @@ fn reload_config(reload: &watch::Sender<Vec<Policy>>, reloader: &Reloader, alert
             notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
         }
     }
-}
-
-/// Turns fires into work: one task per fire (one listing for its servers), one sub-task per
-/// server; a (policy, server) pair still busy from the previous fire is skipped.
-struct Dispatcher<P: Provider> {
-    executor: Arc<Executor<P>>,
-    tasks: JoinSet<()>,
-    shutdown: CancellationToken,
-    inflight: Arc<Mutex<HashSet<(String, ServerId)>>>,
-    on_wake: OnWake,
-}
-
-impl<P: Provider> Dispatcher<P> {
-    /// Records `policy` as handled up to `at`, by a fire of that slot or without one
-    /// (durably, before any work for it starts).
-    fn mark_handled(&self, policy: &Policy, at: DateTime<Utc>, fired: bool) {
-        let log = self.executor.runlog();
-        let written = if fired {
-            log.mark_fired(policy, at)
-        } else {
-            log.mark_handled(policy, at)
-        };
-        if let Err(e) = written {
-            tracing::warn!(policy = %policy.name, error = %e, "cannot record the handled slot in state_dir; a restart may take it for missed and run it again");
-        }
-    }
-}
-
-impl<P: Provider> LoopEvents for Dispatcher<P> {
-    fn recorded(&self, policy: &Policy) -> Option<Recorded> {
-        self.executor.runlog().recorded(&policy.name)
-    }
-
-    fn handled(&mut self, policy: &Policy, at: DateTime<Utc>) {
-        self.mark_handled(policy, at, false);
-    }
-
-    fn configured(&mut self, policies: &[Policy]) {
-        let log = self.executor.runlog();
-        for warning in log.retired_warnings(policies) {
-            tracing::warn!("{warning}");
-        }
-    }
-
-    fn fire(&mut self, fire: Fire) {
-        let Fire { policy, slot, kind } = fire;
-        tracing::info!(policy = %policy.name, %slot, ?kind, "policy fired");
-        // Before the work: a crash mid-run must not make the next start run this slot again,
-        // and a failed slot is not retried by a restart either.
-        self.mark_handled(&policy, slot, true);
-        let mut servers = Vec::new();
-        {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            for s in &policy.servers {
-                if inflight.insert((policy.name.clone(), *s)) {
-                    servers.push(*s);
-                } else {
-                    metrics::counter!("snapshot_scheduler_fires_skipped_total", "policy" => policy.name.clone()).increment(1);
-                    tracing::warn!(policy = %policy.name, server = *s, %slot, "previous run of this policy on this server is still going; skipping this fire");
-                }
-            }
-        }
-        if servers.is_empty() {
-            return;
-        }
-        let executor = self.executor.clone();
-        let inflight = self.inflight.clone();
-        let shutdown = self.shutdown.clone();
-        let next_fire = policy.schedule.next_after(slot);
-        self.tasks.spawn(async move {
-            // One listing for the whole fire, unless jitter spreads the servers out anyway.
-            let listing = match policy.jitter {
-                Some(_) => None,
-                None => executor.list(&servers).await.ok().map(Arc::new),
-            };
-            let policy = Arc::new(policy);
-            let alerts = executor.alerts().clone();
-            let ping_url = policy.monitoring.ping_url.clone();
-            alerts.ping(ping_url.as_deref(), Ping::Start);
-            let mut per_server = JoinSet::new();
-            for server in servers {
-                let (executor, policy, listing, inflight, shutdown) = (
-                    executor.clone(),
-                    policy.clone(),
-                    listing.clone(),
-                    inflight.clone(),
-                    shutdown.clone(),
-                );
-                per_server.spawn(async move {
-                    let delay = jitter_delay(policy.jitter, next_fire, executor.clock().now());
-                    let go = delay.is_zero()
-                        || tokio::select! {
-                            () = tokio::time::sleep(delay) => true,
-                            () = shutdown.cancelled() => false,
-                        };
-                    let mut failed = false;
-                    if go {
-                        let started = tokio::time::Instant::now();
-                        failed = executor
-                            .run_server(&policy, server, slot, listing.as_deref())
-                            .await
-                            .result
-                            .is_failure();
-                        metrics::histogram!("snapshot_scheduler_run_duration_seconds", "policy" => policy.name.clone())
-                            .record(started.elapsed().as_secs_f64());
-                    }
-                    inflight
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&(policy.name.clone(), server));
-                    failed
-                });
-            }
-            let mut any_failed = false;
-            while let Some(r) = per_server.join_next().await {
-                any_failed |= r.unwrap_or(true);
-            }
-            executor.flush();
-            let ping = if any_failed { Ping::Fail } else { Ping::Success };
-            alerts.ping(ping_url.as_deref(), ping);
-        });
-    }
-
-    fn woke(&mut self, scheduler: &Scheduler, now: DateTime<Utc>) {
-        // Reap finished work so a daemon that runs for years holds nothing for it.
-        while self.tasks.try_join_next().is_some() {}
-        (self.on_wake)(scheduler, now);
-    }
-}
-
-/// A random delay in `[0, jitter)`, never reaching the policy's next fire.
-fn jitter_delay(
-    jitter: Option<Duration>,
-    next_fire: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> Duration {
-    let Some(jitter) = jitter.filter(|j| !j.is_zero()) else {
-        return Duration::ZERO;
-    };
-    let until_next = next_fire
-        .and_then(|t| (t - now).to_std().ok())
-        .unwrap_or(jitter);
-    let bound = jitter.min(until_next / 2);
-    if bound.is_zero() {
-        return Duration::ZERO;
-    }
-    rand::rng().random_range(Duration::ZERO..bound)
 }
 
 /// Raises this process's soft limit on open files to its hard limit, and returns that. Services

@@ -178,8 +178,8 @@ impl<P: Provider> Executor<P> {
     }
 
     /// Writes the run log if it changed.
-    pub fn flush(&self) {
-        self.runlog.flush();
+    pub async fn flush(&self) {
+        self.runlog.flush().await;
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -250,7 +250,7 @@ impl<P: Provider> Executor<P> {
             }
         }
         reports.sort_by(|a, b| (a.server, &a.policy).cmp(&(b.server, &b.policy)));
-        self.flush();
+        self.flush().await;
         reports
     }
 

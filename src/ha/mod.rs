@@ -193,9 +193,17 @@ impl<C: Coordination> Leadership<C> {
     /// Campaigns, leads and stands by until `shutdown`; a leader then gives its lease up so
     /// a standby takes over at once.
     pub async fn run(&self, shutdown: CancellationToken) {
+        self.run_until(shutdown.clone(), shutdown).await;
+    }
+
+    /// As [`Leadership::run`], but once `retire` is cancelled this node campaigns no more: a
+    /// lead it holds goes on until `shutdown` (its work draining may still write), one it
+    /// loses is not sought again (a host on its way out must not hold the lead for nobody).
+    pub async fn run_until(&self, retire: CancellationToken, shutdown: CancellationToken) {
         loop {
             let lease = tokio::select! {
                 lease = self.campaign() => lease,
+                () = retire.cancelled() => return,
                 () = shutdown.cancelled() => return,
             };
             let Some((lease, epoch)) = lease else {
@@ -208,7 +216,7 @@ impl<C: Coordination> Leadership<C> {
             if let Err(e) = self.store.revoke(lease).await {
                 tracing::warn!(error = %e, "could not give the lease up; it expires on its own");
             }
-            if clean {
+            if clean || retire.is_cancelled() {
                 return;
             }
         }

@@ -333,7 +333,8 @@ fn missed_the_latest_slot(config: &Path) {
     for p in &config.policies {
         let latest = p.schedule.slot_at(chrono::Utc::now()).expect("a slot");
         let before = p.schedule.slot_at(latest - chrono::Duration::seconds(1));
-        log.mark_handled(p, before.expect("a slot before"))
+        futures_util::FutureExt::now_or_never(log.mark_handled(p, before.expect("a slot before")))
+            .expect("a write to state_dir does not wait")
             .expect("record the handled slot");
     }
 }
