@@ -365,8 +365,10 @@ impl<C: Coordination> crate::shared::SharedState for Fenced<C> {
                 .write_if_leader(self.leadership.key(), epoch, puts, deletes)
                 .await
             {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(SharedError::NotLeading),
+                // Applied, but the answer may have come late: acting still needs a lease
+                // that cannot have expired (the request this write allows goes out next).
+                Ok(true) if self.leadership.acting_epoch() == Some(epoch) => Ok(()),
+                Ok(_) => Err(SharedError::NotLeading),
                 Err(e) => Err(SharedError::Unavailable(e.to_string())),
             }
         })

@@ -225,6 +225,164 @@ async fn a_new_leader_reads_what_the_old_one_recorded_and_a_standby_records_noth
     assert!(store.under(&format!("{PREFIX}journal/")).is_empty());
 }
 
+fn shared_runlog(n: &Node) -> crate::runlog::RunLog {
+    let fenced = Fenced::new(Arc::new(n.link.clone()), n.leadership.clone(), PREFIX);
+    crate::runlog::RunLog::shared(std::path::Path::new("/nonexistent"), Arc::new(fenced))
+}
+
+/// The handled slots and the last runs live in the shared store too: the next leader knows
+/// which slot its predecessor handled (so it catches up only what nobody did, and does not
+/// take a slot already fired for missed) and `status` on either host shows the same runs.
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_knows_the_slots_and_runs_the_old_one_handled() {
+    use crate::runlog::{LastRun, RunLogError};
+    use crate::shared::SharedError;
+    let (_store, a, b) = two_nodes().await;
+    let policy = crate::policy::Policy {
+        servers: vec![7, 8],
+        ..crate::fixtures::policy("nightly")
+    };
+    let slot: chrono::DateTime<chrono::Utc> = "2025-01-15T02:30:00Z".parse().unwrap();
+
+    let standby = shared_runlog(&b);
+    let refused = standby.mark_fired(&policy, slot).await;
+    assert!(
+        matches!(refused, Err(RunLogError::Shared(SharedError::NotLeading))),
+        "{refused:?}"
+    );
+
+    let leader = shared_runlog(&a);
+    leader.mark_fired(&policy, slot).await.unwrap();
+    let run = LastRun {
+        policy: "nightly".into(),
+        server: 7,
+        slot,
+        finished_at: slot + chrono::Duration::minutes(5),
+        result: crate::report::RunResult::Created,
+        message: "created".into(),
+        created: Some("nightly-20250115T023000Z".into()),
+    };
+    leader.record(run.clone());
+    leader.flush().await;
+
+    a.link.cut();
+    step_until(&[&a, &b], TTL * 3, || b.leadership.acting_epoch().is_some())
+        .await
+        .expect("the standby leads");
+    let next = shared_runlog(&b);
+    next.load_shared().await.unwrap();
+    assert_eq!(next.recorded("nightly").map(|r| r.slot), Some(slot));
+    assert_eq!(next.get("nightly", 7), Some(run));
+    // Server 8's run of the slot has no result: the new leader finishes it.
+    assert_eq!(next.interrupted(&policy), Some((slot, vec![8])));
+}
+
+/// A host on its way out (`retire`) that loses its lead does not campaign again: it would
+/// hold the lead for nobody while it drains, and the other host could not take over.
+#[tokio::test(start_paused = true)]
+async fn a_retiring_node_that_loses_the_lead_does_not_seek_it_again() {
+    let store = Memory::new();
+    let link = store.link();
+    let leadership = Leadership::new(Arc::new(link.clone()), PREFIX, "ops-1", TTL);
+    let (retire, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let task = {
+        let (l, r, s) = (leadership.clone(), retire.clone(), shutdown.clone());
+        tokio::spawn(async move { l.run_until(r, s).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(leadership.acting_epoch().is_some());
+
+    retire.cancel();
+    tokio::time::sleep(TTL * 2).await;
+    assert!(
+        leadership.acting_epoch().is_some(),
+        "a retiring leader keeps its lead"
+    );
+    link.cut();
+    tokio::time::sleep(TTL * 2).await;
+    link.mend();
+    tokio::time::sleep(TTL * 2).await;
+    assert!(task.is_finished(), "it campaigned again");
+    assert_eq!(leadership.acting_epoch(), None);
+    assert_eq!(store.get(&format!("{PREFIX}leader")), None);
+}
+
+/// A store whose fenced writes are answered `delay` late (applied at once).
+struct LateAnswers {
+    link: Link,
+    delay: Duration,
+}
+
+impl Coordination for LateAnswers {
+    async fn grant(&self, ttl: Duration) -> Result<LeaseId, CoordError> {
+        self.link.grant(ttl).await
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), CoordError> {
+        self.link.keep_alive(lease).await
+    }
+    async fn revoke(&self, lease: LeaseId) -> Result<(), CoordError> {
+        self.link.revoke(lease).await
+    }
+    async fn claim(&self, key: &str, node: &str, lease: LeaseId) -> Result<Claim, CoordError> {
+        self.link.claim(key, node, lease).await
+    }
+    async fn holder(&self, key: &str) -> Result<Option<Holder>, CoordError> {
+        self.link.holder(key).await
+    }
+    async fn read_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, CoordError> {
+        self.link.read_prefix(prefix).await
+    }
+    async fn write_if_leader(
+        &self,
+        key: &str,
+        epoch: i64,
+        puts: Vec<(String, String)>,
+        deletes: Vec<String>,
+    ) -> Result<bool, CoordError> {
+        let applied = self.link.write_if_leader(key, epoch, puts, deletes).await;
+        tokio::time::sleep(self.delay).await;
+        applied
+    }
+}
+
+/// A fenced write whose answer arrives after the lease may have expired allows nothing: the
+/// stop or create it records must not go out from a host that may no longer lead.
+#[tokio::test(start_paused = true)]
+async fn a_fenced_write_answered_after_the_lease_could_expire_allows_nothing() {
+    let store = Memory::new();
+    let late = Arc::new(LateAnswers {
+        link: store.link(),
+        delay: TTL,
+    });
+    let leadership = Leadership::new(late.clone(), PREFIX, "ops-1", TTL);
+    let (stop, task) = {
+        let (l, s) = (leadership.clone(), CancellationToken::new());
+        let stop = s.clone();
+        (stop, tokio::spawn(async move { l.run(s).await }))
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(leadership.acting_epoch().is_some());
+    // The keep-alives stop reaching the store while the write is under way.
+    let fenced = Fenced::new(late.clone(), leadership.clone(), PREFIX);
+    let write = tokio::spawn(async move {
+        crate::shared::SharedState::write(&fenced, vec![("k".into(), "v".into())], vec![]).await
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        store.get(&format!("{PREFIX}k")).as_deref(),
+        Some("v"),
+        "applied at once"
+    );
+    late.link.cut();
+    let answer = write.await.unwrap();
+    assert!(
+        matches!(answer, Err(crate::shared::SharedError::NotLeading)),
+        "{answer:?}"
+    );
+    stop.cancel();
+    let _ = task.await;
+}
+
 /// A day of random trouble on paused time: links cut and mended, nodes crashed (no hand-over)
 /// and restarted, clean restarts. At no step do two nodes act, and whenever one node has been
 /// able to reach the store for longer than a lease and a campaign take, one leads.
