@@ -100,7 +100,7 @@ impl<C: Coordination> Cluster<C> {
                 done.cancel();
                 drained
             };
-            let watched = self.watch_term(epoch, &term, &shutdown, &done, events);
+            let watched = self.watch_term(epoch, &term, &shutdown, &done, cap, events);
             let (drained, ()) = tokio::join!(run, watched);
             clean &= drained;
             events.term(None);
@@ -141,13 +141,16 @@ impl<C: Coordination> Cluster<C> {
 
     /// Ends `term` (no new fire; work in flight drains) when this host stops leading with
     /// `epoch` (said at once: the log, the `leadership_lost` alert and metric) or when
-    /// `shutdown` begins; tells `events` of every change of role until the term is `done`.
+    /// `shutdown` begins; tells `events` of every change of role (and every `cap`, as a
+    /// standby's wait does: a term draining after a lost lead has no scheduler to do it) until
+    /// the term is `done`.
     async fn watch_term(
         &self,
         epoch: i64,
         term: &Shutdown,
         shutdown: &Shutdown,
         done: &CancellationToken,
+        cap: Duration,
         events: &mut dyn TermEvents,
     ) {
         let mut roles = self.leadership.watch();
@@ -170,6 +173,7 @@ impl<C: Coordination> Cluster<C> {
                     return;
                 },
                 () = shutdown.stopping(), if !term.is_stopping() => term.begin(),
+                () = tokio::time::sleep(cap), if term.is_stopping() => {}
                 () = done.cancelled() => return,
             }
         }

@@ -1294,3 +1294,31 @@ async fn a_provider_that_echoes_the_token_in_another_spelling_never_gets_it_prin
     assert!(!err.to_lowercase().contains(TOKEN), "{err}");
     assert_eq!(err.matches("[redacted]").count(), 3, "{err}");
 }
+
+/// With `[ha]` every request names the host and the epoch it acts under, so the provider's
+/// logs tell which host, under which leadership, sent each one; outside a term it is the
+/// plain `User-Agent` again.
+#[tokio::test]
+async fn the_user_agent_names_the_acting_host_and_its_epoch() {
+    let (server, client) = mock().await;
+    let acting = format!("{USER_AGENT} (ops-1; epoch 42)");
+    Mock::given(method("GET"))
+        .and(path("/api/v1/snapshots/"))
+        .and(header("user-agent", acting.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(vec![], None)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/snapshots/"))
+        .and(header("user-agent", USER_AGENT))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(vec![], None)))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    client.inner().set_acting_as(Some(("ops-1", 42)));
+    client.list_snapshots(None).await.unwrap();
+    client.inner().set_acting_as(None);
+    client.list_snapshots(None).await.unwrap();
+}
