@@ -544,6 +544,10 @@ pub enum ApiError {
         status: u16,
         location: String,
     },
+    /// With `[ha]`: this host stopped leading the cluster before the request went out, so
+    /// it was not sent.
+    #[error("{what} was not sent: this host no longer leads the cluster ([ha])")]
+    NotLeading { what: String },
     #[error("the API answered {what} with unexpected status {status}: {message}")]
     Unexpected {
         what: String,
@@ -614,7 +618,8 @@ impl ApiError {
             | Self::BadRequest { .. }
             | Self::NotFound { .. }
             | Self::RateLimited { .. }
-            | Self::Unreachable { .. } => true,
+            | Self::Unreachable { .. }
+            | Self::NotLeading { .. } => true,
             // Any other 4xx (409, 422) refuses the request, but a 408 says the request was
             // not heard out, which a proxy may say of one already passed on.
             Self::Unexpected { status, .. } => (400..500).contains(status) && *status != 408,

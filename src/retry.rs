@@ -22,6 +22,7 @@
 //! replays exactly.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -107,16 +108,55 @@ impl Backoff {
     }
 }
 
+/// Whether this host may still send a write (`[ha]`: it leads with the epoch of its term).
+pub type MayWrite = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// A provider with the retry rules around it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Retrying<P> {
     inner: P,
     rules: RetryRules,
+    /// With `[ha]`: asked before every attempt of a stop, a create or a delete, retries
+    /// included (a retry waits out a back-off, long enough for the lead to pass to another
+    /// host).
+    may_write: Option<MayWrite>,
+}
+
+impl<P: std::fmt::Debug> std::fmt::Debug for Retrying<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retrying")
+            .field("inner", &self.inner)
+            .field("rules", &self.rules)
+            .field("fenced", &self.may_write.is_some())
+            .finish()
+    }
 }
 
 impl<P: Provider> Retrying<P> {
     pub fn new(inner: P, rules: RetryRules) -> Self {
-        Self { inner, rules }
+        Self {
+            inner,
+            rules,
+            may_write: None,
+        }
+    }
+
+    /// The same provider, sending a stop, a create or a delete (each attempt) only while
+    /// `may_write` says so; otherwise the request fails with [`ApiError::NotLeading`], unsent.
+    /// Starts are never held back: a server stopped is started whoever leads.
+    pub fn fenced(self, may_write: MayWrite) -> Self {
+        Self {
+            may_write: Some(may_write),
+            ..self
+        }
+    }
+
+    /// `Err` (unsent) when this host may no longer write.
+    fn may_write(&self, what: impl FnOnce() -> String) -> Result<(), ApiError> {
+        match &self.may_write {
+            Some(may) if !may() => Err(ApiError::NotLeading { what: what() }),
+            _ => Ok(()),
+        }
     }
 
     pub fn inner(&self) -> &P {
@@ -209,6 +249,7 @@ impl<P: Provider> Retrying<P> {
         let mut give_up = std::pin::pin!(give_up);
         let mut backoff = self.rules.backoff();
         loop {
+            self.may_write(|| format!("create snapshot {}", request.name))?;
             let error = match self.inner.create_snapshot(request).await {
                 Ok(s) => return Ok(s),
                 Err(e) => e,
@@ -243,8 +284,11 @@ impl<P: Provider> Retrying<P> {
         give_up: impl Future<Output = ()>,
     ) -> Result<Server, ApiError> {
         let happened = |state: &PowerState| Some(*state != PowerState::Running);
-        self.power("stop", id, || self.inner.stop_server(id), happened, give_up)
-            .await
+        let send = || async move {
+            self.may_write(|| format!("stop server {id}"))?;
+            self.inner.stop_server(id).await
+        };
+        self.power("stop", id, send, happened, give_up).await
     }
 
     /// A power request, sent again after a retryable failure only when a look at the server
@@ -308,6 +352,7 @@ impl<P: Provider> Provider for Retrying<P> {
         let mut backoff = self.rules.backoff();
         let mut unsure = false;
         loop {
+            self.may_write(|| format!("delete snapshot {id}"))?;
             let error = match self.inner.delete_snapshot(id).await {
                 Ok(()) => return Ok(()),
                 // A retry after a lost answer finds it gone: the first attempt deleted it.
@@ -515,5 +560,52 @@ mod tests {
         let refused = retrying.create_snapshot(&request("a")).await.unwrap_err();
         assert!(matches!(refused, ApiError::RateLimited { .. }), "{refused}");
         assert_eq!(sim.stats().request_count("create"), 3);
+    }
+
+    /// With `[ha]`, a write waiting out its back-off when the lead passes to another host is
+    /// not sent again: no stop, create or delete leaves a host that no longer leads, retries
+    /// included. A start still goes out (a server stopped is started whoever leads).
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_the_lead_is_lost_sends_no_write_but_still_starts() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let sim = sim(SimConfig {
+            burst_429_rate: 1.0,
+            ..SimConfig::default()
+        });
+        sim.set_server_status(WEB, PowerState::Stopped);
+        let leads = Arc::new(AtomicBool::new(true));
+        let retrying = Retrying::new(sim.clone(), RetryRules::new(3).seeded(1)).fenced({
+            let leads = leads.clone();
+            Arc::new(move || leads.load(Ordering::SeqCst))
+        });
+        let lose_the_lead = || {
+            let leads = leads.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                leads.store(false, Ordering::SeqCst);
+            })
+        };
+        let requests = |sim: &Simulator| {
+            let s = sim.stats();
+            ["create", "stop", "delete", "start"].map(|e| s.request_count(e))
+        };
+
+        lose_the_lead();
+        let create = retrying.create_snapshot(&request("a")).await.unwrap_err();
+        assert!(matches!(create, ApiError::NotLeading { .. }), "{create}");
+        assert!(create.not_carried_out());
+        leads.store(true, Ordering::SeqCst);
+        lose_the_lead();
+        let delete = retrying.delete_snapshot(1).await.unwrap_err();
+        assert!(matches!(delete, ApiError::NotLeading { .. }), "{delete}");
+        // Each sent once, before the lead was lost; the start is sent until it is let through.
+        assert_eq!(requests(&sim), [1, 0, 1, 0]);
+        sim.set_config(|c| c.burst_429_rate = 0.0);
+        assert!(
+            retrying.stop_server(WEB).await.is_err(),
+            "not leading: no stop"
+        );
+        retrying.start_server(WEB).await.unwrap();
+        assert_eq!(requests(&sim), [1, 0, 1, 1]);
     }
 }

@@ -28,6 +28,7 @@ use crate::etcd::Etcd;
 use crate::ha::{Coordination, Fenced, Leadership, Role};
 use crate::policy::Policy;
 use crate::provider::Provider;
+use crate::retry::MayWrite;
 use crate::scheduler;
 use crate::shared::SharedState;
 use crate::shutdown::Shutdown;
@@ -47,6 +48,18 @@ pub trait TermEvents: Send {
 /// A term's service over the shared state, with what its scheduler calls on every wake.
 pub type Term<P> = (Service<P>, OnWake);
 
+/// What a term's service is built with.
+pub struct TermParts {
+    /// The cluster's journal, ledger and run log, written fenced by this term's epoch.
+    pub shared: Arc<dyn SharedState>,
+    /// For the provider's retry layer ([`crate::retry::Retrying::fenced`]): whether this host
+    /// still leads with the term's epoch, asked before every attempt of a write.
+    pub may_write: MayWrite,
+    /// Begun when the lead is lost or the process shuts down.
+    pub shutdown: Shutdown,
+    pub epoch: i64,
+}
+
 /// One host's part in a cluster: its election and where the shared state lives.
 pub struct Cluster<C> {
     pub leadership: Arc<Leadership<C>>,
@@ -61,7 +74,7 @@ impl<C: Coordination> Cluster<C> {
     /// whether every term drained in time.
     pub async fn serve<P: Provider>(
         &self,
-        mut open: impl FnMut(Arc<dyn SharedState>, Shutdown, i64) -> Term<P> + Send,
+        mut open: impl FnMut(TermParts) -> Term<P> + Send,
         reload: watch::Receiver<Vec<Policy>>,
         cap: Duration,
         events: &mut dyn TermEvents,
@@ -82,7 +95,13 @@ impl<C: Coordination> Cluster<C> {
                 self.leadership.clone(),
                 &self.prefix,
             ));
-            let (service, on_wake) = open(shared, term.clone(), epoch);
+            let leadership = self.leadership.clone();
+            let (service, on_wake) = open(TermParts {
+                shared,
+                may_write: Arc::new(move || leadership.acting_epoch() == Some(epoch)),
+                shutdown: term.clone(),
+                epoch,
+            });
             if let Err(e) = service.load_shared().await {
                 tracing::warn!(epoch, error = %format!("{e:#}"), "leading, but the shared state cannot be read; not acting until it can");
                 tokio::select! {
@@ -243,14 +262,15 @@ pub(super) async fn serve_cluster(
         status: String::new(),
     };
     let node = ha.node.clone();
-    let open = |shared: Arc<dyn SharedState>, term: Shutdown, epoch: i64| {
+    let open = |term: TermParts| {
+        let epoch = term.epoch;
         let service = Service::open_shared(
-            ctx.client.clone(),
+            ctx.client.clone().fenced(term.may_write),
             ctx.clock.clone(),
             &ctx.config,
             ctx.alerts.clone(),
-            term,
-            shared,
+            term.shutdown,
+            term.shared,
         );
         let acting = format!("leading ({node}, epoch {epoch}); ");
         let on_wake = wake_handler(service.executor.clone(), watchdog, acting);

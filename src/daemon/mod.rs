@@ -33,7 +33,7 @@ use crate::runlog::RunLog;
 use crate::scheduler::{self, Scheduler};
 use crate::shared::SharedState;
 use crate::shutdown::Shutdown;
-pub use cluster::{Cluster, TermEvents};
+pub use cluster::{Cluster, Term, TermEvents, TermParts};
 
 /// Hands the heap that start-up used (config parsing, the first listing) back to the system,
 /// so an idle daemon stays small for years. glibc keeps freed memory otherwise.
