@@ -49,6 +49,10 @@ pub(super) async fn restore(
         ))
         .into());
     }
+    if let Some(ha) = &ctx.config.ha {
+        refuse_if_the_leader_stopped_it(ha, &ctx.config.daemon.state_dir, snapshot.server.id)
+            .await?;
+    }
     let executor = ctx.executor(false)?;
     if executor.journal().try_lock()? {
         executor.settle_server(snapshot.server.id).await?;
@@ -181,6 +185,33 @@ pub(super) async fn simulate_provider(
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(0)
+}
+
+/// With `[ha]` the journal is the cluster's: a server its leader (on either host) has
+/// stopped for a snapshot is not restored under it. When etcd cannot say, nothing is done.
+async fn refuse_if_the_leader_stopped_it(
+    ha: &crate::config::HaConfig,
+    state_dir: &Path,
+    server: ServerId,
+) -> anyhow::Result<()> {
+    let shared = crate::ha::reader(ha)?;
+    let journal = crate::journal::Journal::shared(state_dir, Arc::new(shared));
+    journal.load_shared().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the cluster's power journal from etcd ([ha]) to tell whether its leader \
+             has server {server} stopped for a snapshot: {e}; nothing was changed"
+        )
+    })?;
+    if let Some(entry) = journal.entries().into_iter().find(|e| e.server == server) {
+        bail!(
+            "server {} is stopped for snapshot {} by the cluster's leader since {}; nothing was \
+             changed: restore it once that snapshot is done and the server runs again",
+            entry.server,
+            entry.snapshot,
+            entry.stopped_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    Ok(())
 }
 
 pub(super) async fn once(

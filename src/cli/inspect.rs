@@ -223,14 +223,7 @@ async fn runlog(config: &Config) -> anyhow::Result<crate::runlog::RunLog> {
     let Some(ha) = &config.ha else {
         return Ok(crate::runlog::RunLog::open(&config.daemon.state_dir));
     };
-    let store = std::sync::Arc::new(crate::etcd::Etcd::for_cluster(
-        ha,
-        std::time::Duration::from_secs(5),
-    )?);
-    let prefix = ha.prefix();
-    // Never campaigns: its writes are refused, reads are all `status` does.
-    let leadership = crate::ha::Leadership::new(store.clone(), &prefix, &ha.node, ha.lease_ttl);
-    let shared = crate::ha::Fenced::new(store, leadership, &prefix);
+    let shared = crate::ha::reader(ha)?;
     let log = crate::runlog::RunLog::shared(&config.daemon.state_dir, std::sync::Arc::new(shared));
     log.load_shared()
         .await

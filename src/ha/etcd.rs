@@ -6,6 +6,15 @@ use crate::etcd::{CreateOutcome, ErrorKind, Etcd, EtcdError, LeaseId as EtcdLeas
 
 use super::{Claim, CoordError, Coordination, Holder, LeaseId};
 
+/// The cluster's shared state for a command that only reads it (`status`, `restore`): its
+/// leadership never campaigns, so every write is refused.
+pub fn reader(ha: &crate::config::HaConfig) -> Result<super::Fenced<Etcd>, EtcdError> {
+    let store = std::sync::Arc::new(Etcd::for_cluster(ha, Duration::from_secs(5))?);
+    let prefix = ha.prefix();
+    let leadership = super::Leadership::new(store.clone(), &prefix, &ha.node, ha.lease_ttl);
+    Ok(super::Fenced::new(store, leadership, &prefix))
+}
+
 impl From<EtcdError> for CoordError {
     fn from(e: EtcdError) -> Self {
         match e.kind {

@@ -16,6 +16,8 @@
 mod etcd;
 pub mod memory;
 
+pub use etcd::reader;
+
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

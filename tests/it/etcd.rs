@@ -596,3 +596,93 @@ async fn check_connect_reaches_etcd_and_the_provider() {
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(stderr(&out).contains("etcd"), "{}", stderr(&out));
 }
+
+/// With `[ha]` the power journal is the cluster's: `restore` on either host refuses a server
+/// the leader has stopped for a snapshot (its own `state_dir` knows nothing of it), and does
+/// nothing when etcd cannot say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_a_server_the_clusters_leader_has_stopped() {
+    use crate::common::{bin, config_with_policy, policy, serve_sim, stderr, Scratch};
+    use snapshot_scheduler::model::{PowerState, SnapshotStatus};
+    use snapshot_scheduler::simulator::SimConfig;
+
+    let Some(etcd) = EtcdServer::start(&[]).await else {
+        return;
+    };
+    let (sim, base_url) = serve_sim(&[12345], SimConfig::default()).await;
+    let made = chrono::Utc::now() - chrono::Duration::days(1);
+    let id = sim.add_snapshot(12345, "before-upgrade", SnapshotStatus::Completed, made);
+    // The leader (another host) stopped the server for a snapshot, and journaled it.
+    let client = Etcd::new(vec![etcd.url.clone()], Duration::from_secs(5), None).unwrap();
+    let lease = client.grant(Duration::from_secs(60)).await.unwrap();
+    let leader = "/snapshot-scheduler/prod/leader";
+    let CreateOutcome::Created { revision } = client
+        .create_if_absent(leader, "ops-2", lease)
+        .await
+        .unwrap()
+    else {
+        panic!("the leader key exists already");
+    };
+    let stopped = chrono::Utc::now();
+    let entry = json!({
+        "server": 12345,
+        "policy": "nightly",
+        "snapshot": "nightly-20250115T023000Z",
+        "stopped_at": stopped,
+        "deadline": stopped + chrono::Duration::minutes(50),
+    })
+    .to_string();
+    let journaled = client
+        .txn_if_leader(
+            leader,
+            revision,
+            &[("/snapshot-scheduler/prod/journal/12345", &entry)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(journaled);
+    sim.set_server_status(12345, PowerState::Stopped);
+
+    let scratch = Scratch::new();
+    let with_etcd = |url: &str| {
+        format!(
+            "{}\n[ha]\netcd_endpoints = [\"{url}\"]\ncluster = \"prod\"\nnode = \"ops-1\"\n",
+            config_with_policy(&policy("nightly", "30 2 * * *", &[12345], ""))
+        )
+    };
+    let restore = |config: std::path::PathBuf| {
+        let mut cmd = bin();
+        cmd.arg("--config")
+            .arg(config)
+            .args(["restore", &id.to_string(), "--yes"]);
+        tokio::process::Command::from(cmd).output()
+    };
+    let out = restore(scratch.config(&with_etcd(etcd.url.as_str()), &base_url))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "server 12345 is stopped for snapshot nightly-20250115T023000Z by the cluster's leader"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let out = restore(scratch.config(&with_etcd(&closed), &base_url))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        sim.stats().request_count("restore"),
+        0,
+        "a restore was sent"
+    );
+}
