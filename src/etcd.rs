@@ -326,13 +326,15 @@ impl Etcd {
     }
 
     /// The fenced write: applies `puts` and `deletes` in one transaction only while
-    /// `leader_key`'s `create_revision` is `epoch`, i.e. while the caller is still the leader
-    /// it was elected as. `false` (nothing written) when it is not. etcd limits a transaction
-    /// to 128 operations by default.
+    /// `leader_key`'s `create_revision` is `epoch` and it is bound to `lease`, i.e. while the
+    /// caller is still the leader it was elected as (the lease tells it from a key of the same
+    /// revision in an etcd wiped since). `false` (nothing written) when it is not. etcd limits
+    /// a transaction to 128 operations by default.
     pub async fn txn_if_leader(
         &self,
         leader_key: &str,
         epoch: i64,
+        lease: LeaseId,
         puts: &[(&str, &str)],
         deletes: &[&str],
     ) -> Result<bool, EtcdError> {
@@ -347,8 +349,12 @@ impl Etcd {
             .iter()
             .map(|k| json!({ "request_delete_range": { "key": b64(k) } }));
         let body = json!({
-            "compare": [{ "key": b64(leader_key), "target": "CREATE", "result": "EQUAL",
-                          "create_revision": epoch.to_string() }],
+            "compare": [
+                { "key": b64(leader_key), "target": "CREATE", "result": "EQUAL",
+                  "create_revision": epoch.to_string() },
+                { "key": b64(leader_key), "target": "LEASE", "result": "EQUAL",
+                  "lease": lease.0.to_string() },
+            ],
             "success": puts.chain(deletes).collect::<Vec<_>>(),
         });
         let (_, txn): (_, Txn) = self.call("txn_if_leader", "kv/txn", &body).await?;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::etcd::{CreateOutcome, ErrorKind, Etcd, EtcdError, LeaseId as EtcdLease};
 
-use super::{Claim, CoordError, Coordination, Holder, LeaseId};
+use super::{Claim, CoordError, Coordination, Holder, LeaseId, Tenure};
 
 /// The cluster's shared state for a command that only reads it (`status`, `restore`): its
 /// leadership never campaigns, so every write is refused.
@@ -76,12 +76,15 @@ impl Coordination for Etcd {
     async fn write_if_leader(
         &self,
         key: &str,
-        epoch: i64,
+        tenure: Tenure,
         puts: Vec<(String, String)>,
         deletes: Vec<String>,
     ) -> Result<bool, CoordError> {
         let puts: Vec<(&str, &str)> = puts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let deletes: Vec<&str> = deletes.iter().map(String::as_str).collect();
-        Ok(self.txn_if_leader(key, epoch, &puts, &deletes).await?)
+        let (epoch, lease) = (tenure.epoch, EtcdLease(tenure.lease));
+        Ok(self
+            .txn_if_leader(key, epoch, lease, &puts, &deletes)
+            .await?)
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Claim, CoordError, Coordination, Holder, LeaseId};
+use super::{Claim, CoordError, Coordination, Holder, LeaseId, Tenure};
 
 #[derive(Debug, Default)]
 struct State {
@@ -174,12 +174,16 @@ impl Coordination for Link {
     async fn write_if_leader(
         &self,
         key: &str,
-        epoch: i64,
+        tenure: Tenure,
         puts: Vec<(String, String)>,
         deletes: Vec<String>,
     ) -> Result<bool, CoordError> {
         let mut state = self.state()?;
-        if state.keys.get(key).map(|(_, e, _)| *e) != Some(epoch) {
+        let held = state
+            .keys
+            .get(key)
+            .map(|(_, epoch, lease)| (*epoch, *lease));
+        if held != Some((tenure.epoch, Some(tenure.lease))) {
             return Ok(false);
         }
         state.revision += 1;

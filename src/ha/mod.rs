@@ -35,6 +35,15 @@ pub struct Holder {
     pub epoch: i64,
 }
 
+/// What a fenced write proves it holds: the leader key's create revision (the epoch) and the
+/// lease it is bound to. The lease is compared too: an etcd wiped and started again counts
+/// revisions from 1, so another host's key can carry an old epoch, never an old lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tenure {
+    pub epoch: i64,
+    pub lease: LeaseId,
+}
+
 /// What a claim on the leader key came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -79,11 +88,12 @@ pub trait Coordination: Send + Sync + 'static {
         prefix: &str,
     ) -> impl Future<Output = Result<Vec<(String, String)>, CoordError>> + Send;
     /// Puts and deletes, in one transaction that holds only while `key` was created at
-    /// `epoch` (this node still leads): `false`, and nothing written, when it does not.
+    /// `tenure.epoch` and is bound to `tenure.lease` (this node still leads): `false`, and
+    /// nothing written, when it does not.
     fn write_if_leader(
         &self,
         key: &str,
-        epoch: i64,
+        tenure: Tenure,
         puts: Vec<(String, String)>,
         deletes: Vec<String>,
     ) -> impl Future<Output = Result<bool, CoordError>> + Send;
@@ -111,7 +121,7 @@ pub struct Leadership<C> {
     role: watch::Sender<Role>,
     /// While leading: the epoch, and until when it may act (when the last keep-alive that
     /// succeeded was sent, plus `ttl - margin`).
-    acting: Mutex<Option<(i64, Instant)>>,
+    acting: Mutex<Option<(Tenure, Instant)>>,
 }
 
 impl<C: Coordination> Leadership<C> {
@@ -147,8 +157,13 @@ impl<C: Coordination> Leadership<C> {
     /// The epoch this node may act with now, checked on the monotonic clock (not only the
     /// role: the loop may be late to notice that the lease could be gone).
     pub fn acting_epoch(&self) -> Option<i64> {
+        self.acting_tenure().map(|t| t.epoch)
+    }
+
+    /// The epoch and lease this node may act with now (see [`Leadership::acting_epoch`]).
+    pub fn acting_tenure(&self) -> Option<Tenure> {
         let acting = *self.acting.lock().unwrap_or_else(|e| e.into_inner());
-        acting.and_then(|(epoch, until)| (Instant::now() < until).then_some(epoch))
+        acting.and_then(|(tenure, until)| (Instant::now() < until).then_some(tenure))
     }
 
     /// How long before the lease could expire the leader stops acting: a fifth of the TTL,
@@ -254,7 +269,7 @@ impl<C: Coordination> Leadership<C> {
         match self.store.claim(&self.key, &self.node, lease).await {
             Ok(Claim::Won { epoch }) => {
                 *self.acting.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((epoch, sent + self.ttl - self.margin()));
+                    Some((Tenure { epoch, lease }, sent + self.ttl - self.margin()));
                 self.set(Role::Leader { epoch });
                 Some((lease, epoch))
             }
@@ -302,7 +317,7 @@ impl<C: Coordination> Leadership<C> {
             match renewed {
                 Ok(()) => {
                     let mut acting = self.acting.lock().unwrap_or_else(|e| e.into_inner());
-                    *acting = Some((epoch, sent + self.ttl - self.margin()));
+                    *acting = Some((Tenure { epoch, lease }, sent + self.ttl - self.margin()));
                 }
                 Err(CoordError::LeaseGone(_)) => {
                     *self.acting.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -350,9 +365,9 @@ impl<C: Coordination> crate::shared::SharedState for Fenced<C> {
     ) -> crate::shared::Boxed<'_, Result<(), crate::shared::SharedError>> {
         use crate::shared::SharedError;
         Box::pin(async move {
-            let epoch = self
+            let tenure = self
                 .leadership
-                .acting_epoch()
+                .acting_tenure()
                 .ok_or(SharedError::NotLeading)?;
             let puts = puts
                 .into_iter()
@@ -364,12 +379,12 @@ impl<C: Coordination> crate::shared::SharedState for Fenced<C> {
                 .collect();
             match self
                 .store
-                .write_if_leader(self.leadership.key(), epoch, puts, deletes)
+                .write_if_leader(self.leadership.key(), tenure, puts, deletes)
                 .await
             {
                 // Applied, but the answer may have come late: acting still needs a lease
                 // that cannot have expired (the request this write allows goes out next).
-                Ok(true) if self.leadership.acting_epoch() == Some(epoch) => Ok(()),
+                Ok(true) if self.leadership.acting_tenure() == Some(tenure) => Ok(()),
                 Ok(_) => Err(SharedError::NotLeading),
                 Err(e) => Err(SharedError::Unavailable(e.to_string())),
             }

@@ -92,7 +92,7 @@ async fn one_of_two_nodes_leads_and_the_other_names_it() {
 #[tokio::test(start_paused = true)]
 async fn a_leader_cut_off_fences_itself_before_the_standby_leads() {
     let (store, a, b) = two_nodes().await;
-    let old = a.leadership.acting_epoch().expect("a leads");
+    let old = a.leadership.acting_tenure().expect("a leads");
 
     a.link.cut();
     let took = step_until(&[&a, &b], TTL * 3, || b.leadership.acting_epoch().is_some())
@@ -100,7 +100,7 @@ async fn a_leader_cut_off_fences_itself_before_the_standby_leads() {
         .expect("the standby leads");
     assert!(took <= TTL + Duration::from_secs(2), "{took:?}");
     let new = b.leadership.acting_epoch().unwrap();
-    assert!(new > old, "epoch {new} after {old}");
+    assert!(new > old.epoch, "epoch {new} after {old:?}");
     // Fenced, then campaigning against a store it cannot reach.
     assert!(
         matches!(a.leadership.role(), Role::Fenced { .. } | Role::Unknown),
@@ -335,11 +335,11 @@ impl Coordination for LateAnswers {
     async fn write_if_leader(
         &self,
         key: &str,
-        epoch: i64,
+        tenure: Tenure,
         puts: Vec<(String, String)>,
         deletes: Vec<String>,
     ) -> Result<bool, CoordError> {
-        let applied = self.link.write_if_leader(key, epoch, puts, deletes).await;
+        let applied = self.link.write_if_leader(key, tenure, puts, deletes).await;
         tokio::time::sleep(self.delay).await;
         applied
     }

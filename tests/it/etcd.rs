@@ -140,7 +140,7 @@ async fn a_fenced_write_is_refused_once_another_client_leads() {
     };
 
     let applied = old
-        .txn_if_leader(LEADER, epoch, &[("/journal/web", "stopped")], &[])
+        .txn_if_leader(LEADER, epoch, lease, &[("/journal/web", "stopped")], &[])
         .await
         .expect("fenced write");
     assert!(applied, "the leader's write with its own epoch is applied");
@@ -148,6 +148,7 @@ async fn a_fenced_write_is_refused_once_another_client_leads() {
         .txn_if_leader(
             LEADER,
             epoch,
+            lease,
             &[("/slot/web", "2026-01-01")],
             &["/journal/web"],
         )
@@ -158,11 +159,11 @@ async fn a_fenced_write_is_refused_once_another_client_leads() {
 
     // The old leader's lease is lost; another client takes over (a new create_revision).
     old.revoke(lease).await.expect("revoke");
-    let lease = new.grant(Duration::from_secs(10)).await.expect("grant");
+    let new_lease = new.grant(Duration::from_secs(10)).await.expect("grant");
     let CreateOutcome::Created {
         revision: new_epoch,
     } = new
-        .create_if_absent(LEADER, "ops-2", lease)
+        .create_if_absent(LEADER, "ops-2", new_lease)
         .await
         .expect("campaign")
     else {
@@ -171,7 +172,13 @@ async fn a_fenced_write_is_refused_once_another_client_leads() {
     assert!(new_epoch > epoch);
 
     let applied = old
-        .txn_if_leader(LEADER, epoch, &[("/journal/db", "stopped")], &["/slot/web"])
+        .txn_if_leader(
+            LEADER,
+            epoch,
+            lease,
+            &[("/journal/db", "stopped")],
+            &["/slot/web"],
+        )
         .await
         .expect("fenced write");
     assert!(!applied, "a write with the old epoch must be refused");
@@ -186,13 +193,25 @@ async fn a_fenced_write_is_refused_once_another_client_leads() {
         .expect("get")
         .expect("not deleted");
     assert_eq!(slot.value, "2026-01-01");
+    // The new epoch with the old lease (as after a wipe of etcd, whose revisions start again)
+    // is not the leader either.
+    assert!(!old
+        .txn_if_leader(LEADER, new_epoch, lease, &[("/journal/db", "stopped")], &[])
+        .await
+        .expect("fenced write"));
     assert!(new
-        .txn_if_leader(LEADER, new_epoch, &[("/journal/db", "stopped")], &[])
+        .txn_if_leader(
+            LEADER,
+            new_epoch,
+            new_lease,
+            &[("/journal/db", "stopped")],
+            &[]
+        )
         .await
         .expect("fenced write"));
     // An epoch of 0 (an absent key's create_revision) never leads.
     assert!(!old
-        .txn_if_leader("/nobody", 0, &[("/x", "y")], &[])
+        .txn_if_leader("/nobody", 0, lease, &[("/x", "y")], &[])
         .await
         .expect("txn"));
     assert_eq!(old.get("/x").await.expect("get"), None);
@@ -524,10 +543,10 @@ async fn two_nodes_elect_one_leader_and_hand_over_on_shutdown() {
         matches!(b.role(), Role::Standby(ref h) if h.node == "ops-1")
     })
     .await;
-    let old = a.acting_epoch().unwrap();
+    let old = a.acting_tenure().unwrap();
     // Leading outlasts several TTLs.
     tokio::time::sleep(ttl * 2).await;
-    assert_eq!(a.acting_epoch(), Some(old));
+    assert_eq!(a.acting_tenure(), Some(old));
     assert_eq!(b.acting_epoch(), None);
 
     let handed = tokio::time::Instant::now();
@@ -539,7 +558,7 @@ async fn two_nodes_elect_one_leader_and_hand_over_on_shutdown() {
     .await;
     assert!(handed.elapsed() < ttl, "took {:?}", handed.elapsed());
     let new = b.acting_epoch().unwrap();
-    assert!(new > old, "epoch {new} after {old}");
+    assert!(new > old.epoch, "epoch {new} after {old:?}");
 
     let etcd_client = client(&[&etcd.url]);
     let stale = Coordination::write_if_leader(
@@ -636,6 +655,7 @@ async fn restore_refuses_a_server_the_clusters_leader_has_stopped() {
         .txn_if_leader(
             leader,
             revision,
+            lease,
             &[("/snapshot-scheduler/prod/journal/12345", &entry)],
             &[],
         )
