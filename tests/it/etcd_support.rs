@@ -15,6 +15,8 @@ pub struct EtcdServer {
     child: Child,
     dir: tempfile::TempDir,
     pub url: Url,
+    peer: String,
+    extra: Vec<String>,
 }
 
 impl EtcdServer {
@@ -27,7 +29,10 @@ impl EtcdServer {
         // A port released by one test may be taken by another before etcd binds it: etcd then
         // exits, and another pair of ports is tried.
         for _ in 0..3 {
-            let mut server = Self::spawn(extra);
+            let dir = tempfile::tempdir().expect("temp dir");
+            let client = format!("http://127.0.0.1:{}", free_port());
+            let peer = format!("http://127.0.0.1:{}", free_port());
+            let mut server = Self::spawn(dir, &client, &peer, extra);
             if server.ready().await {
                 return Some(server);
             }
@@ -35,27 +40,59 @@ impl EtcdServer {
         panic!("etcd did not become healthy in three attempts");
     }
 
-    fn spawn(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let client = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log file");
-        let child = Command::new("etcd")
+    fn spawn(dir: tempfile::TempDir, client: &str, peer: &str, extra: &[&str]) -> Self {
+        let child = Self::command(&dir, client, peer, extra);
+        let url = Url::parse(client).expect("client url");
+        Self {
+            child,
+            dir,
+            url,
+            peer: peer.to_owned(),
+            extra: extra.iter().map(|e| (*e).to_owned()).collect(),
+        }
+    }
+
+    /// etcd on `client` and `peer` with its data in `dir` (kept from a run before, if any),
+    /// appending to `dir`'s log.
+    fn command(dir: &tempfile::TempDir, client: &str, peer: &str, extra: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("etcd.log"))
+            .expect("log file");
+        Command::new("etcd")
             .arg("--data-dir")
             .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--listen-client-urls", client])
+            .args(["--advertise-client-urls", client])
+            .args(["--listen-peer-urls", peer])
+            .args(["--initial-advertise-peer-urls", peer])
             .args(["--initial-cluster", &format!("default={peer}")])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()
-            .expect("etcd starts");
-        let url = Url::parse(&client).expect("client url");
-        Self { child, dir, url }
+            .expect("etcd starts")
+    }
+
+    /// Kills etcd (its data stays): every client now meets a closed port.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the killed etcd again on the same ports with the same data (its keys and
+    /// leases), and waits until it is healthy.
+    pub async fn restart(&mut self) {
+        let client = self.url.as_str().trim_end_matches('/').to_owned();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = Self::command(&self.dir, &client, &self.peer, &extra);
+        assert!(
+            self.ready().await,
+            "etcd did not come back:\n{}",
+            self.log()
+        );
     }
 
     /// Waits until `/health` says so; `false` when etcd exited first (a port was taken).
