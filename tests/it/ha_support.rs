@@ -532,28 +532,26 @@ node = "{node}"
         self.child.try_wait().expect("try_wait")
     }
 
-    /// Polls the log until it holds `needle`; fails if the process exits first or after
-    /// `within`, showing the log.
-    pub async fn wait_for_log(&mut self, needle: &str, within: Duration) {
-        self.until(&format!("{} logs {needle:?}", self.name), within, |log| {
-            log.contains(needle)
-        })
-        .await;
+    /// Polls the log until it holds `needle` and returns when it was seen; fails if the
+    /// process exits first or after `within`, showing the log.
+    pub async fn wait_for_log(&mut self, needle: &str, within: Duration) -> Instant {
+        let what = format!("{} logs {needle:?}", self.name);
+        self.until(&what, within, |log| log.contains(needle)).await
     }
 
-    /// Polls until `done` (given the log so far) holds; fails if the process exits first or
-    /// after `within`, showing the log.
+    /// Polls until `done` (given the log so far) holds and returns when it was seen; fails if
+    /// the process exits first or after `within`, showing the log.
     pub async fn until(
         &mut self,
         what: &str,
         within: Duration,
         mut done: impl FnMut(&str) -> bool,
-    ) {
+    ) -> Instant {
         let deadline = Instant::now() + within;
         loop {
             let log = self.log();
             if done(&log) {
-                return;
+                return Instant::now();
             }
             if let Some(status) = self.exited() {
                 panic!(
@@ -596,11 +594,18 @@ node = "{node}"
         Some((status, answer.text().await.ok()?))
     }
 
-    /// The value of the sample `name` (without labels) on `/metrics`.
+    /// The value of the first sample of `name` (whatever its labels) on `/metrics`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics").await?;
         text.lines()
-            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let rest = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once('}')?.1,
+                    None => rest,
+                };
+                rest.strip_prefix(' ')
+            })
             .find_map(|v| v.trim().parse().ok())
     }
 
