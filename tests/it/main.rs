@@ -13,6 +13,7 @@ mod etcd;
 mod etcd_support;
 mod faults;
 mod fuzz_smoke;
+mod ha;
 mod ha_support;
 mod hostile;
 mod layout;
