@@ -265,6 +265,34 @@ impl Journal {
         }
     }
 
+    /// With `[ha]`, on a host that no longer leads: whether this server's stop is still the
+    /// one the cluster's journal holds. Once the leader has settled it, it may have stopped the
+    /// server again for its own snapshot, and a start from here would break that snapshot: the
+    /// entry is forgotten here instead (the leader owns it). When the cluster's journal cannot
+    /// be read, the start goes ahead: a server left stopped is the worse harm.
+    pub async fn may_start(&self, server: ServerId) -> bool {
+        let Some(shared) = &self.shared else {
+            return true;
+        };
+        if shared.leads() {
+            return true;
+        }
+        let Some(mine) = self.entries().into_iter().find(|e| e.server == server) else {
+            return true;
+        };
+        let key = shared_key(server);
+        let Ok(found) = shared.read(&key).await else {
+            return true;
+        };
+        let still = found
+            .iter()
+            .any(|(k, v)| *k == key && serde_json::from_str::<Entry>(v).is_ok_and(|e| e == mine));
+        if !still {
+            self.lock().retain(|e| e.server != server);
+        }
+        still
+    }
+
     /// Forgets the entry of a server that runs again.
     pub async fn clear(&self, server: ServerId) -> Result<(), JournalError> {
         let _turn = self.writes.lock().await;

@@ -66,6 +66,9 @@ pub enum LedgerError {
         #[source]
         source: std::io::Error,
     },
+    /// With `[ha]`: the cluster's ledger (in etcd) refused or did not take the record.
+    #[error("create ledger (the cluster's, in etcd): {0}")]
+    Shared(#[from] crate::shared::SharedError),
 }
 
 #[derive(Debug)]
@@ -232,7 +235,7 @@ impl Ledger {
                     serde_json::to_string(&record).map_err(|e| err(std::io::Error::other(e)))?;
                 shared.write(vec![(key, value)], Vec::new()).await
             };
-            written.map_err(|e| err(std::io::Error::other(e)))?;
+            written?;
             self.lock().keep(record);
             return Ok(());
         }

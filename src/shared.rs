@@ -27,6 +27,9 @@ pub trait SharedState: Send + Sync + std::fmt::Debug {
         puts: Vec<(String, String)>,
         deletes: Vec<String>,
     ) -> Boxed<'_, Result<(), SharedError>>;
+    /// Whether writes would be made under the lead (a write may still be refused: the store
+    /// decides).
+    fn leads(&self) -> bool;
     /// Every key under `section` (`journal/`, `creates/`), with its value.
     fn read<'a>(
         &'a self,

@@ -25,7 +25,7 @@ use crate::client::HttpClient;
 use crate::config::{AlertEvent, HaConfig};
 use crate::context::Context;
 use crate::etcd::Etcd;
-use crate::ha::{Coordination, Fenced, Leadership, Role};
+use crate::ha::{Coordination, Fenced, Leadership, Role, Tenure};
 use crate::policy::Policy;
 use crate::provider::Provider;
 use crate::retry::MayWrite;
@@ -88,17 +88,19 @@ impl<C: Coordination> Cluster<C> {
         };
         let mut roles = self.leadership.watch();
         let mut clean = true;
-        while let Some(epoch) = self.elected(&mut roles, cap, events, &shutdown).await {
+        while let Some(tenure) = self.elected(&mut roles, cap, events, &shutdown).await {
+            let epoch = tenure.epoch;
             let term = Shutdown::new();
-            let shared: Arc<dyn SharedState> = Arc::new(Fenced::new(
+            let shared: Arc<dyn SharedState> = Arc::new(Fenced::for_term(
                 self.store.clone(),
                 self.leadership.clone(),
                 &self.prefix,
+                Some(tenure),
             ));
             let leadership = self.leadership.clone();
             let (service, on_wake) = open(TermParts {
                 shared,
-                may_write: Arc::new(move || leadership.acting_epoch() == Some(epoch)),
+                may_write: Arc::new(move || leadership.acting_tenure() == Some(tenure)),
                 shutdown: term.clone(),
                 epoch,
             });
@@ -131,14 +133,15 @@ impl<C: Coordination> Cluster<C> {
         clean
     }
 
-    /// Waits until this host may act, and returns its epoch; `None` once `shutdown` began.
+    /// Waits until this host may act, and returns its epoch and lease; `None` once
+    /// `shutdown` began.
     async fn elected(
         &self,
         roles: &mut watch::Receiver<Role>,
         cap: Duration,
         events: &mut dyn TermEvents,
         shutdown: &Shutdown,
-    ) -> Option<i64> {
+    ) -> Option<Tenure> {
         loop {
             if shutdown.is_stopping() {
                 return None;
@@ -146,8 +149,9 @@ impl<C: Coordination> Cluster<C> {
             let role = roles.borrow_and_update().clone();
             events.role(&role);
             if let Role::Leader { epoch } = role {
-                if self.leadership.acting_epoch() == Some(epoch) {
-                    return Some(epoch);
+                match self.leadership.acting_tenure() {
+                    Some(tenure) if tenure.epoch == epoch => return Some(tenure),
+                    _ => {}
                 }
             }
             tokio::select! {

@@ -174,6 +174,10 @@ impl<P: Provider> Executor<P> {
     /// and the journal entry stays, so the next settle tries again. A server the provider no
     /// longer knows (404) has nothing to start: warned once, its entry cleared.
     pub async fn start_again(&self, server: ServerId) -> anyhow::Result<()> {
+        if !self.journal.may_start(server).await {
+            tracing::warn!("this host no longer leads the cluster, and the leader has settled this stop (it may have stopped the server again for its own snapshot): not starting it");
+            return Ok(());
+        }
         match self.bring_up(server).await {
             Ok(Up::Running) => {
                 self.journal.clear(server).await?;

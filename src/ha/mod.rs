@@ -336,6 +336,9 @@ pub struct Fenced<C> {
     store: Arc<C>,
     leadership: Arc<Leadership<C>>,
     prefix: String,
+    /// The lead its writes hold: the one acting when it was made (`None`: it only reads). A
+    /// later lead of the same host is another term, with its own.
+    tenure: Option<Tenure>,
 }
 
 impl<C> std::fmt::Debug for Fenced<C> {
@@ -348,12 +351,31 @@ impl<C> std::fmt::Debug for Fenced<C> {
 }
 
 impl<C: Coordination> Fenced<C> {
+    /// Writes under the lead this host holds now, if any (none: a view that only reads).
     pub fn new(store: Arc<C>, leadership: Arc<Leadership<C>>, prefix: &str) -> Self {
+        let tenure = leadership.acting_tenure();
+        Self::for_term(store, leadership, prefix, tenure)
+    }
+
+    /// Writes only under `tenure`, and only while this host still acts with it.
+    pub fn for_term(
+        store: Arc<C>,
+        leadership: Arc<Leadership<C>>,
+        prefix: &str,
+        tenure: Option<Tenure>,
+    ) -> Self {
         Self {
             store,
             leadership,
             prefix: prefix.to_owned(),
+            tenure,
         }
+    }
+
+    /// The term's tenure, while this host still acts with it.
+    fn acting(&self) -> Option<Tenure> {
+        self.tenure
+            .filter(|t| self.leadership.acting_tenure() == Some(*t))
     }
 }
 
@@ -365,10 +387,7 @@ impl<C: Coordination> crate::shared::SharedState for Fenced<C> {
     ) -> crate::shared::Boxed<'_, Result<(), crate::shared::SharedError>> {
         use crate::shared::SharedError;
         Box::pin(async move {
-            let tenure = self
-                .leadership
-                .acting_tenure()
-                .ok_or(SharedError::NotLeading)?;
+            let tenure = self.acting().ok_or(SharedError::NotLeading)?;
             let puts = puts
                 .into_iter()
                 .map(|(k, v)| (format!("{}{k}", self.prefix), v))
@@ -384,11 +403,15 @@ impl<C: Coordination> crate::shared::SharedState for Fenced<C> {
             {
                 // Applied, but the answer may have come late: acting still needs a lease
                 // that cannot have expired (the request this write allows goes out next).
-                Ok(true) if self.leadership.acting_tenure() == Some(tenure) => Ok(()),
+                Ok(true) if self.acting() == Some(tenure) => Ok(()),
                 Ok(_) => Err(SharedError::NotLeading),
                 Err(e) => Err(SharedError::Unavailable(e.to_string())),
             }
         })
+    }
+
+    fn leads(&self) -> bool {
+        self.acting().is_some()
     }
 
     fn read<'a>(
