@@ -122,6 +122,10 @@ pub struct Leadership<C> {
     /// While leading: the epoch, and until when it may act (when the last keep-alive that
     /// succeeded was sent, plus `ttl - margin`).
     acting: Mutex<Option<(Tenure, Instant)>>,
+    /// A lease this node gave up but could not revoke (the store was away): revoked once the
+    /// store answers again. etcd keeps leases across its restarts, so this one would hold the
+    /// leader key for nobody for another TTL.
+    unrevoked: Mutex<Option<LeaseId>>,
 }
 
 impl<C: Coordination> Leadership<C> {
@@ -134,6 +138,7 @@ impl<C: Coordination> Leadership<C> {
             ttl,
             role: watch::Sender::new(Role::Unknown),
             acting: Mutex::new(None),
+            unrevoked: Mutex::new(None),
         })
     }
 
@@ -231,7 +236,8 @@ impl<C: Coordination> Leadership<C> {
             // Given up either way: on shutdown so a standby takes over at once, after a
             // fencing so the lease (if it still exists) does not hold the key for nobody.
             if let Err(e) = self.store.revoke(lease).await {
-                tracing::warn!(error = %e, "could not give the lease up; it expires on its own");
+                tracing::warn!(error = %e, "could not give the lease up; trying again once the store answers, else it expires on its own");
+                *self.unrevoked.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
             }
             if clean || retire.is_cancelled() {
                 return;
@@ -242,6 +248,16 @@ impl<C: Coordination> Leadership<C> {
     /// Until this node wins: `Some((lease, epoch))`. `None` after a failed attempt (the
     /// caller tries again).
     async fn campaign(&self) -> Option<(LeaseId, i64)> {
+        let unrevoked = *self.unrevoked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lease) = unrevoked {
+            if let Ok(()) | Err(CoordError::LeaseGone(_)) = self.store.revoke(lease).await {
+                tracing::info!(
+                    lease,
+                    "gave up the lease the store could not take back before"
+                );
+                *self.unrevoked.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
         match self.store.holder(&self.key).await {
             Ok(Some(holder)) => {
                 self.set(Role::Standby(holder));

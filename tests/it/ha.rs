@@ -462,6 +462,14 @@ async fn with_etcd_gone_nobody_writes_and_one_leader_resumes_when_it_is_back() {
         c.story()
     );
     let first_back = writes.iter().find(|w| w.at >= back_at).expect("one");
+    // Not after one more lease: the fenced host's lease, which etcd keeps across its restart,
+    // is given up as soon as etcd answers.
+    assert!(
+        first_back.at.duration_since(back_at) < Duration::from_millis(5500),
+        "resumed {} after etcd was back\n{}",
+        secs(first_back.at.duration_since(back_at)),
+        c.story()
+    );
     c.assert_no_slot_twice();
     let leading = if node == NODES[0] {
         (Some(1.0), Some(0.0))
