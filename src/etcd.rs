@@ -466,13 +466,30 @@ impl Etcd {
                     unreachable.push(format!("{}: {cause}", at.endpoint));
                     continue;
                 }
-                Err(e) => return Err(at.fail(self.transport(&e))),
+                Err(e) => {
+                    // Not sent elsewhere (a transaction that timed out may have been
+                    // applied), but the next request goes to the next member: one that
+                    // takes connections and never answers (frozen, its disk stalled) must
+                    // not hold a cluster whose other members have quorum.
+                    self.pass_over(i);
+                    return Err(at.fail(self.transport(&e)));
+                }
                 Ok(response) => response,
             };
             self.current.store(i, Ordering::Relaxed);
             let status = response.status();
-            let bytes = self.read_body(response, &at).await?;
+            let bytes = match self.read_body(response, &at).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    self.pass_over(i);
+                    return Err(e);
+                }
+            };
             if !status.is_success() {
+                // A member cut off from the others answers 5xx ("no leader"): ask another.
+                if status.is_server_error() {
+                    self.pass_over(i);
+                }
                 let message = etcd_message(&bytes);
                 return Err(at.fail(ErrorKind::Refused {
                     status: status.as_u16(),
@@ -493,6 +510,15 @@ impl Etcd {
             .join(", ");
         let message = text::message(&unreachable.join("; "));
         Err(EtcdError::new(op, &all, ErrorKind::Unreachable(message)))
+    }
+
+    /// The next request starts with the member after `failed` (unless another request has
+    /// moved on already).
+    fn pass_over(&self, failed: usize) {
+        let next = (failed + 1) % self.endpoints.len();
+        let _ = self
+            .current
+            .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// The body of an answer, read up to [`MAX_ANSWER_BYTES`].

@@ -280,6 +280,33 @@ async fn waiting_for_an_unchanged_key_ends_at_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(3), "it must end");
 }
 
+/// A member that takes connections and never answers (a frozen VM, a stalled disk) costs one
+/// request its timeout; the next request goes to the next member. Asked again and again, it
+/// held the whole cluster while the other members had quorum.
+#[tokio::test]
+async fn a_member_that_never_answers_is_passed_over_after_one_timeout() {
+    let Some(etcd) = EtcdServer::start(&[]).await else {
+        return;
+    };
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = Url::parse(&format!("http://{}", silent.local_addr().unwrap())).unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let endpoints = vec![silent_url.clone(), etcd.url.clone()];
+    let etcd_client = Etcd::new(endpoints, Duration::from_secs(1), None).expect("client");
+    let first = etcd_client.get(LEADER).await;
+    assert!(first.is_err(), "{first:?}");
+    for _ in 0..3 {
+        let next = etcd_client.get(LEADER).await;
+        assert!(matches!(next, Ok(None)), "{next:?}");
+    }
+    held.abort();
+}
+
 #[tokio::test]
 async fn a_closed_first_endpoint_is_passed_over_for_the_next() {
     let Some(etcd) = EtcdServer::start(&[]).await else {
