@@ -148,11 +148,12 @@ impl RunLog {
         let runs = shared.read(RUNS_SECTION).await?;
         let mut state = State::default();
         for (key, value) in handled {
+            let Some(policy) = key.strip_prefix(HANDLED_SECTION) else {
+                continue;
+            };
             match serde_json::from_str::<Handled>(&value) {
                 Ok(h) => {
-                    state
-                        .handled
-                        .insert(key[HANDLED_SECTION.len()..].to_owned(), h);
+                    state.handled.insert(policy.to_owned(), h);
                 }
                 Err(e) => {
                     tracing::warn!(%key, error = %e, "cannot read this record; going on without it")

@@ -45,6 +45,12 @@ impl Coordination for Etcd {
     async fn claim(&self, key: &str, node: &str, lease: LeaseId) -> Result<Claim, CoordError> {
         Ok(
             match self.create_if_absent(key, node, EtcdLease(lease)).await? {
+                // Revisions start at 1: an epoch below it would never be matched by a write.
+                CreateOutcome::Created { revision } if revision < 1 => {
+                    return Err(CoordError::Invalid(format!(
+                        "etcd answered the claim with revision {revision}; revisions start at 1"
+                    )))
+                }
                 CreateOutcome::Created { revision } => Claim::Won { epoch: revision },
                 CreateOutcome::Exists {
                     value,

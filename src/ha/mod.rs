@@ -307,6 +307,9 @@ impl<C: Coordination> Leadership<C> {
     /// Renews the lease until `shutdown` (`true`) or until it cannot be renewed in time
     /// (`false`: fenced).
     async fn lead(&self, lease: LeaseId, epoch: i64, shutdown: &CancellationToken) -> bool {
+        // Counted from when the last keep-alive was sent, not from its answer: a slow answer
+        // must not push the next one past the acting deadline (which counts from the send).
+        let mut next = Instant::now() + self.renew_every();
         loop {
             let until = self
                 .acting
@@ -314,7 +317,7 @@ impl<C: Coordination> Leadership<C> {
                 .unwrap_or_else(|e| e.into_inner())
                 .map_or_else(Instant::now, |(_, until)| until);
             tokio::select! {
-                () = tokio::time::sleep(self.renew_every()) => {}
+                () = tokio::time::sleep_until(next) => {}
                 () = tokio::time::sleep_until(until) => {
                     self.set(Role::Fenced { epoch });
                     return false;
@@ -322,6 +325,7 @@ impl<C: Coordination> Leadership<C> {
                 () = shutdown.cancelled() => return true,
             }
             let sent = Instant::now();
+            next = sent + self.renew_every();
             let renewed = tokio::select! {
                 renewed = self.store.keep_alive(lease) => renewed,
                 () = tokio::time::sleep_until(until) => {
@@ -441,9 +445,10 @@ impl<C: Coordination> crate::shared::SharedState for Fenced<C> {
                 .read_prefix(&under)
                 .await
                 .map_err(|e| crate::shared::SharedError::Unavailable(e.to_string()))?;
+            // Keys outside the prefix (a store that answers what was not asked) are left out.
             Ok(found
                 .into_iter()
-                .map(|(k, v)| (k[self.prefix.len()..].to_owned(), v))
+                .filter_map(|(k, v)| Some((k.strip_prefix(&self.prefix)?.to_owned(), v)))
                 .collect())
         })
     }

@@ -307,10 +307,12 @@ async fn a_retiring_node_that_loses_the_lead_does_not_seek_it_again() {
     assert_eq!(store.get(&format!("{PREFIX}leader")), None);
 }
 
-/// A store whose fenced writes are answered `delay` late (applied at once).
+/// A store whose fenced writes are answered `delay` late (applied at once), and whose reads
+/// add `stray`, a key that was not asked for.
 struct LateAnswers {
     link: Link,
     delay: Duration,
+    stray: Option<(String, String)>,
 }
 
 impl Coordination for LateAnswers {
@@ -330,7 +332,9 @@ impl Coordination for LateAnswers {
         self.link.holder(key).await
     }
     async fn read_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, CoordError> {
-        self.link.read_prefix(prefix).await
+        let mut found = self.link.read_prefix(prefix).await?;
+        found.extend(self.stray.clone());
+        Ok(found)
     }
     async fn write_if_leader(
         &self,
@@ -353,6 +357,7 @@ async fn a_fenced_write_answered_after_the_lease_could_expire_allows_nothing() {
     let late = Arc::new(LateAnswers {
         link: store.link(),
         delay: TTL,
+        stray: None,
     });
     let leadership = Leadership::new(late.clone(), PREFIX, "ops-1", TTL);
     let (stop, task) = {
@@ -381,6 +386,29 @@ async fn a_fenced_write_answered_after_the_lease_could_expire_allows_nothing() {
     );
     stop.cancel();
     let _ = task.await;
+}
+
+const HANDLED: &str = r#"{"schedule":"30 2 * * *","timezone":"UTC","servers":{"1":"2025-01-15T02:30:00Z"}}"#;
+
+/// A store that answers a read with a key outside what was asked (short, or under another
+/// prefix) is not believed about it: the key is left out, nothing panics.
+#[tokio::test(start_paused = true)]
+async fn a_key_outside_the_prefix_in_an_answer_is_left_out() {
+    // Another cluster's key, as long as this one's prefix: cut at the prefix's length, it
+    // would read as this cluster's.
+    for stray in ["x", "/snapshot-scheduler/prod/handled/nightly"] {
+        let store = Memory::new();
+        let odd = Arc::new(LateAnswers {
+            link: store.link(),
+            delay: Duration::ZERO,
+            stray: Some((stray.to_owned(), HANDLED.to_owned())),
+        });
+        let leadership = Leadership::new(odd.clone(), PREFIX, "ops-1", TTL);
+        let fenced = Arc::new(Fenced::new(odd, leadership, PREFIX));
+        let log = crate::runlog::RunLog::shared(std::path::Path::new("/nonexistent"), fenced);
+        log.load_shared().await.unwrap();
+        assert_eq!(log.recorded("nightly"), None, "{stray}");
+    }
 }
 
 /// A day of random trouble on paused time: links cut and mended, nodes crashed (no hand-over)
