@@ -313,6 +313,8 @@ struct LateAnswers {
     link: Link,
     delay: Duration,
     stray: Option<(String, String)>,
+    /// How late keep-alives are answered (applied at once).
+    slow_keep_alive: Duration,
 }
 
 impl Coordination for LateAnswers {
@@ -320,7 +322,9 @@ impl Coordination for LateAnswers {
         self.link.grant(ttl).await
     }
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), CoordError> {
-        self.link.keep_alive(lease).await
+        let kept = self.link.keep_alive(lease).await;
+        tokio::time::sleep(self.slow_keep_alive).await;
+        kept
     }
     async fn revoke(&self, lease: LeaseId) -> Result<(), CoordError> {
         self.link.revoke(lease).await
@@ -358,6 +362,7 @@ async fn a_fenced_write_answered_after_the_lease_could_expire_allows_nothing() {
         link: store.link(),
         delay: TTL,
         stray: None,
+        slow_keep_alive: Duration::ZERO,
     });
     let leadership = Leadership::new(late.clone(), PREFIX, "ops-1", TTL);
     let (stop, task) = {
@@ -388,7 +393,41 @@ async fn a_fenced_write_answered_after_the_lease_could_expire_allows_nothing() {
     let _ = task.await;
 }
 
-const HANDLED: &str = r#"{"schedule":"30 2 * * *","timezone":"UTC","servers":{"1":"2025-01-15T02:30:00Z"}}"#;
+/// Keep-alives answered a third of a TTL late still keep the lead: the next one is paced from
+/// when the last was sent, as the acting deadline is (paced from the answer, they fell behind
+/// the deadline and the leader lost the lead every few renewals).
+#[tokio::test(start_paused = true)]
+async fn slow_keep_alive_answers_do_not_cost_the_lead() {
+    let store = Memory::new();
+    let slow = Arc::new(LateAnswers {
+        link: store.link(),
+        delay: Duration::ZERO,
+        stray: None,
+        slow_keep_alive: TTL / 3,
+    });
+    let leadership = Leadership::new(slow, PREFIX, "ops-1", TTL);
+    let stop = CancellationToken::new();
+    let task = {
+        let (l, s) = (leadership.clone(), stop.clone());
+        tokio::spawn(async move { l.run(s).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let epoch = leadership.acting_epoch().expect("it leads");
+    for _ in 0..(10 * 60 * 10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            leadership.acting_epoch(),
+            Some(epoch),
+            "{:?}",
+            leadership.role()
+        );
+    }
+    stop.cancel();
+    let _ = task.await;
+}
+
+const HANDLED: &str =
+    r#"{"schedule":"30 2 * * *","timezone":"UTC","servers":{"1":"2025-01-15T02:30:00Z"}}"#;
 
 /// A store that answers a read with a key outside what was asked (short, or under another
 /// prefix) is not believed about it: the key is left out, nothing panics.
@@ -402,6 +441,7 @@ async fn a_key_outside_the_prefix_in_an_answer_is_left_out() {
             link: store.link(),
             delay: Duration::ZERO,
             stray: Some((stray.to_owned(), HANDLED.to_owned())),
+            slow_keep_alive: Duration::ZERO,
         });
         let leadership = Leadership::new(odd.clone(), PREFIX, "ops-1", TTL);
         let fenced = Arc::new(Fenced::new(odd, leadership, PREFIX));
