@@ -489,6 +489,23 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     if targets(running) != targets(new) {
         changed.push("[[notify]]");
     }
+    let ha = |c: &Config| {
+        c.ha.as_ref().map(|h| {
+            let auth = (h.auth.as_ref())
+                .map(|a| (a.username.clone(), a.password.expose_secret().to_owned()));
+            (
+                h.endpoints.clone(),
+                h.cluster.clone(),
+                h.lease_ttl,
+                h.node.clone(),
+                auth,
+                h.ca_pem.clone(),
+            )
+        })
+    };
+    if ha(running) != ha(new) {
+        changed.push("[ha]");
+    }
     changed
 }
 

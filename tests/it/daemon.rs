@@ -970,3 +970,31 @@ async fn sigterm_while_the_daemon_settles_a_previous_runs_stop_starts_the_server
     assert_eq!(setup.journal(), Vec::<Value>::new(), "{log}");
     assert!(!log.contains("policy fired"), "fired after SIGTERM\n{log}");
 }
+
+/// A reload does not apply `[ha]` (the election runs with what it started with): a changed
+/// cluster, node or endpoint, or `[ha]` added or removed, is named as needing a restart.
+#[test]
+fn a_changed_ha_section_is_named_as_needing_a_restart() {
+    use snapshot_scheduler::config::{Config, LoadOptions};
+    use snapshot_scheduler::daemon::needs_restart;
+    let parse = |ha: &str| {
+        let text = format!(
+            "[api]\nbase_url = \"https://provider.invalid/api/v1\"\n\n{ha}\n[[policy]]\nname = \"db\"\n\
+             schedule = \"0 3 * * *\"\nservers = [1]\nkeep = 2\n"
+        );
+        Config::parse(
+            std::path::Path::new("ha.toml"),
+            &text,
+            LoadOptions { simulate: true },
+            &std::collections::BTreeMap::new(),
+        )
+        .expect("a valid config")
+    };
+    let ha = |node: &str| {
+        format!("[ha]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\ncluster = \"prod\"\nnode = \"{node}\"\n")
+    };
+    let running = parse(&ha("ops-1"));
+    assert!(needs_restart(&running, &parse(&ha("ops-1"))).is_empty());
+    assert_eq!(needs_restart(&running, &parse(&ha("ops-9"))), ["[ha]"]);
+    assert_eq!(needs_restart(&running, &parse("")), ["[ha]"]);
+}
