@@ -126,6 +126,9 @@ pub struct Leadership<C> {
     /// store answers again. etcd keeps leases across its restarts, so this one would hold the
     /// leader key for nobody for another TTL.
     unrevoked: Mutex<Option<LeaseId>>,
+    /// The last error of the store said in the log, so a store that keeps failing the same
+    /// way is said once, and each new way once more.
+    said: Mutex<String>,
 }
 
 impl<C: Coordination> Leadership<C> {
@@ -139,6 +142,7 @@ impl<C: Coordination> Leadership<C> {
             role: watch::Sender::new(Role::Unknown),
             acting: Mutex::new(None),
             unrevoked: Mutex::new(None),
+            said: Mutex::new(String::new()),
         })
     }
 
@@ -192,6 +196,9 @@ impl<C: Coordination> Leadership<C> {
             if *r == role {
                 return false;
             }
+            if matches!(role, Role::Leader { .. } | Role::Standby(_)) {
+                self.said.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
             match &role {
                 Role::Leader { epoch } => {
                     tracing::info!(node = %self.node, epoch, "leading")
@@ -210,6 +217,19 @@ impl<C: Coordination> Leadership<C> {
             *r = role;
             true
         });
+    }
+
+    /// A campaign step failed: said as a warning when it fails in a new way (a wrong CA, a
+    /// wrong password and a closed port each say what to fix), at debug level when repeated.
+    fn store_failed(&self, doing: &str, e: &CoordError) {
+        let text = format!("{doing}: {e}");
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        if *said == text {
+            tracing::debug!(node = %self.node, "{text}");
+        } else {
+            tracing::warn!(node = %self.node, "etcd: {text}; not acting until it answers");
+            *said = text;
+        }
     }
 
     /// Campaigns, leads and stands by until `shutdown`; a leader then gives its lease up so
@@ -266,7 +286,7 @@ impl<C: Coordination> Leadership<C> {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::debug!(error = %e, "looking for the leader");
+                self.store_failed("looking for the leader", &e);
                 self.set(Role::Unknown);
                 tokio::time::sleep(self.look_every()).await;
                 return None;
@@ -276,7 +296,7 @@ impl<C: Coordination> Leadership<C> {
         let lease = match self.store.grant(self.ttl).await {
             Ok(lease) => lease,
             Err(e) => {
-                tracing::debug!(error = %e, "granting a lease");
+                self.store_failed("granting a lease", &e);
                 self.set(Role::Unknown);
                 tokio::time::sleep(self.look_every()).await;
                 return None;
@@ -295,7 +315,7 @@ impl<C: Coordination> Leadership<C> {
                 None
             }
             Err(e) => {
-                tracing::debug!(error = %e, "claiming the leader key");
+                self.store_failed("claiming the leader key", &e);
                 let _ = self.store.revoke(lease).await;
                 self.set(Role::Unknown);
                 tokio::time::sleep(self.look_every()).await;
