@@ -43,6 +43,8 @@ pub trait TermEvents: Send {
     fn term(&mut self, _epoch: Option<i64>) {}
     /// The lead was lost mid-term: the lease could not be renewed in time.
     fn lost(&mut self, _epoch: i64) {}
+    /// Leading, but the shared state cannot be read, so the term does not begin.
+    fn unreadable(&mut self, _epoch: i64, _error: &str) {}
 }
 
 /// A term's service over the shared state, with what its scheduler calls on every wake.
@@ -88,6 +90,7 @@ impl<C: Coordination> Cluster<C> {
         };
         let mut roles = self.leadership.watch();
         let mut clean = true;
+        let mut unreadable_for = Duration::from_secs(1);
         while let Some(tenure) = self.elected(&mut roles, cap, events, &shutdown).await {
             let epoch = tenure.epoch;
             let term = Shutdown::new();
@@ -105,13 +108,19 @@ impl<C: Coordination> Cluster<C> {
                 epoch,
             });
             if let Err(e) = service.load_shared().await {
-                tracing::warn!(epoch, error = %format!("{e:#}"), "leading, but the shared state cannot be read; not acting until it can");
+                // Read as empty, it could forget a server left stopped: nothing acts without
+                // it, loudly (the log, STATUS=, /healthz), looking again with a back-off.
+                let text = format!("{e:#}");
+                tracing::error!(epoch, error = %text, "leading, but the cluster's shared state cannot be read; not acting until it can (fix or delete the key named)");
+                events.unreadable(epoch, &text);
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = tokio::time::sleep(unreadable_for) => {}
                     () = shutdown.stopping() => {}
                 }
+                unreadable_for = (unreadable_for * 2).min(Duration::from_secs(60));
                 continue;
             }
+            unreadable_for = Duration::from_secs(1);
             tracing::info!(epoch, "acting for the cluster");
             events.term(Some(epoch));
             let policies = reload.borrow().clone();
@@ -264,6 +273,7 @@ pub(super) async fn serve_cluster(
         health,
         watchdog: watchdog.is_some(),
         status: String::new(),
+        unreadable: None,
     };
     let node = ha.node.clone();
     let open = |term: TermParts| {
@@ -297,6 +307,9 @@ struct Announce {
     health: watch::Sender<(bool, String)>,
     watchdog: bool,
     status: String,
+    /// Leading with this epoch, but the shared state could not be read: `/healthz` and
+    /// STATUS= keep saying so until a term begins.
+    unreadable: Option<i64>,
 }
 
 impl TermEvents for Announce {
@@ -317,6 +330,12 @@ impl TermEvents for Announce {
             ),
         };
         let leading = matches!(role, Role::Leader { .. });
+        if matches!(role, Role::Leader { epoch } if self.unreadable == Some(*epoch)) {
+            if self.watchdog {
+                notify(&[NotifyState::Watchdog]);
+            }
+            return;
+        }
         metrics::gauge!("snapshot_scheduler_leader").set(if leading { 1.0 } else { 0.0 });
         if let Role::Leader { epoch } = role {
             metrics::gauge!("snapshot_scheduler_leader_epoch").set(*epoch as f64);
@@ -334,8 +353,22 @@ impl TermEvents for Announce {
 
     fn term(&mut self, epoch: Option<i64>) {
         self.status.clear();
+        self.unreadable = None;
         self.client
             .set_acting_as(epoch.map(|epoch| (self.node.as_str(), epoch)));
+    }
+
+    fn unreadable(&mut self, epoch: i64, error: &str) {
+        self.unreadable = Some(epoch);
+        let line = format!(
+            "not acting: leading (epoch {epoch}) but the cluster's shared state cannot be read: {}",
+            error.replace('\n', " ")
+        );
+        self.health.send_replace((false, line.clone()));
+        if line != self.status {
+            notify(&[NotifyState::Status(&line)]);
+            self.status = line;
+        }
     }
 
     fn lost(&mut self, epoch: i64) {

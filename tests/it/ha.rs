@@ -603,3 +603,47 @@ async fn an_old_leader_woken_up_does_not_start_a_server_the_new_leader_stopped_f
         c.story()
     );
 }
+
+/// A value in the cluster's journal that cannot be read is never taken for an empty journal
+/// (it could be a server left stopped): the leader does not act, and says so where an operator
+/// looks, `/healthz` (503, naming the key) and the log, instead of a healthy-looking `leading`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_journal_value_in_etcd_is_a_loud_not_acting_leader() {
+    let Some(etcd) = EtcdServer::start(&[]).await else {
+        return;
+    };
+    let client =
+        snapshot_scheduler::etcd::Etcd::new(vec![etcd.url.clone()], Duration::from_secs(5), None)
+            .expect("client");
+    let lease = client.grant(Duration::from_secs(600)).await.expect("grant");
+    // Written outside any leadership, as a hand edit would be.
+    client
+        .create_if_absent("/snapshot-scheduler/prod/journal/12345", "not json", lease)
+        .await
+        .expect("put");
+    let provider = RecordingProvider::serve(&[WEB], SimConfig::default()).await;
+    let node = Node::start(&NodeSpec {
+        node: NODES[0],
+        etcd: &etcd.url,
+        cluster: "prod",
+        lease_ttl: "5s",
+        base_url: &provider.base_url,
+        policies: &[policy("web", "*/2 * * * * *", &[WEB], "")],
+        daemon: "",
+    });
+    let mut node = node;
+    node.wait_for_log("shared state cannot be read", WAIT).await;
+    let deadline = Instant::now() + WAIT;
+    let answer = loop {
+        let answer = node.get("/healthz").await;
+        if matches!(&answer, Some((503, _))) || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (code, text) = answer.expect("an answer");
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("journal/12345"), "{text}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(provider.writes().is_empty(), "{}", provider.describe());
+}
