@@ -150,21 +150,29 @@ impl Context {
     }
 
     /// The executor for acting commands, with the journal in `state_dir`.
-    pub fn executor(&self, dry_run: bool) -> anyhow::Result<Arc<Executor<HttpClient>>> {
-        self.executor_with(dry_run, Shutdown::new())
+    pub async fn executor(&self, dry_run: bool) -> anyhow::Result<Arc<Executor<HttpClient>>> {
+        self.executor_with(dry_run, Shutdown::new()).await
     }
 
     /// The executor, ending its waits early when `shutdown` is hurried. A dry run only
-    /// reads: it neither needs nor creates `state_dir`.
-    pub fn executor_with(
+    /// reads: it neither needs nor creates `state_dir`; with `[ha]` it reads the cluster's
+    /// journal and create ledger from etcd, so it decides as the leader would.
+    pub async fn executor_with(
         &self,
         dry_run: bool,
         shutdown: Shutdown,
     ) -> anyhow::Result<Arc<Executor<HttpClient>>> {
-        let journal = if dry_run {
-            Journal::detached(&self.config.daemon.state_dir)?
-        } else {
-            Journal::open(&self.config.daemon.state_dir)?
+        let state_dir = &self.config.daemon.state_dir;
+        let journal = match (&self.config.ha, dry_run) {
+            (Some(ha), true) => {
+                let journal = Journal::shared(state_dir, Arc::new(crate::ha::reader(ha)?));
+                if let Err(e) = journal.load_shared().await {
+                    tracing::warn!(error = %e, "cannot read the cluster's journal and create ledger from etcd; this dry run may create where the leader would not (a create whose answer was lost)");
+                }
+                journal
+            }
+            (None, true) => Journal::detached(state_dir)?,
+            (_, false) => Journal::open(state_dir)?,
         };
         Ok(Executor::new(Parts {
             provider: Arc::new(self.client.clone()),

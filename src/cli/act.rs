@@ -53,7 +53,7 @@ pub(super) async fn restore(
         refuse_if_the_leader_stopped_it(ha, &ctx.config.daemon.state_dir, snapshot.server.id)
             .await?;
     }
-    let executor = ctx.executor(false)?;
+    let executor = ctx.executor(false).await?;
     if executor.journal().try_lock()? {
         executor.settle_server(snapshot.server.id).await?;
     } else if let Some(entry) = executor
@@ -220,7 +220,7 @@ pub(super) async fn once(
     dry_run: bool,
     shutdown: &Shutdown,
 ) -> anyhow::Result<i32> {
-    let executor = ctx.executor_with(dry_run, shutdown.clone())?;
+    let executor = ctx.executor_with(dry_run, shutdown.clone()).await?;
     if !dry_run {
         if !executor.journal().try_lock()? {
             bail!(

@@ -157,7 +157,7 @@ pub(super) async fn show_plan(
     servers.sort_unstable();
     servers.dedup();
     // What a run would decide on, read by a dry run's executor: no state directory.
-    let executor = ctx.executor(true)?;
+    let executor = ctx.executor(true).await?;
     let listing = executor.list(&servers).await?;
     let mut plans = Vec::with_capacity(work.len());
     for (policy, server, slot) in &work {

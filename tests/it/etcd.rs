@@ -733,3 +733,73 @@ async fn restore_refuses_a_server_the_clusters_leader_has_stopped() {
         "a restore was sent"
     );
 }
+
+/// With `[ha]` the create ledger is the cluster's: `plan` and `once --dry-run` on either host
+/// read it from etcd, so a create whose answer the leader lost is `create_unconfirmed` there
+/// too, not "would create" (the leader would not send it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_and_dry_run_read_the_clusters_create_ledger() {
+    use crate::common::{bin, config_with_policy, policy, serve_sim, stderr, stdout, Scratch};
+    use snapshot_scheduler::simulator::SimConfig;
+
+    let Some(etcd) = EtcdServer::start(&[]).await else {
+        return;
+    };
+    let (_sim, base_url) = serve_sim(&[12345], SimConfig::default()).await;
+    let yearly = "0 3 1 1 *";
+    let schedule =
+        snapshot_scheduler::schedule::Schedule::parse(yearly, chrono_tz::Tz::UTC).unwrap();
+    let slot = schedule.slot_at(chrono::Utc::now()).unwrap();
+    let name = snapshot_scheduler::policy::snapshot_name("nightly", slot);
+    let client = Etcd::new(vec![etcd.url.clone()], Duration::from_secs(5), None).unwrap();
+    let lease = client.grant(Duration::from_secs(60)).await.unwrap();
+    let leader = "/snapshot-scheduler/prod/leader";
+    let CreateOutcome::Created { revision } = client
+        .create_if_absent(leader, "ops-2", lease)
+        .await
+        .unwrap()
+    else {
+        panic!("the leader key exists already");
+    };
+    let record = json!({
+        "server": 12345, "policy": "nightly", "name": name,
+        "at": slot + chrono::Duration::seconds(1), "answer": "unknown",
+    })
+    .to_string();
+    assert!(client
+        .txn_if_leader(
+            leader,
+            revision,
+            lease,
+            &[("/snapshot-scheduler/prod/creates/12345/nightly", &record)],
+            &[],
+        )
+        .await
+        .unwrap());
+
+    let scratch = Scratch::new();
+    let config = scratch.config(
+        &format!(
+            "{}\n[ha]\netcd_endpoints = [\"{}\"]\ncluster = \"prod\"\nnode = \"ops-1\"\n",
+            config_with_policy(&policy("nightly", yearly, &[12345], "")),
+            etcd.url
+        ),
+        &base_url,
+    );
+    let run = |args: &[&str]| {
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&config).args(args);
+        tokio::process::Command::from(cmd).output()
+    };
+    let out = run(&["plan", "--json"]).await.unwrap();
+    let plans: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(
+        plans[0]["outcome"]["kind"],
+        "create_unconfirmed",
+        "{plans:#}\n{}",
+        stderr(&out)
+    );
+    let out = run(&["once", "--dry-run"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).contains("answer was lost"), "{}", stdout(&out));
+}
