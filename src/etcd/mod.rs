@@ -30,13 +30,16 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
-use serde::de::{DeserializeOwned, Error as _};
-use serde::{Deserialize, Deserializer};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use url::Url;
 
 use crate::text;
+
+mod wire;
+use wire::*;
 
 /// The largest answer read: a prefix of a few thousand run-log records is well below it.
 pub const MAX_ANSWER_BYTES: usize = 16 << 20;
@@ -554,164 +557,6 @@ impl Etcd {
             text::message(&error_chain(e))
         })
     }
-}
-
-/// The call and the endpoint that answered it, for the errors made of its answer.
-struct At {
-    op: &'static str,
-    endpoint: String,
-}
-
-impl At {
-    fn fail(&self, kind: ErrorKind) -> EtcdError {
-        EtcdError::new(self.op, &self.endpoint, kind)
-    }
-
-    fn malformed(&self, detail: &str) -> EtcdError {
-        self.fail(ErrorKind::Malformed(detail.to_owned()))
-    }
-}
-
-/// The header every etcd answer carries.
-#[derive(Deserialize)]
-struct Header {
-    #[serde(deserialize_with = "number")]
-    revision: i64,
-}
-
-#[derive(Deserialize)]
-struct Txn {
-    header: Header,
-    #[serde(default)]
-    succeeded: bool,
-    #[serde(default)]
-    responses: Vec<TxnResponse>,
-}
-
-#[derive(Deserialize)]
-struct TxnResponse {
-    response_range: Option<Range>,
-}
-
-#[derive(Deserialize)]
-struct Range {
-    /// Always there in etcd's answer (cluster, member, revision): an answer without it is
-    /// not etcd's, whatever else it says.
-    #[serde(rename = "header")]
-    _header: serde::de::IgnoredAny,
-    #[serde(default)]
-    kvs: Vec<RawKv>,
-}
-
-/// A key as the gateway sends it: base64 text, revisions as strings.
-#[derive(Deserialize)]
-struct RawKv {
-    key: String,
-    #[serde(default)]
-    value: String,
-    #[serde(deserialize_with = "number")]
-    create_revision: i64,
-    #[serde(deserialize_with = "number")]
-    mod_revision: i64,
-}
-
-impl RawKv {
-    fn decode(self) -> Result<Kv, String> {
-        let text = |field: &str, b64: &str| {
-            let bytes = BASE64
-                .decode(b64)
-                .map_err(|e| format!("`{field}` is not base64: {e}"))?;
-            String::from_utf8(bytes).map_err(|_| format!("`{field}` is not UTF-8 text"))
-        };
-        Ok(Kv {
-            key: text("kvs[].key", &self.key)?,
-            value: text("kvs[].value", &self.value)?,
-            create_revision: self.create_revision,
-            mod_revision: self.mod_revision,
-        })
-    }
-}
-
-/// A 64-bit integer, which the gateway sends as a string (a plain number is taken too).
-fn number<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    match Value::deserialize(d)? {
-        Value::String(s) => s
-            .parse()
-            .map_err(|_| D::Error::custom(format!("{s:?} is not an integer"))),
-        Value::Number(n) => n
-            .as_i64()
-            .ok_or_else(|| D::Error::custom(format!("{n} is not a 64-bit integer"))),
-        other => Err(D::Error::custom(format!("{other} is not an integer"))),
-    }
-}
-
-/// A decode error naming the field (`result.TTL: ...`, `missing field `ID``), without
-/// serde_json's position in the line.
-fn field_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
-    let inner = e.inner().to_string();
-    let inner = match inner.rfind(" at line ") {
-        Some(at) => &inner[..at],
-        None => &inner,
-    };
-    let path = e.path().to_string();
-    let detail = if path == "." {
-        inner.to_owned()
-    } else {
-        format!("`{path}`: {inner}")
-    };
-    text::message(&detail)
-}
-
-/// etcd's words in an error answer: `{"error": ..., "message": ..., "code": ...}` from a
-/// call, `{"error": {"message": ...}}` from a stream.
-fn etcd_words(answer: &Value) -> Option<&str> {
-    let words = answer.get("message").or(answer.pointer("/error/message"));
-    words.or(answer.get("error")).and_then(Value::as_str)
-}
-
-/// etcd's words from an error answer, or the start of whatever else came.
-fn etcd_message(body: &[u8]) -> String {
-    let answer = serde_json::from_slice(body).unwrap_or(Value::Null);
-    match etcd_words(&answer) {
-        Some(words) => text::message(words),
-        None => text::message(&String::from_utf8_lossy(body)),
-    }
-}
-
-/// An endpoint as errors show it: without any user or password in the URL.
-fn shown(url: &Url) -> String {
-    let mut url = url.clone();
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    url.to_string()
-}
-
-/// `e` and its causes, outermost first.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message = format!("{message}: {s}");
-        source = s.source();
-    }
-    message
-}
-
-fn b64(text: &str) -> String {
-    BASE64.encode(text)
-}
-
-/// The end of the range of keys starting with `prefix`: the prefix with its last byte below
-/// 0xff incremented (and what follows it dropped); `\0` (every key) for an empty prefix.
-fn range_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 #[cfg(test)]
