@@ -24,6 +24,8 @@
 //! `SOAK_SEED` and `SOAK_DAYS` override the seed (default 1) and the length (default 90); the
 //! ignored `soak_seed_sweep` runs more seeds. Figures:
 //! `cargo test --test it soak::ninety -- --nocapture`.
+//!
+//! [`ha`] runs the same with two hosts (`run` with `[ha]`) failing over.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};

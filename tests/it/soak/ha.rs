@@ -1,36 +1,45 @@
 //! The soak with two hosts: what `run` with `[ha]` runs, on the single host's simulated
-//! provider, paused clock, fault timeline and checks. Two nodes, "ops-1" and "ops-2", each a
-//! [`Cluster`] (its [`Leadership`] with a TTL of 15 s, on its own [`Link`] to one in-memory lease
-//! store) serving with [`Cluster::serve`], each term a `Service::open_shared` over the fenced
-//! shared state. At random moments of the run (drawn from the seed, most aimed at whoever leads
-//! then): crashes (the node's future dropped and its link dead, so a leader's lease expires on
-//! its own; started again after a while), partitions (its link cut for seconds to minutes, some
-//! longer than the TTL, some shorter), lease losses (cut just long enough for the lease to
-//! expire) and clean hand-overs (SIGTERM: the shutdown begun; started again after a while).
+//! provider, paused clock, fault timeline (5xx, lost create answers, 429 bursts, slow power,
+//! long snapshots, the outage) and checks. Two nodes, "ops-1" and "ops-2", each a [`Cluster`]
+//! (its [`Leadership`] with a TTL of 15 s, on its own [`Link`] to one in-memory lease store)
+//! serving with [`Cluster::serve`], each term a `Service::open_shared` over the fenced shared
+//! state. At moments drawn from the seed, most aimed at whoever leads then: crashes (the node's
+//! future dropped and its link dead, so a leader's lease expires on its own; started again
+//! after a while), partitions (its link cut for seconds to minutes, some longer than the TTL,
+//! some shorter), lease losses (cut just long enough for the lease to expire) and clean
+//! hand-overs (SIGTERM: the shutdown begun; started again after a while).
 //!
 //! Checked on top of the single host's checks:
 //! - every stop, create and delete is sent by the node the store names as leader at that
-//!   instant, acting with the epoch the leader key was created at ([`FromNode`]);
+//!   instant, acting with the epoch the leader key was created at; work of a node's earlier
+//!   term sent after the other node led is reported too ([`FromNode`]);
+//! - on every request: no node may act unless the store names it with that epoch
+//!   (self-fencing: it stops before its lease can expire);
 //! - each stop names its slot in the shared journal (`journal/<server>`) before it is sent;
 //! - the windows when neither node could act (neither in a term with its link up) count as the
-//!   single host's crash windows: a slot in one was missed and may be caught up, a run one cut
-//!   short may be lost, and freshness tolerates no more (no slot lost for more than one period
-//!   by a failover);
+//!   single host's crash windows: a slot in one was missed and may be caught up, a run one
+//!   interrupted may be lost, and freshness allows no more (no slot lost for more than one
+//!   period by a failover);
 //! - at the end both nodes shut down cleanly, the shared journal is empty, every server runs.
 //!
-//! Figures: `cargo test --test it soak::ha::ninety -- --nocapture` (`SOAK_SEED`, `SOAK_DAYS`).
+//! 30 simulated days by default ([`DAYS`]). Figures:
+//! `cargo test --test it soak::ha::a_simulated -- --nocapture` (`SOAK_SEED`, `SOAK_DAYS`);
+//! `soak::ha::sweep` runs more seeds.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use snapshot_scheduler::alerts::Alerts;
+use snapshot_scheduler::clock::{Clock, TokioClock};
 use snapshot_scheduler::daemon::{Cluster, OnWake, Service, TermEvents};
 use snapshot_scheduler::ha::memory::{Link, Memory};
 use snapshot_scheduler::ha::{Coordination, Holder, Leadership, Role};
 use snapshot_scheduler::model::{
     CreateSnapshot, RestoreStarted, Server, ServerId, Snapshot, SnapshotId,
 };
+use snapshot_scheduler::policy::Policy;
 use snapshot_scheduler::provider::{ApiError, ListedPage, Provider, Scope};
 use snapshot_scheduler::retry::{RetryRules, Retrying};
 use snapshot_scheduler::scheduler::MAX_SLEEP;
@@ -39,7 +48,7 @@ use snapshot_scheduler::shutdown::Shutdown;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{env_u64, retry_rules, Checked, Figures, JournalAt, World};
+use super::{env_u64, retry_rules, Checked, Figures, Findings, JournalAt, World};
 
 /// `/snapshot-scheduler/<cluster>/`, as `[ha]` makes it.
 const PREFIX: &str = "/snapshot-scheduler/soak/";
@@ -47,10 +56,10 @@ const TTL: Duration = Duration::from_secs(15);
 const NODES: [&str; 2] = ["ops-1", "ops-2"];
 /// No failure is planned this close to the end: both nodes are up when it comes.
 const QUIET_END: Duration = Duration::from_secs(2 * 3600);
-/// The run's length unless `SOAK_DAYS` says otherwise: shorter than the single host's 90 days,
+/// The run's length unless `SOAK_DAYS` says otherwise: a third of the single host's 90 days,
 /// because the election runs on the paused clock too (the standby looks for the leader every
-/// second, the leader renews every 5 s), which doubles the cost of a simulated day. At 30
-/// days the run takes about as long as the single host's 90.
+/// second, the leader renews every 5 s), which doubles what a simulated day costs. 30 days
+/// take about half as long as the single host's 90.
 const DAYS: u64 = 30;
 
 fn leader_key() -> String {
@@ -93,7 +102,7 @@ fn failures(world: &mut World, per_day: u64) -> Vec<Planned> {
         .expect("a daily policy")
         .clone();
     let rng = &mut world.rng;
-    let at = |t: chrono::DateTime<chrono::Utc>| t0 + (t - wall0).to_std().unwrap_or_default();
+    let at = |t: DateTime<Utc>| t0 + (t - wall0).to_std().unwrap_or_default();
     let secs = chrono::Duration::seconds;
     let mut planned = Vec::new();
     for _ in 0..days * per_day {
@@ -133,10 +142,10 @@ fn failures(world: &mut World, per_day: u64) -> Vec<Planned> {
 }
 
 /// Who could act when, and what the nodes did: the windows when neither could act go to
-/// [`super::Findings`] as the single host's crash windows do.
+/// [`Findings`] as the single host's crash windows do.
 struct Tracker {
-    world_findings: Arc<std::sync::Mutex<super::Findings>>,
-    clock: Arc<snapshot_scheduler::clock::TokioClock>,
+    findings: Shared<Findings>,
+    clock: Arc<TokioClock>,
     /// Per node: in a term (taking fires), and its link up.
     in_term: [bool; 2],
     link_up: [bool; 2],
@@ -171,11 +180,8 @@ impl Tracker {
     fn update(&mut self) {
         let able = (0..NODES.len()).any(|i| self.in_term[i] && self.link_up[i]);
         let now = Instant::now();
-        let wall = snapshot_scheduler::clock::Clock::now(&*self.clock);
-        let mut f = self
-            .world_findings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let wall = self.clock.now();
+        let mut f = lock(&self.findings);
         match (able, self.since) {
             (false, None) => {
                 self.since = Some(now);
@@ -196,7 +202,7 @@ impl Tracker {
 
     /// A node may act only while the store names it as leader with the epoch it acts with
     /// (`holder`): it stops acting before its lease can expire.
-    fn check_self_fencing(&self, holder: Option<&Holder>, now: chrono::DateTime<chrono::Utc>) {
+    fn check_self_fencing(&self, holder: Option<&Holder>, now: DateTime<Utc>) {
         for (node, election) in self.elections.iter().enumerate() {
             let Some(epoch) = election.as_ref().and_then(|e| e.acting_epoch()) else {
                 continue;
@@ -207,7 +213,7 @@ impl Tracker {
                     epoch,
                 })
             {
-                lock(&self.world_findings).violation(format!(
+                lock(&self.findings).violation(format!(
                     "{} may act with epoch {epoch} at {now}, while the store names {holder:?} as leader",
                     NODES[node]
                 ));
@@ -226,9 +232,9 @@ impl Tracker {
     }
 }
 
-type Shared<T> = Arc<std::sync::Mutex<T>>;
+type Shared<T> = Arc<Mutex<T>>;
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -282,7 +288,7 @@ impl FromNode {
             .holder(&leader_key())
             .await
             .expect("the observer's link is never cut");
-        let now = snapshot_scheduler::clock::Clock::now(&*self.checked.clock);
+        let now = self.checked.clock.now();
         let mut t = lock(&self.tracker);
         t.check_self_fencing(holder.as_ref(), now);
         let Some(what) = write else {
@@ -409,19 +415,19 @@ impl SharedState for Unfenced {
     }
 }
 
-/// What the chaos asks of a node's lives.
+/// What [`fail_nodes`] asks of a node's lives.
 enum Command {
     Crash(Duration),
     Sigterm(Duration),
 }
 
-/// One node as the chaos sees it.
+/// One node as [`fail_nodes`] sees it.
 struct Host {
     node: usize,
     /// The current life's link and leadership; `None` while it is down or on its way down.
-    life: std::sync::Mutex<Option<(Link, Arc<Leadership<Link>>)>>,
+    life: Mutex<Option<(Link, Arc<Leadership<Link>>)>>,
     /// Until when its network is cut (a partition outlives a restart).
-    cut_until: std::sync::Mutex<Instant>,
+    cut_until: Mutex<Instant>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -442,15 +448,15 @@ struct Common<'a> {
     world: &'a World,
     store: Memory,
     rules: RetryRules,
-    reload: watch::Receiver<Vec<snapshot_scheduler::policy::Policy>>,
+    reload: watch::Receiver<Vec<Policy>>,
     tracker: Shared<Tracker>,
     /// The mutation [`Unfenced`] in place of the fenced shared state.
     unfenced: bool,
 }
 
-/// A node's lives until the end of the run: each serves the cluster until the chaos crashes it
-/// or sends it SIGTERM; the last ends with SIGTERM at the end. Returns whether every
-/// SIGTERM'd life (the last one too) drained in time.
+/// A node's lives until the end of the run: each serves the cluster until [`fail_nodes`]
+/// crashes it or sends it SIGTERM; the last ends with SIGTERM at the end. Returns whether every
+/// life ended by SIGTERM (the last one too) drained in time.
 async fn lives(
     common: &Common<'_>,
     host: Arc<Host>,
@@ -691,8 +697,8 @@ async fn soak_ha(seed: u64, days: u64, rules: RetryRules, chaos: Chaos) -> Figur
     let planned = failures(&mut world, chaos.failures_per_day);
     let store = Memory::new();
     let journal = JournalAt::Shared(store.clone(), format!("{PREFIX}journal/"));
-    let tracker = Arc::new(std::sync::Mutex::new(Tracker {
-        world_findings: world.findings.clone(),
+    let tracker = Arc::new(Mutex::new(Tracker {
+        findings: world.findings.clone(),
         clock: world.clock.clone(),
         in_term: [false; 2],
         link_up: [true; 2],
@@ -719,8 +725,8 @@ async fn soak_ha(seed: u64, days: u64, rules: RetryRules, chaos: Chaos) -> Figur
             let (tx, rx) = mpsc::unbounded_channel();
             let host = Arc::new(Host {
                 node,
-                life: std::sync::Mutex::new(None),
-                cut_until: std::sync::Mutex::new(Instant::now()),
+                life: Mutex::new(None),
+                cut_until: Mutex::new(Instant::now()),
                 commands: tx,
             });
             (host, rx)
