@@ -33,7 +33,7 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use snapshot_scheduler::alerts::Alerts;
 use snapshot_scheduler::clock::{Clock, TokioClock};
-use snapshot_scheduler::daemon::{Cluster, OnWake, Service, TermEvents};
+use snapshot_scheduler::daemon::{Cluster, OnWake, Service, TermEvents, TermParts};
 use snapshot_scheduler::ha::memory::{Link, Memory};
 use snapshot_scheduler::ha::{Coordination, Holder, Leadership, Role};
 use snapshot_scheduler::model::{
@@ -376,10 +376,16 @@ impl Provider for FromNode {
 /// The shared state with its fence taken off: each write goes to the store under whoever
 /// leads and is `Ok` whether or not this node leads. Only to show that the soak reports what
 /// unfenced writes let through.
-#[derive(Debug)]
 struct Unfenced {
     fenced: Arc<dyn SharedState>,
     link: Link,
+    tracker: Shared<Tracker>,
+}
+
+impl std::fmt::Debug for Unfenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Unfenced")
+    }
 }
 
 impl SharedState for Unfenced {
@@ -389,7 +395,13 @@ impl SharedState for Unfenced {
         deletes: Vec<String>,
     ) -> Boxed<'_, Result<(), SharedError>> {
         Box::pin(async move {
-            if let Ok(Some(holder)) = self.link.holder(&leader_key()).await {
+            // Whoever acts now, whichever node this is.
+            let acting = lock(&self.tracker)
+                .elections
+                .iter()
+                .flatten()
+                .find_map(|l| l.acting_tenure());
+            if let Some(tenure) = acting {
                 let puts = puts
                     .into_iter()
                     .map(|(k, v)| (format!("{PREFIX}{k}"), v))
@@ -400,11 +412,15 @@ impl SharedState for Unfenced {
                     .collect();
                 let _ = self
                     .link
-                    .write_if_leader(&leader_key(), holder.epoch, puts, deletes)
+                    .write_if_leader(&leader_key(), tenure, puts, deletes)
                     .await;
             }
             Ok(())
         })
+    }
+
+    fn leads(&self) -> bool {
+        true
     }
 
     fn read<'a>(
@@ -483,11 +499,18 @@ async fn lives(
         *lock(&host.life) = Some((link.clone(), leadership.clone()));
         lock(&common.tracker).elections[node] = Some(leadership.clone());
         lock(&common.tracker).set(node, Some(false), Some(!cut));
-        let open = |shared: Arc<dyn SharedState>, term: Shutdown, epoch: i64| {
+        let open = |parts: TermParts| {
+            let TermParts {
+                shared,
+                may_write,
+                shutdown: term,
+                epoch,
+            } = parts;
             let shared: Arc<dyn SharedState> = if common.unfenced {
                 Arc::new(Unfenced {
                     fenced: shared,
                     link: link.clone(),
+                    tracker: common.tracker.clone(),
                 })
             } else {
                 shared
@@ -503,8 +526,15 @@ async fn lives(
                 )),
                 tracker: common.tracker.clone(),
             };
+            let retrying = Retrying::new(provider, common.rules.clone());
+            // The fence off means the retry layer's check too.
+            let retrying = if common.unfenced {
+                retrying
+            } else {
+                retrying.fenced(may_write)
+            };
             let service = Service::open_shared(
-                Retrying::new(provider, common.rules.clone()),
+                retrying,
                 world.clock.clone(),
                 &config,
                 Alerts::muted(),
