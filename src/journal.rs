@@ -265,11 +265,14 @@ impl Journal {
         }
     }
 
-    /// With `[ha]`, on a host that no longer leads: whether this server's stop is still the
-    /// one the cluster's journal holds. Once the leader has settled it, it may have stopped the
-    /// server again for its own snapshot, and a start from here would break that snapshot: the
-    /// entry is forgotten here instead (the leader owns it). When the cluster's journal cannot
-    /// be read, the start goes ahead: a server left stopped is the worse harm.
+    /// With `[ha]`, on a host that no longer leads: whether it may still start this server.
+    /// Not when the cluster's journal holds another stop of it: the leader has settled this
+    /// host's stop and stopped the server again for its own snapshot (recorded before that
+    /// stop), which a start from here would break; the entry is forgotten here (the leader
+    /// owns the server now). When the journal holds this stop, or none (the leader settled it
+    /// and started the server, or etcd lost its keys: a wiped etcd must not leave the server
+    /// stopped), or cannot be read, the start goes ahead: a server left stopped is the worse
+    /// harm.
     pub async fn may_start(&self, server: ServerId) -> bool {
         let Some(shared) = &self.shared else {
             return true;
@@ -284,13 +287,13 @@ impl Journal {
         let Ok(found) = shared.read(&key).await else {
             return true;
         };
-        let still = found
+        let another = found
             .iter()
-            .any(|(k, v)| *k == key && serde_json::from_str::<Entry>(v).is_ok_and(|e| e == mine));
-        if !still {
+            .any(|(k, v)| *k == key && serde_json::from_str::<Entry>(v).is_ok_and(|e| e != mine));
+        if another {
             self.lock().retain(|e| e.server != server);
         }
-        still
+        !another
     }
 
     /// Forgets the entry of a server that runs again.

@@ -175,7 +175,7 @@ impl<P: Provider> Executor<P> {
     /// longer knows (404) has nothing to start: warned once, its entry cleared.
     pub async fn start_again(&self, server: ServerId) -> anyhow::Result<()> {
         if !self.journal.may_start(server).await {
-            tracing::warn!("this host no longer leads the cluster, and the leader has settled this stop (it may have stopped the server again for its own snapshot): not starting it");
+            tracing::warn!("this host no longer leads the cluster, and the leader has stopped this server again for its own snapshot: not starting it (the leader starts it)");
             return Ok(());
         }
         match self.bring_up(server).await {

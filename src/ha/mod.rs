@@ -329,7 +329,16 @@ impl<C: Coordination> Leadership<C> {
     async fn lead(&self, lease: LeaseId, epoch: i64, shutdown: &CancellationToken) -> bool {
         // Counted from when the last keep-alive was sent, not from its answer: a slow answer
         // must not push the next one past the acting deadline (which counts from the send).
-        let mut next = Instant::now() + self.renew_every();
+        // The first from when the grant was sent (the acting deadline counts from it): a slow
+        // store can take a good part of the TTL to grant and claim.
+        let mut next = self
+            .acting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_or_else(Instant::now, |(_, until)| {
+                until - (self.ttl - self.margin())
+            })
+            + self.renew_every();
         loop {
             let until = self
                 .acting

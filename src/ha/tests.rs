@@ -225,6 +225,46 @@ async fn a_new_leader_reads_what_the_old_one_recorded_and_a_standby_records_noth
     assert!(store.under(&format!("{PREFIX}journal/")).is_empty());
 }
 
+/// A host that lost the lead with a server stopped starts it unless the cluster's journal
+/// holds another stop of it (the new leader stopped it again for its own snapshot): with its
+/// own stop there, or none (the leader settled it, or etcd was wiped), it starts it.
+#[tokio::test(start_paused = true)]
+async fn a_host_that_lost_the_lead_starts_its_server_unless_the_leader_stopped_it_again() {
+    let (_store, a, b) = two_nodes().await;
+    let old = shared_journal(&a);
+    old.record(stop_entry(7)).await.unwrap();
+    old.record(stop_entry(8)).await.unwrap();
+    old.record(stop_entry(9)).await.unwrap();
+    a.link.cut();
+    step_until(&[&a, &b], TTL * 3, || b.leadership.acting_epoch().is_some())
+        .await
+        .expect("the standby leads");
+    a.link.mend();
+    let new = shared_journal(&b);
+    new.load_shared().await.unwrap();
+    // 7: settled (or lost with a wiped etcd); 8: stopped again for the new leader's snapshot;
+    // 9: not settled yet.
+    new.clear(7).await.unwrap();
+    let again = crate::journal::Entry {
+        snapshot: "nightly-20250116T023000Z".into(),
+        ..stop_entry(8)
+    };
+    new.record(again).await.unwrap();
+    assert!(
+        old.may_start(7).await,
+        "no stop of 7 in the journal: start it"
+    );
+    assert!(
+        !old.may_start(8).await,
+        "8 is stopped for the new leader's snapshot"
+    );
+    assert!(old.may_start(9).await, "its own stop of 9 is still there");
+    assert!(
+        old.entries().iter().all(|e| e.server != 8),
+        "8 is the leader's now"
+    );
+}
+
 fn shared_runlog(n: &Node) -> crate::runlog::RunLog {
     let fenced = Fenced::new(Arc::new(n.link.clone()), n.leadership.clone(), PREFIX);
     crate::runlog::RunLog::shared(std::path::Path::new("/nonexistent"), Arc::new(fenced))
@@ -315,11 +355,15 @@ struct LateAnswers {
     stray: Option<(String, String)>,
     /// How late keep-alives are answered (applied at once).
     slow_keep_alive: Duration,
+    /// How late grants and claims are answered.
+    slow_campaign: Duration,
 }
 
 impl Coordination for LateAnswers {
     async fn grant(&self, ttl: Duration) -> Result<LeaseId, CoordError> {
-        self.link.grant(ttl).await
+        let granted = self.link.grant(ttl).await;
+        tokio::time::sleep(self.slow_campaign).await;
+        granted
     }
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), CoordError> {
         let kept = self.link.keep_alive(lease).await;
@@ -330,7 +374,9 @@ impl Coordination for LateAnswers {
         self.link.revoke(lease).await
     }
     async fn claim(&self, key: &str, node: &str, lease: LeaseId) -> Result<Claim, CoordError> {
-        self.link.claim(key, node, lease).await
+        let claimed = self.link.claim(key, node, lease).await;
+        tokio::time::sleep(self.slow_campaign).await;
+        claimed
     }
     async fn holder(&self, key: &str) -> Result<Option<Holder>, CoordError> {
         self.link.holder(key).await
@@ -363,6 +409,7 @@ async fn a_fenced_write_answered_after_the_lease_could_expire_allows_nothing() {
         delay: TTL,
         stray: None,
         slow_keep_alive: Duration::ZERO,
+        slow_campaign: Duration::ZERO,
     });
     let leadership = Leadership::new(late.clone(), PREFIX, "ops-1", TTL);
     let (stop, task) = {
@@ -404,6 +451,7 @@ async fn slow_keep_alive_answers_do_not_cost_the_lead() {
         delay: Duration::ZERO,
         stray: None,
         slow_keep_alive: TTL / 3,
+        slow_campaign: Duration::ZERO,
     });
     let leadership = Leadership::new(slow, PREFIX, "ops-1", TTL);
     let stop = CancellationToken::new();
@@ -426,6 +474,39 @@ async fn slow_keep_alive_answers_do_not_cost_the_lead() {
     let _ = task.await;
 }
 
+/// A store that answers everything a fifth of a TTL late still gets a leader that keeps the
+/// lead: the first keep-alive is paced from when the grant was sent (granting and claiming took
+/// two fifths of the TTL, and a keep-alive a third of a TTL after winning came too late).
+#[tokio::test(start_paused = true)]
+async fn a_slow_store_still_gets_a_leader_that_keeps_the_lead() {
+    let store = Memory::new();
+    let slow = Arc::new(LateAnswers {
+        link: store.link(),
+        delay: Duration::ZERO,
+        stray: None,
+        slow_keep_alive: TTL / 5,
+        slow_campaign: TTL / 5,
+    });
+    let leadership = Leadership::new(slow, PREFIX, "ops-1", TTL);
+    let stop = CancellationToken::new();
+    let task = {
+        let (l, s) = (leadership.clone(), stop.clone());
+        tokio::spawn(async move { l.run(s).await })
+    };
+    let mut epochs = std::collections::BTreeSet::new();
+    for _ in 0..(5 * 60 * 10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        epochs.extend(leadership.acting_epoch());
+    }
+    assert_eq!(
+        epochs.len(),
+        1,
+        "the lead was lost and taken again: {epochs:?}"
+    );
+    stop.cancel();
+    let _ = task.await;
+}
+
 const HANDLED: &str =
     r#"{"schedule":"30 2 * * *","timezone":"UTC","servers":{"1":"2025-01-15T02:30:00Z"}}"#;
 
@@ -442,6 +523,7 @@ async fn a_key_outside_the_prefix_in_an_answer_is_left_out() {
             delay: Duration::ZERO,
             stray: Some((stray.to_owned(), HANDLED.to_owned())),
             slow_keep_alive: Duration::ZERO,
+            slow_campaign: Duration::ZERO,
         });
         let leadership = Leadership::new(odd.clone(), PREFIX, "ops-1", TTL);
         let fenced = Arc::new(Fenced::new(odd, leadership, PREFIX));
