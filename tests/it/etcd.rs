@@ -659,16 +659,6 @@ async fn restore_refuses_a_server_the_clusters_leader_has_stopped() {
     let made = chrono::Utc::now() - chrono::Duration::days(1);
     let id = sim.add_snapshot(12345, "before-upgrade", SnapshotStatus::Completed, made);
     // The leader (another host) stopped the server for a snapshot, and journaled it.
-    let client = Etcd::new(vec![etcd.url.clone()], Duration::from_secs(5), None).unwrap();
-    let lease = client.grant(Duration::from_secs(60)).await.unwrap();
-    let leader = "/snapshot-scheduler/prod/leader";
-    let CreateOutcome::Created { revision } = client
-        .create_if_absent(leader, "ops-2", lease)
-        .await
-        .unwrap()
-    else {
-        panic!("the leader key exists already");
-    };
     let stopped = chrono::Utc::now();
     let entry = json!({
         "server": 12345,
@@ -678,17 +668,8 @@ async fn restore_refuses_a_server_the_clusters_leader_has_stopped() {
         "deadline": stopped + chrono::Duration::minutes(50),
     })
     .to_string();
-    let journaled = client
-        .txn_if_leader(
-            leader,
-            revision,
-            lease,
-            &[("/snapshot-scheduler/prod/journal/12345", &entry)],
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(journaled);
+    another_host_leads_and_writes(&etcd.url, "/snapshot-scheduler/prod/journal/12345", &entry)
+        .await;
     sim.set_server_status(12345, PowerState::Stopped);
 
     let scratch = Scratch::new();
@@ -751,31 +732,17 @@ async fn plan_and_dry_run_read_the_clusters_create_ledger() {
         snapshot_scheduler::schedule::Schedule::parse(yearly, chrono_tz::Tz::UTC).unwrap();
     let slot = schedule.slot_at(chrono::Utc::now()).unwrap();
     let name = snapshot_scheduler::policy::snapshot_name("nightly", slot);
-    let client = Etcd::new(vec![etcd.url.clone()], Duration::from_secs(5), None).unwrap();
-    let lease = client.grant(Duration::from_secs(60)).await.unwrap();
-    let leader = "/snapshot-scheduler/prod/leader";
-    let CreateOutcome::Created { revision } = client
-        .create_if_absent(leader, "ops-2", lease)
-        .await
-        .unwrap()
-    else {
-        panic!("the leader key exists already");
-    };
     let record = json!({
         "server": 12345, "policy": "nightly", "name": name,
         "at": slot + chrono::Duration::seconds(1), "answer": "unknown",
     })
     .to_string();
-    assert!(client
-        .txn_if_leader(
-            leader,
-            revision,
-            lease,
-            &[("/snapshot-scheduler/prod/creates/12345/nightly", &record)],
-            &[],
-        )
-        .await
-        .unwrap());
+    another_host_leads_and_writes(
+        &etcd.url,
+        "/snapshot-scheduler/prod/creates/12345/nightly",
+        &record,
+    )
+    .await;
 
     let scratch = Scratch::new();
     let config = scratch.config(
@@ -802,4 +769,23 @@ async fn plan_and_dry_run_read_the_clusters_create_ledger() {
     let out = run(&["once", "--dry-run"]).await.unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stdout(&out).contains("answer was lost"), "{}", stdout(&out));
+}
+
+/// Another host (`ops-2`) leads cluster `prod` and has written `value` at `key`, fenced.
+async fn another_host_leads_and_writes(etcd: &Url, key: &str, value: &str) {
+    let client = client(&[etcd]);
+    let lease = client.grant(Duration::from_secs(60)).await.expect("grant");
+    let leader = "/snapshot-scheduler/prod/leader";
+    let CreateOutcome::Created { revision } = client
+        .create_if_absent(leader, "ops-2", lease)
+        .await
+        .expect("campaign")
+    else {
+        panic!("the leader key exists already");
+    };
+    let written = client
+        .txn_if_leader(leader, revision, lease, &[(key, value)], &[])
+        .await
+        .expect("fenced write");
+    assert!(written, "the leader's write was refused");
 }
