@@ -235,20 +235,25 @@ poll_interval = "200ms"
     )
 }
 
-/// A simulated provider served on 127.0.0.1:0 with the test token.
-pub async fn serve_sim(servers: &[ServerId], config: SimConfig) -> (Simulator, String) {
+/// A simulated provider of `servers` (named `web-<id>`) that takes the test token.
+pub fn test_sim(servers: &[ServerId], config: SimConfig) -> Simulator {
     let named: Vec<(ServerId, String)> = servers
         .iter()
         .map(|id| (*id, format!("web-{id}")))
         .collect();
-    let sim = Simulator::new(
+    Simulator::new(
         SimConfig {
             token: TOKEN.into(),
             ..config
         },
         &named,
         Arc::new(SystemClock),
-    );
+    )
+}
+
+/// A simulated provider served on 127.0.0.1:0 with the test token.
+pub async fn serve_sim(servers: &[ServerId], config: SimConfig) -> (Simulator, String) {
+    let sim = test_sim(servers, config);
     let (addr, _task) = simulator::serve(sim.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .expect("serve simulator");

@@ -15,7 +15,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use snapshot_scheduler::clock::SystemClock;
 use snapshot_scheduler::model::{ServerId, SnapshotStatus};
 use snapshot_scheduler::simulator::{self, SimConfig, Simulator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -221,18 +220,7 @@ pub struct RecordingProvider {
 
 impl RecordingProvider {
     pub async fn serve(servers: &[ServerId], config: SimConfig) -> Self {
-        let named: Vec<(ServerId, String)> = servers
-            .iter()
-            .map(|id| (*id, format!("web-{id}")))
-            .collect();
-        let sim = Simulator::new(
-            SimConfig {
-                token: TOKEN.into(),
-                ..config
-            },
-            &named,
-            Arc::new(SystemClock),
-        );
+        let sim = common::test_sim(servers, config);
         let log = Arc::new(Mutex::new(Vec::new()));
         let recorder = Recorder {
             sim: sim.clone(),
