@@ -148,6 +148,29 @@ impl Journal {
         &self.path
     }
 
+    /// Why the journal could not be written now, if it could not: its temp file is written
+    /// and removed, the journal itself left alone. A stop needs a journal entry first, so a
+    /// journal that cannot be written is worth knowing before the next stop (`/healthz` asks on
+    /// every wake of the scheduler). With `[ha]` the journal lives in the cluster, whose writes
+    /// answer for themselves (a host that cannot write there does not lead): `None`.
+    pub fn write_error(&self) -> Option<String> {
+        if self.shared.is_some() {
+            return None;
+        }
+        // A write of the journal under way in another task owns the temp file (and tells by
+        // itself whether it got through): leave it be.
+        let _turn = self.writes.try_lock().ok()?;
+        let mut tmp = self.path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        serde_json::to_vec_pretty(&self.entries())
+            .map_err(std::io::Error::other)
+            .and_then(|b| fs::write(&tmp, b))
+            .and_then(|()| fs::remove_file(&tmp))
+            .err()
+            .map(|e| format!("power journal {}: {e}", self.path.display()))
+    }
+
     /// The creates sent, and their answers.
     pub fn creates(&self) -> &Ledger {
         &self.creates

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use sd_notify::NotifyState;
 
+use super::health::Health;
 use super::{endpoint, handle_signals, notify, wake_handler, OnWake, Reloader, Service};
 use crate::alerts::Alerts;
 use crate::client::HttpClient;
@@ -234,9 +235,11 @@ pub(super) async fn serve_cluster(
         store,
         prefix,
     };
-    let (health, health_rx) = watch::channel((false, "starting".to_owned()));
+    let watchdog = sd_notify::watchdog_enabled();
+    let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
+    let health = Arc::new(Health::clustered(cap, shutdown.stopping_token()));
     if let Some(addr) = ctx.config.daemon.metrics_listen {
-        endpoint::serve_metrics(addr, Some(health_rx)).await?;
+        endpoint::serve_metrics(addr, health.clone()).await?;
     }
     let (reload_tx, reload_rx) = watch::channel(ctx.config.policies.clone());
     tokio::spawn(handle_signals(
@@ -254,8 +257,6 @@ pub(super) async fn serve_cluster(
             tracing::error!(error = %format!("{e:#}"), "a server stopped by a run without [ha] is not settled; the journal in state_dir keeps it for the next start");
         }
     }
-    let watchdog = sd_notify::watchdog_enabled();
-    let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
     // Ready as a process (the metrics endpoint and the signal handlers are up), whatever its
     // role: a standby is a healthy service.
     notify(&[NotifyState::Ready]);
@@ -270,7 +271,7 @@ pub(super) async fn serve_cluster(
         node: ha.node.clone(),
         client: ctx.client.inner().clone(),
         alerts: ctx.alerts.clone(),
-        health,
+        health: health.clone(),
         watchdog: watchdog.is_some(),
         status: String::new(),
         unreadable: None,
@@ -287,7 +288,7 @@ pub(super) async fn serve_cluster(
             term.shared,
         );
         let acting = format!("leading ({node}, epoch {epoch}); ");
-        let on_wake = wake_handler(service.executor.clone(), watchdog, acting);
+        let on_wake = wake_handler(service.executor.clone(), watchdog, acting, health.clone());
         (service, on_wake)
     };
     let clean = cluster
@@ -304,7 +305,7 @@ struct Announce {
     node: String,
     client: HttpClient,
     alerts: Arc<Alerts>,
-    health: watch::Sender<(bool, String)>,
+    health: Arc<Health>,
     watchdog: bool,
     status: String,
     /// Leading with this epoch, but the shared state could not be read: `/healthz` and
@@ -315,7 +316,7 @@ struct Announce {
 impl TermEvents for Announce {
     fn role(&mut self, role: &Role) {
         let (healthy, line) = match role {
-            Role::Leader { epoch } => (true, format!("leading ({}, epoch {epoch})", self.node)),
+            Role::Leader { epoch } => (true, format!("leader ({}, epoch {epoch})", self.node)),
             Role::Standby(h) => (
                 true,
                 format!("standby, leader is {} (epoch {})", h.node, h.epoch),
@@ -340,7 +341,7 @@ impl TermEvents for Announce {
         if let Role::Leader { epoch } = role {
             metrics::gauge!("snapshot_scheduler_leader_epoch").set(*epoch as f64);
         }
-        self.health.send_replace((healthy, line.clone()));
+        self.health.role(healthy, line.clone(), leading);
         // A leader's STATUS= is its scheduler's (who leads, and the next fire).
         if !leading && line != self.status {
             notify(&[NotifyState::Status(&line)]);
@@ -364,7 +365,7 @@ impl TermEvents for Announce {
             "not acting: leading (epoch {epoch}) but the cluster's shared state cannot be read: {}",
             error.replace('\n', " ")
         );
-        self.health.send_replace((false, line.clone()));
+        self.health.role(false, line.clone(), false);
         if line != self.status {
             notify(&[NotifyState::Status(&line)]);
             self.status = line;

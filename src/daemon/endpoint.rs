@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use super::health::Health;
+
 /// At most this many metrics connections at once; more are closed as they arrive, so a flood
 /// of connections cannot take the file descriptors the journal and the provider calls need.
 const METRICS_CONNECTIONS: usize = 64;
@@ -15,22 +17,21 @@ const METRICS_CONNECTIONS: usize = 64;
 /// byte of the answer (a scrape takes milliseconds); idle or slow ones are closed then.
 const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What `/healthz` answers: whether this process is healthy (200, else 503), and a line
-/// saying what it does (with `[ha]`: leading, standby and who leads, or not acting and why).
-pub(super) type Health = tokio::sync::watch::Receiver<(bool, String)>;
-
 pub(super) async fn serve_metrics(
     addr: std::net::SocketAddr,
-    health: Option<Health>,
+    health: Arc<Health>,
 ) -> anyhow::Result<()> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    let scraped = health.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
             axum::routing::get(move || {
                 let handle = handle.clone();
+                let (healthy, _) = scraped.verdict();
+                metrics::gauge!("snapshot_scheduler_healthy").set(if healthy { 1.0 } else { 0.0 });
                 async move {
                     handle.run_upkeep();
                     handle.render()
@@ -40,22 +41,13 @@ pub(super) async fn serve_metrics(
         .route(
             "/healthz",
             axum::routing::get(move || {
-                let health = health.clone();
-                async move {
-                    use axum::http::StatusCode;
-                    match health {
-                        None => (StatusCode::OK, "ok\n".to_owned()),
-                        Some(health) => {
-                            let (healthy, line) = health.borrow().clone();
-                            let code = if healthy {
-                                StatusCode::OK
-                            } else {
-                                StatusCode::SERVICE_UNAVAILABLE
-                            };
-                            (code, format!("{line}\n"))
-                        }
-                    }
-                }
+                let (healthy, line) = health.verdict();
+                let code = if healthy {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                };
+                async move { (code, format!("{line}\n")) }
             }),
         );
     let listener = tokio::net::TcpListener::bind(addr)

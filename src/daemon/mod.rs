@@ -6,6 +6,7 @@
 mod cluster;
 mod dispatch;
 mod endpoint;
+mod health;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dispatch::Dispatcher;
+use health::Health;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
@@ -79,8 +81,11 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
     }
     let shutdown = Shutdown::new();
     let service = Service::for_run(ctx, shutdown.clone())?;
+    let watchdog = sd_notify::watchdog_enabled();
+    let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
+    let health = Arc::new(Health::single(cap, shutdown.stopping_token()));
     if let Some(addr) = ctx.config.daemon.metrics_listen {
-        endpoint::serve_metrics(addr, None).await?;
+        endpoint::serve_metrics(addr, health.clone()).await?;
     }
     let (reload_tx, reload_rx) = watch::channel(ctx.config.policies.clone());
     tokio::spawn(handle_signals(
@@ -90,9 +95,7 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
         service.executor.alerts().clone(),
         ctx.simulated_state_dir().map(ToOwned::to_owned),
     ));
-    let watchdog = sd_notify::watchdog_enabled();
-    let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
-    let on_wake = wake_handler(service.executor.clone(), watchdog, String::new());
+    let on_wake = wake_handler(service.executor.clone(), watchdog, String::new(), health);
     tracing::info!(
         policies = ctx.config.policies.len(),
         servers = ctx.config.servers().len(),
@@ -107,15 +110,19 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
 
 /// What the scheduler does on every wake in `run`: READY=1 the first time, the snapshot ages
 /// and next-fire metrics, STATUS= (after `acting`, which says whose term it is with `[ha]`),
-/// and the watchdog's ping.
+/// `health` (the loop is awake; can the power journal be written?) and the watchdog's ping.
 fn wake_handler<P: Provider>(
     executor: Arc<Executor<P>>,
     watchdog: Option<Duration>,
     acting: String,
+    health: Arc<Health>,
 ) -> OnWake {
     let mut last_status = String::new();
     let mut ready = false;
     Box::new(move |scheduler: &Scheduler, now: DateTime<Utc>| {
+        health.woke(executor.journal().write_error());
+        metrics::gauge!("snapshot_scheduler_loop_wake_timestamp_seconds")
+            .set(now.timestamp() as f64);
         executor.export_snapshot_ages();
         if !ready {
             notify(&[NotifyState::Ready]);

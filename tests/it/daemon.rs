@@ -531,19 +531,62 @@ async fn get(url: &str) -> (u16, String) {
     (status, response.text().await.expect("a body"))
 }
 
+/// A daemon's setup with `policies` that serves `/metrics` and `/healthz`, and their base URL.
+async fn serving_metrics(policies: &str) -> (Setup, String) {
+    let port = crate::etcd_support::free_port();
+    let daemon = format!("metrics_listen = \"127.0.0.1:{port}\"");
+    let setup = Setup::new(&[WEB], quick(Duration::from_secs(1)), policies, &daemon).await;
+    (setup, format!("http://127.0.0.1:{port}"))
+}
+
+/// `/healthz` once it answers `code` (or its last answer after [`WAIT`]).
+async fn healthz_until(base: &str, code: u16) -> (u16, String) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = get(&format!("{base}/healthz")).await;
+        if answer.0 == code || Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A daemon whose power journal cannot be written would refuse the next stop: `/healthz` says
+/// so (503, naming the journal) and `snapshot_scheduler_healthy` is 0, from the first wake,
+/// long before a stop is due; once the journal can be written again, both recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_the_power_journal_cannot_be_written() {
+    let (setup, base) =
+        serving_metrics(&policy("nightly", YEARLY, &[WEB], "stop_server = true")).await;
+    // The journal's temp file is a directory: every write of the journal fails (as root too).
+    let tmp = setup.scratch.state_dir().join("power-journal.json.tmp");
+    std::fs::create_dir_all(&tmp).expect("a directory");
+    let mut daemon = setup.start(&[]);
+    daemon
+        .until("metrics are served", |log| log.contains("serving /metrics"))
+        .await;
+    let (status, body) = healthz_until(&base, 503).await;
+    assert_eq!(status, 503, "{body}\n{}", daemon.log());
+    assert!(
+        body.contains("power-journal.json") && body.contains("cannot be written"),
+        "{body}"
+    );
+    let (_, metrics) = get(&format!("{base}/metrics")).await;
+    assert!(
+        metrics.lines().any(|l| l == "snapshot_scheduler_healthy 0"),
+        "{metrics}"
+    );
+    std::fs::remove_dir(&tmp).expect("removed");
+    // The next wake (within a minute) sees the journal writable again: signal a reload,
+    // which wakes the loop at once.
+    daemon.signal("HUP");
+    let (status, body) = healthz_until(&base, 200).await;
+    assert_eq!((status, body.trim()), (200, "single"), "{}", daemon.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_serves_counters_and_healthz() {
-    let port = {
-        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
-        free.local_addr().expect("local addr").port()
-    };
-    let setup = Setup::new(
-        &[WEB],
-        quick(Duration::from_secs(1)),
-        &policy("nightly", EVERY_2S, &[WEB], ""),
-        &format!("metrics_listen = \"127.0.0.1:{port}\""),
-    )
-    .await;
+    let (setup, base) = serving_metrics(&policy("nightly", EVERY_2S, &[WEB], "")).await;
     let mut daemon = setup.start(&[]);
     daemon
         .until("a snapshot is completed", |_| {
@@ -555,9 +598,8 @@ async fn metrics_endpoint_serves_counters_and_healthz() {
         })
         .await;
 
-    let base = format!("http://127.0.0.1:{port}");
     let (status, body) = get(&format!("{base}/healthz")).await;
-    assert_eq!((status, body.trim()), (200, "ok"));
+    assert_eq!((status, body.trim()), (200, "single"));
 
     // The counter moves once the run has pruned and logged, a moment after the provider's
     // snapshot completed.
