@@ -24,8 +24,13 @@ pub(super) async fn serve_metrics(
     health: Option<Health>,
 ) -> anyhow::Result<()> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(crate::series::RUN_DURATION.into()),
+            crate::series::RUN_DURATION_BUCKETS,
+        )
+        .and_then(|b| b.install_recorder())
         .context("cannot install the metrics recorder")?;
+    crate::series::describe();
     let app = axum::Router::new()
         .route(
             "/metrics",

@@ -124,7 +124,7 @@ fn wake_handler<P: Provider>(
         }
         for (policy, next) in scheduler.next_fires(now) {
             if let Some(next) = next {
-                metrics::gauge!("snapshot_scheduler_next_fire_timestamp_seconds", "policy" => policy.name.clone())
+                metrics::gauge!(crate::series::NEXT_FIRE, "policy" => policy.name.clone())
                     .set(next.timestamp() as f64);
             }
         }
@@ -573,7 +573,7 @@ fn reload_config(reload: &watch::Sender<Vec<Policy>>, reloader: &Reloader, alert
             notify(&[NotifyState::Ready, NotifyState::Status("config reloaded")]);
         }
         Err(e) => {
-            metrics::counter!("snapshot_scheduler_config_reload_failures_total").increment(1);
+            metrics::counter!(crate::series::CONFIG_RELOAD_FAILURES).increment(1);
             let text = format!("{e:#}");
             tracing::error!("config reload failed; keeping the running config: {text}");
             alerts.send(
