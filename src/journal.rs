@@ -207,7 +207,7 @@ impl Journal {
         }
         self.creates.load_shared().await?;
         let found = !entries.is_empty();
-        *self.lock() = entries;
+        self.replace(entries);
         if found {
             self.recorded.notify_one();
         }
@@ -232,7 +232,7 @@ impl Journal {
             }
             None => self.write(&next)?,
         }
-        *self.lock() = next;
+        self.replace(next);
         self.recorded.notify_one();
         Ok(())
     }
@@ -265,7 +265,7 @@ impl Journal {
         let entries = read_entries(&self.path)?;
         self.creates.reload().map_err(JournalError::from)?;
         let found = !entries.is_empty();
-        *self.lock() = entries;
+        self.replace(entries);
         if found {
             self.recorded.notify_one();
         }
@@ -314,7 +314,7 @@ impl Journal {
             .iter()
             .any(|(k, v)| *k == key && serde_json::from_str::<Entry>(v).is_ok_and(|e| e != mine));
         if another {
-            self.lock().retain(|e| e.server != server);
+            self.update(|entries| entries.retain(|e| e.server != server));
         }
         !another
     }
@@ -331,8 +331,20 @@ impl Journal {
             Some(shared) => shared.write(Vec::new(), vec![shared_key(server)]).await?,
             None => self.write(&next)?,
         }
-        *self.lock() = next;
+        self.replace(next);
         Ok(())
+    }
+
+    /// The entries from now on.
+    fn replace(&self, entries: Vec<Entry>) {
+        self.update(|held| *held = entries);
+    }
+
+    /// Changes the entries; `snapshot_scheduler_servers_stopped` follows them.
+    fn update(&self, change: impl FnOnce(&mut Vec<Entry>)) {
+        let mut held = self.lock();
+        change(&mut held);
+        metrics::gauge!(crate::series::SERVERS_STOPPED).set(held.len() as f64);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {

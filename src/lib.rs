@@ -32,6 +32,7 @@
 //! - [`report`]: what one run came to on one server; written by `execute`, kept by `runlog`.
 //! - [`shutdown`]: SIGTERM/SIGINT for `run` and `once`: stop taking work, hurry, the time it takes.
 //! - [`status`]: freshness of each policy on each server; the Nagios line.
+//! - [`series`]: every Prometheus series exported: names, help texts, buckets.
 //! - [`clock`]: wall time as a parameter, so tests can move it.
 //! - [`etcd`]: etcd v3 over its JSON gateway, for two hosts: leases, the election's create-if-absent,
 //!   reads, and the write fenced by the leader's epoch.
@@ -68,6 +69,7 @@ pub mod retry;
 pub mod runlog;
 pub mod schedule;
 pub mod scheduler;
+pub mod series;
 pub mod shared;
 pub mod shutdown;
 pub mod simulator;

@@ -452,14 +452,14 @@ impl HttpClient {
         let response = match result {
             Ok(r) => r,
             Err(e) => {
-                metrics::counter!("snapshot_scheduler_api_requests_total", "endpoint" => endpoint, "status" => "error").increment(1);
+                metrics::counter!(crate::series::API_REQUESTS, "endpoint" => endpoint, "status" => "error").increment(1);
                 return Err(transport_error(e, what, inner.timeout));
             }
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
         if let Err(refused) = refuse_redirect(status, response.headers(), what) {
-            metrics::counter!("snapshot_scheduler_api_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
+            metrics::counter!(crate::series::API_REQUESTS, "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
             // A `Location` that quotes the token back must not print it.
             return Err(match refused {
                 ApiError::Redirect {
@@ -488,7 +488,7 @@ impl HttpClient {
             Some(clean) => bytes::Bytes::from(clean),
             None => body,
         };
-        metrics::counter!("snapshot_scheduler_api_requests_total", "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
+        metrics::counter!(crate::series::API_REQUESTS, "endpoint" => endpoint, "status" => status.as_u16().to_string()).increment(1);
         tracing::debug!(%method, endpoint, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "api request");
         let answer = read_answer(status, retry_after, body, what, &inner.token_source);
         if let Err(ApiError::RateLimited { retry_after, .. }) = &answer {

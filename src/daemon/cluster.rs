@@ -194,7 +194,7 @@ impl<C: Coordination> Cluster<C> {
             if !lost && !matches!(role, Role::Leader { epoch: e } if e == epoch) {
                 lost = true;
                 tracing::error!(epoch, "leadership lost: taking no new fire; work in flight ends without stopping, creating or deleting anything");
-                metrics::counter!("snapshot_scheduler_leadership_lost_total").increment(1);
+                metrics::counter!(crate::series::LEADERSHIP_LOST).increment(1);
                 events.lost(epoch);
                 term.begin();
             }
@@ -337,9 +337,9 @@ impl TermEvents for Announce {
             }
             return;
         }
-        metrics::gauge!("snapshot_scheduler_leader").set(if leading { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::series::LEADER).set(if leading { 1.0 } else { 0.0 });
         if let Role::Leader { epoch } = role {
-            metrics::gauge!("snapshot_scheduler_leader_epoch").set(*epoch as f64);
+            metrics::gauge!(crate::series::LEADER_EPOCH).set(*epoch as f64);
         }
         self.health.role(healthy, line.clone(), leading);
         // A leader's STATUS= is its scheduler's (who leads, and the next fire).

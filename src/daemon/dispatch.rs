@@ -69,6 +69,16 @@ impl<P: Provider> LoopEvents for Dispatcher<P> {
         for warning in log.retired_warnings(policies) {
             tracing::warn!("{warning}");
         }
+        // The freshness metrics from the start, not from each policy's next fire (a weekly
+        // policy would show nothing for days after a restart). A shutdown does not wait for it.
+        let (executor, policies) = (self.executor.clone(), policies.to_vec());
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = executor.observe(&policies) => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
     }
 
     fn fire(&mut self, fire: Fire) {
@@ -81,7 +91,7 @@ impl<P: Provider> LoopEvents for Dispatcher<P> {
                 if inflight.insert((policy.name.clone(), *s)) {
                     servers.push(*s);
                 } else {
-                    metrics::counter!("snapshot_scheduler_fires_skipped_total", "policy" => policy.name.clone()).increment(1);
+                    metrics::counter!(crate::series::FIRES_SKIPPED, "policy" => policy.name.clone()).increment(1);
                     tracing::warn!(policy = %policy.name, server = *s, %slot, "previous run of this policy on this server is still going; skipping this fire");
                 }
             }
@@ -139,7 +149,7 @@ impl<P: Provider> LoopEvents for Dispatcher<P> {
                             .await
                             .result
                             .is_failure();
-                        metrics::histogram!("snapshot_scheduler_run_duration_seconds", "policy" => policy.name.clone())
+                        metrics::histogram!(crate::series::RUN_DURATION, "policy" => policy.name.clone())
                             .record(started.elapsed().as_secs_f64());
                     }
                     inflight

@@ -22,8 +22,13 @@ pub(super) async fn serve_metrics(
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(crate::series::RUN_DURATION.into()),
+            crate::series::RUN_DURATION_BUCKETS,
+        )
+        .and_then(|b| b.install_recorder())
         .context("cannot install the metrics recorder")?;
+    crate::series::describe();
     let scraped = health.clone();
     let app = axum::Router::new()
         .route(
@@ -31,7 +36,7 @@ pub(super) async fn serve_metrics(
             axum::routing::get(move || {
                 let handle = handle.clone();
                 let (healthy, _) = scraped.verdict();
-                metrics::gauge!("snapshot_scheduler_healthy").set(if healthy { 1.0 } else { 0.0 });
+                metrics::gauge!(crate::series::HEALTHY).set(if healthy { 1.0 } else { 0.0 });
                 async move {
                     handle.run_upkeep();
                     handle.render()

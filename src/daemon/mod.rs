@@ -121,8 +121,7 @@ fn wake_handler<P: Provider>(
     let mut ready = false;
     Box::new(move |scheduler: &Scheduler, now: DateTime<Utc>| {
         health.woke(executor.journal().write_error());
-        metrics::gauge!("snapshot_scheduler_loop_wake_timestamp_seconds")
-            .set(now.timestamp() as f64);
+        metrics::gauge!(crate::series::LOOP_WAKE).set(now.timestamp() as f64);
         executor.export_snapshot_ages();
         if !ready {
             notify(&[NotifyState::Ready]);
@@ -131,7 +130,7 @@ fn wake_handler<P: Provider>(
         }
         for (policy, next) in scheduler.next_fires(now) {
             if let Some(next) = next {
-                metrics::gauge!("snapshot_scheduler_next_fire_timestamp_seconds", "policy" => policy.name.clone())
+                metrics::gauge!(crate::series::NEXT_FIRE, "policy" => policy.name.clone())
                     .set(next.timestamp() as f64);
             }
         }
@@ -580,7 +579,7 @@ fn reload_config(reload: &watch::Sender<Vec<Policy>>, reloader: &Reloader, alert
             notify(&[NotifyState::Ready, NotifyState::Status("config reloaded")]);
         }
         Err(e) => {
-            metrics::counter!("snapshot_scheduler_config_reload_failures_total").increment(1);
+            metrics::counter!(crate::series::CONFIG_RELOAD_FAILURES).increment(1);
             let text = format!("{e:#}");
             tracing::error!("config reload failed; keeping the running config: {text}");
             alerts.send(

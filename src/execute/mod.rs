@@ -89,6 +89,8 @@ pub struct Executor<P: Provider> {
     shutdown: Shutdown,
     /// The newest completed snapshot seen on each server, for the age metric.
     newest: Mutex<HashMap<ServerId, DateTime<Utc>>>,
+    /// The names of the policies configured, so the metrics can tell snapshots no policy owns.
+    owners: Mutex<Vec<String>>,
     /// Servers reported left stopped (or gone) and not settled since: one alert per streak.
     alerted: Mutex<HashSet<ServerId>>,
 }
@@ -127,6 +129,7 @@ impl<P: Provider> Executor<P> {
             alerts,
             runlog,
             newest: Mutex::default(),
+            owners: Mutex::default(),
             shutdown,
             alerted: Mutex::default(),
         })
@@ -146,8 +149,11 @@ impl<P: Provider> Executor<P> {
         &self.runlog
     }
 
-    /// Remembers the newest completed snapshot of a server from a listing of it.
-    fn note_newest(&self, server: ServerId, snapshots: &[Snapshot]) {
+    /// What the metrics say about `server`, from a listing of it read for `policy`: the
+    /// newest completed snapshot (any owner, and `policy`'s own, as `status` finds it), and
+    /// how many snapshots it has by state and how many no policy owns.
+    fn note_listing(&self, policy: &Policy, server: ServerId, snapshots: &[Snapshot]) {
+        let now = self.clock.now();
         let newest = snapshots
             .iter()
             .filter(|s| s.status == SnapshotStatus::Completed)
@@ -158,8 +164,53 @@ impl<P: Provider> Executor<P> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(server, t);
-            metrics::gauge!("snapshot_scheduler_newest_snapshot_age_seconds", "server" => server.to_string())
-                .set((self.clock.now() - t).num_seconds().max(0) as f64);
+            metrics::gauge!(crate::series::NEWEST_SNAPSHOT_AGE, "server" => server.to_string())
+                .set((now - t).num_seconds().max(0) as f64);
+        }
+        let own = crate::status::row(policy, server, snapshots, None, now).newest_at;
+        metrics::gauge!(crate::series::NEWEST_SNAPSHOT, "policy" => policy.name.clone(), "server" => server.to_string())
+            .set(own.map_or(0.0, |t| t.timestamp() as f64));
+        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        crate::series::export_snapshots(server, snapshots, |name| {
+            policy.owns(name).is_some()
+                || owners
+                    .iter()
+                    .any(|o| crate::policy::parse_snapshot_name(o, name).is_some())
+        });
+    }
+
+    /// Reads every server of `policies` once, for the metrics: the freshness of each policy on
+    /// each server is known from the start (and after a reload), not only after its next
+    /// fire. Also sets each policy's freshness thresholds.
+    pub async fn observe(&self, policies: &[Policy]) {
+        *self.owners.lock().unwrap_or_else(|e| e.into_inner()) =
+            policies.iter().map(|p| p.name.clone()).collect();
+        let now = self.clock.now();
+        for policy in policies {
+            // Counters exist from the start, at 0: the first failure is then an increase.
+            for counter in crate::series::POLICY_COUNTERS {
+                metrics::counter!(counter, "policy" => policy.name.clone()).increment(0);
+            }
+            let (warn, crit) = crate::status::thresholds(policy, now);
+            metrics::gauge!(crate::series::WARN_AGE, "policy" => policy.name.clone())
+                .set(warn.as_secs_f64());
+            metrics::gauge!(crate::series::CRIT_AGE, "policy" => policy.name.clone())
+                .set(crit.as_secs_f64());
+        }
+        let mut servers: Vec<ServerId> = policies.iter().flat_map(|p| p.servers.clone()).collect();
+        servers.sort_unstable();
+        servers.dedup();
+        let listing = match self.list(&servers).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the servers for the metrics; each run lists its own");
+                return;
+            }
+        };
+        for policy in policies {
+            for &server in &policy.servers {
+                self.note_listing(policy, server, &listing.server(server));
+            }
         }
     }
 
@@ -168,7 +219,7 @@ impl<P: Provider> Executor<P> {
         let now = self.clock.now();
         let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
         for (server, t) in newest.iter() {
-            metrics::gauge!("snapshot_scheduler_newest_snapshot_age_seconds", "server" => server.to_string())
+            metrics::gauge!(crate::series::NEWEST_SNAPSHOT_AGE, "server" => server.to_string())
                 .set((now - *t).num_seconds().max(0) as f64);
         }
     }
@@ -271,6 +322,7 @@ impl<P: Provider> Executor<P> {
         let name = policy.snapshot_name(slot);
         let span = tracing::info_span!("rotation", policy = %policy.name, server, snapshot = %name);
         async {
+            let _in_flight = InFlight::begin();
             // The server lock before the turn: a run waiting for a lock holds no turn.
             let lock = self.locks.entry(server);
             let mut last_change = lock.lock().await;
@@ -348,12 +400,30 @@ impl<P: Provider> Executor<P> {
         let policy = r.policy.as_str();
         match r.result {
             RunResult::Failed => {
-                metrics::counter!("snapshot_scheduler_runs_failed_total", "policy" => policy.to_owned()).increment(1);
+                metrics::counter!(crate::series::RUNS_FAILED, "policy" => policy.to_owned())
+                    .increment(1);
                 tracing::error!(result = "failed", "{}", r.message);
             }
             RunResult::Skipped => tracing::warn!(result = "skipped", "{}", r.message),
             _ => tracing::info!(result = ?r.result, "{}", r.message),
         }
+    }
+}
+
+/// One run counted in `snapshot_scheduler_runs_in_flight` while it lives: dropped on every
+/// way out of a run (its future dropped on shutdown included).
+struct InFlight;
+
+impl InFlight {
+    fn begin() -> Self {
+        metrics::gauge!(crate::series::RUNS_IN_FLIGHT).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::series::RUNS_IN_FLIGHT).decrement(1.0);
     }
 }
 

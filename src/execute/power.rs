@@ -138,7 +138,7 @@ impl<P: Provider> Executor<P> {
             deadline: wall_after(now, budget),
         };
         if let Err(e) = self.journal.record(entry).await {
-            metrics::counter!("snapshot_scheduler_journal_failures_total").increment(1);
+            metrics::counter!(crate::series::JOURNAL_FAILURES).increment(1);
             match policy.on_journal_failure {
                 JournalFailure::Skip => anyhow::bail!(
                     "refusing to stop server {server}: its stop cannot be journaled ({e}); no \
@@ -208,7 +208,7 @@ impl<P: Provider> Executor<P> {
     /// A server this program stopped is not running and this attempt is over: a loud log
     /// line, the metric, and the `server_left_stopped` alert (once per streak).
     pub fn report_left_stopped(&self, server: ServerId, why: &str) {
-        metrics::counter!("snapshot_scheduler_server_left_stopped_total").increment(1);
+        metrics::counter!(crate::series::SERVER_LEFT_STOPPED).increment(1);
         let message = format!(
             "server {server} was stopped for a snapshot and could not be started again: {why}; \
              it stays in the power journal and is retried"

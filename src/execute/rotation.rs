@@ -38,7 +38,7 @@ impl<P: Provider> Executor<P> {
         turn: &mut Turn,
     ) -> anyhow::Result<()> {
         let prepared = self.prepare(policy, server, slot, listing).await?;
-        self.note_newest(server, &prepared.snapshots);
+        self.note_listing(policy, server, &prepared.snapshots);
         let first = self.plan(policy, slot, &prepared);
         for note in &first.notes {
             tracing::info!("{note}");
@@ -343,7 +343,8 @@ impl<P: Provider> Executor<P> {
             tracing::info!(delete = %d.name, "{}", d.reason);
             self.journal.fence().await?;
             self.provider.delete_snapshot(d.snapshot_id).await?;
-            metrics::counter!("snapshot_scheduler_snapshots_deleted_total", "policy" => policy.name.clone()).increment(1);
+            metrics::counter!(crate::series::SNAPSHOTS_DELETED, "policy" => policy.name.clone())
+                .increment(1);
             report.deleted.push(d.name.clone());
         }
         Ok(())
@@ -394,7 +395,7 @@ impl<P: Provider> Executor<P> {
 
         // Prune with what the provider says now: the second plan deletes what is beyond the
         // rules only because a newer snapshot has completed (or cleans up our failed one).
-        self.note_newest(server, &listing_after);
+        self.note_listing(policy, server, &listing_after);
         let second = plan(
             policy,
             &server.into(),
@@ -413,7 +414,7 @@ impl<P: Provider> Executor<P> {
             };
             match deleted {
                 Ok(()) => {
-                    metrics::counter!("snapshot_scheduler_snapshots_deleted_total", "policy" => policy.name.clone()).increment(1);
+                    metrics::counter!(crate::series::SNAPSHOTS_DELETED, "policy" => policy.name.clone()).increment(1);
                     report.deleted.push(d.name.clone());
                 }
                 Err(e) => {
@@ -423,8 +424,8 @@ impl<P: Provider> Executor<P> {
         }
         match settled.status {
             SnapshotStatus::Completed => {
-                metrics::counter!("snapshot_scheduler_snapshots_created_total", "policy" => policy.name.clone()).increment(1);
-                metrics::gauge!("snapshot_scheduler_last_success_timestamp_seconds", "policy" => policy.name.clone(), "server" => server.to_string())
+                metrics::counter!(crate::series::SNAPSHOTS_CREATED, "policy" => policy.name.clone()).increment(1);
+                metrics::gauge!(crate::series::LAST_SUCCESS, "policy" => policy.name.clone(), "server" => server.to_string())
                     .set(self.clock.now().timestamp() as f64);
                 report.result = RunResult::Created;
                 report.message = format!(
@@ -439,7 +440,8 @@ impl<P: Provider> Executor<P> {
                 );
             }
             status => {
-                metrics::counter!("snapshot_scheduler_snapshots_failed_total", "policy" => policy.name.clone()).increment(1);
+                metrics::counter!(crate::series::SNAPSHOTS_FAILED, "policy" => policy.name.clone())
+                    .increment(1);
                 anyhow::bail!(
                     "snapshot {} ended {status}{}",
                     settled.name,

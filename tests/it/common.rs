@@ -27,6 +27,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("script", "bsdutils"),
     ("kill", "procps"),
     ("etcd", "etcd-server"),
+    ("promtool", "prometheus"),
 ];
 
 /// Whether every test must run here: [`REQUIRE_TOOLS`] set to anything but `0`, or, without

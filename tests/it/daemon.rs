@@ -601,14 +601,18 @@ async fn metrics_endpoint_serves_counters_and_healthz() {
     let (status, body) = get(&format!("{base}/healthz")).await;
     assert_eq!((status, body.trim()), (200, "single"));
 
-    // The counter moves once the run has pruned and logged, a moment after the provider's
-    // snapshot completed.
+    // The counter (at 0 from the start) moves once the run has pruned and logged, a moment
+    // after the provider's snapshot completed.
     let created = "snapshot_scheduler_snapshots_created_total{policy=\"nightly\"} ";
     let deadline = Instant::now() + WAIT;
     let metrics = loop {
         let (status, body) = get(&format!("{base}/metrics")).await;
         assert_eq!(status, 200, "{body}");
-        if body.lines().any(|l| l.starts_with(created)) {
+        let moved = body
+            .lines()
+            .filter_map(|l| l.strip_prefix(created))
+            .any(|v| v.parse::<f64>().is_ok_and(|v| v >= 1.0));
+        if moved {
             break body;
         }
         assert!(

@@ -17,6 +17,7 @@ mod ha;
 mod ha_support;
 mod hostile;
 mod layout;
+mod monitoring;
 mod once;
 mod requests;
 mod restarts;
