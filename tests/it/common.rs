@@ -27,6 +27,10 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("script", "bsdutils"),
     ("kill", "procps"),
     ("etcd", "etcd-server"),
+    ("dpkg-deb", "dpkg"),
+    ("man", "man-db"),
+    ("zsh", "zsh"),
+    ("fish", "fish"),
 ];
 
 /// Whether every test must run here: [`REQUIRE_TOOLS`] set to anything but `0`, or, without

@@ -18,6 +18,7 @@ mod ha_support;
 mod hostile;
 mod layout;
 mod once;
+mod package;
 mod requests;
 mod restarts;
 mod soak;
