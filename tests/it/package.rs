@@ -75,6 +75,45 @@ fn subcommands() -> Vec<String> {
 }
 
 #[test]
+fn completions_and_the_man_page_need_no_config() {
+    let missing = "/nonexistent/snapshot-scheduler/config.toml";
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run(bin().args(["-c", missing, "completions", shell]));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "completions {shell}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stdout(&out).contains("simulate-provider"),
+            "completions {shell} does not complete the commands:\n{}",
+            stdout(&out)
+        );
+    }
+    let out = run(bin().args(["-c", missing, "man"]));
+    assert_eq!(out.status.code(), Some(0), "man: {}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(".ie"),
+        "not roff:\n{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("snapshot\\-scheduler\\-check(1)"),
+        "the page does not name the commands' pages:\n{}",
+        stdout(&out)
+    );
+
+    let out = run(bin().args(["completions", "tcsh"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("possible values: bash, elvish, fish, powershell, zsh"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn the_shipped_man_pages_and_completions_are_what_the_binary_generates() {
     let fresh = tempfile::tempdir().expect("temp dir");
     let out = run(bin().arg("man").arg("--dir").arg(fresh.path()));
@@ -118,8 +157,8 @@ fn the_shipped_man_pages_and_completions_are_what_the_binary_generates() {
     );
 }
 
-/// `cargo deb` where it runs; `None` (the test skips, or fails where every test must run)
-/// where it does not.
+/// Whether `cargo deb` runs here; where it does not, the test fails where every test must run
+/// and is skipped loudly elsewhere ([`unavailable`]).
 fn cargo_deb_available() -> bool {
     let runs = cargo()
         .args(["deb", "--version"])
