@@ -18,6 +18,7 @@ use crate::model::ServerId;
 use crate::shutdown::Shutdown;
 
 mod act;
+mod docs;
 mod inspect;
 mod output;
 mod select;
@@ -157,6 +158,19 @@ pub enum Command {
         #[arg(long, env = "SIMULATOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Print the shell completion script for SHELL (needs no config).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page in roff (needs no config); with --dir, write one page per command
+    /// there.
+    #[command(hide = true)]
+    Man {
+        /// Write snapshot-scheduler.1 and snapshot-scheduler-COMMAND.1 into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> i32 {
@@ -215,6 +229,11 @@ fn verbosity(cli: &Cli) -> i8 {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match &cli.command {
+        Command::Completions { shell } => return docs::completions(*shell),
+        Command::Man { dir } => return docs::man(dir.as_deref()),
+        _ => {}
+    }
     if let Command::SimulateProvider {
         listen,
         servers,
@@ -342,6 +361,8 @@ async fn command(cli: &Cli, config: Config) -> anyhow::Result<i32> {
             status(&ctx, work, *json, *nagios).await
         }
         Command::Run => crate::daemon::run(config, cli.config.clone(), cli.simulate).await,
-        Command::SimulateProvider { .. } => unreachable!("handled above"),
+        Command::SimulateProvider { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled above")
+        }
     }
 }

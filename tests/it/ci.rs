@@ -5,6 +5,7 @@
 use std::process::{Command, Output};
 
 use crate::common::{stderr, stdout, REQUIRE_TOOLS, TOOLS};
+use crate::package::CARGO_DEB_VERSION;
 
 const CI_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/run");
 
@@ -66,4 +67,16 @@ fn ci_requires_and_installs_every_tool_the_tests_need() {
             ".ci/run does not install {package} when {tool} is missing:\n{script}"
         );
     }
+}
+
+/// cargo-deb is no Debian package, so it is not in `TOOLS`: `.ci/run` installs it with cargo
+/// when `cargo deb` does not run, at the version the package test names.
+#[test]
+fn ci_installs_cargo_deb_for_the_package_test() {
+    let script = std::fs::read_to_string(CI_SCRIPT).expect("read .ci/run");
+    let install = format!("cargo install cargo-deb --locked --version {CARGO_DEB_VERSION}");
+    assert!(
+        script.contains("if ! cargo deb --version") && script.contains(&install),
+        ".ci/run does not run `{install}` when `cargo deb` is missing:\n{script}"
+    );
 }

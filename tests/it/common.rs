@@ -28,6 +28,10 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("kill", "procps"),
     ("etcd", "etcd-server"),
     ("promtool", "prometheus"),
+    ("dpkg-deb", "dpkg"),
+    ("man", "man-db"),
+    ("zsh", "zsh"),
+    ("fish", "fish"),
 ];
 
 /// Whether every test must run here: [`REQUIRE_TOOLS`] set to anything but `0`, or, without

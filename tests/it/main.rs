@@ -19,6 +19,7 @@ mod hostile;
 mod layout;
 mod monitoring;
 mod once;
+mod package;
 mod requests;
 mod restarts;
 mod soak;

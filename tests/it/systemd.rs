@@ -17,13 +17,15 @@ const UNIT: &str = concat!(
     "/systemd/snapshot-scheduler.service"
 );
 
-#[test]
-fn unit_exposure_is_at_most_2() {
-    if !tool_available("systemd-analyze") {
-        return;
-    }
+/// Where the unit runs the binary from: where the package puts it, and the README's manual
+/// install too (one path, so an older copy never shadows the one the unit runs).
+pub const INSTALLED_BIN: &str = "/usr/bin/snapshot-scheduler";
+
+/// The overall exposure level `systemd-analyze security --offline=true` gives `unit`.
+pub fn exposure(unit: &Path) -> f64 {
     let out = Command::new("systemd-analyze")
-        .args(["security", "--offline=true", UNIT])
+        .args(["security", "--offline=true"])
+        .arg(unit)
         .output()
         .expect("systemd-analyze runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -31,13 +33,32 @@ fn unit_exposure_is_at_most_2() {
         .lines()
         .find(|l| l.contains("Overall exposure level"))
         .unwrap_or_else(|| panic!("no exposure line in:\n{text}"));
-    let level: f64 = line
-        .split(':')
+    line.split(':')
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("cannot read the level from {line:?}"));
-    assert!(level <= 2.0, "exposure {level} > 2.0: {line}");
+        .unwrap_or_else(|| panic!("cannot read the level from {line:?}"))
+}
+
+/// What `systemd-analyze verify` says against `unit`, if anything.
+pub fn verify_complaints(unit: &Path) -> Option<String> {
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (!out.status.success() || stderr.contains("snapshot-scheduler.service"))
+        .then(|| format!("exit {:?}\n{stderr}", out.status.code()))
+}
+
+#[test]
+fn unit_exposure_is_at_most_2() {
+    if !tool_available("systemd-analyze") {
+        return;
+    }
+    let level = exposure(Path::new(UNIT));
+    assert!(level <= 2.0, "exposure {level} > 2.0");
 }
 
 #[test]
@@ -47,22 +68,17 @@ fn unit_verifies_clean() {
     }
     // verify checks that ExecStart's binary exists: point it at the one just built.
     let dir = tempfile::tempdir().unwrap();
-    let unit = std::fs::read_to_string(UNIT).unwrap().replace(
-        "/usr/local/bin/snapshot-scheduler",
-        env!("CARGO_BIN_EXE_snapshot-scheduler"),
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    assert!(
+        unit.contains(INSTALLED_BIN),
+        "the unit does not run {INSTALLED_BIN}"
     );
+    let unit = unit.replace(INSTALLED_BIN, env!("CARGO_BIN_EXE_snapshot-scheduler"));
     let path = dir.path().join("snapshot-scheduler.service");
     std::fs::write(&path, unit).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !stderr.contains("snapshot-scheduler.service"),
-        "verify complained:\n{stderr}"
-    );
+    if let Some(complaints) = verify_complaints(&path) {
+        panic!("verify complained: {complaints}");
+    }
 }
 
 /// The unit's `TimeoutStopSec`, as systemd reads `30min`.
