@@ -877,7 +877,7 @@ fn is_rotation(meta: &tracing::Metadata<'_>) -> bool {
     meta.is_span() && meta.name() == "rotation"
 }
 
-/// The subscriber the soak runs under, on its own thread (the runtime is current-thread):
+/// The subscriber the soak runs under (see [`install_soak_subscriber`]):
 /// the `rotation` spans for [`SentByLayer`], and with `SOAK_TRACE` the daemon's log.
 fn soak_subscriber() -> impl Subscriber + Send + Sync {
     use tracing::subscriber::Interest;
@@ -899,6 +899,21 @@ fn soak_subscriber() -> impl Subscriber + Send + Sync {
     Registry::default()
         .with(SentByLayer.with_filter(rotation))
         .with(log)
+}
+
+/// Installs [`soak_subscriber`] as the process's default, once, for every soak of the test
+/// process. Not scoped to a soak's thread: with one scoped subscriber alive, a test on another
+/// thread (without one) that reaches the `rotation` span's callsite first has "never" cached
+/// for it (tracing-core then asks the registering thread's default, tokio-rs/tracing#3611), so
+/// the soak's runs lose their spans and each of their requests looks sent by no run. Every
+/// thread sees this subscriber unless it sets its own.
+pub(crate) fn install_soak_subscriber() {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // Another global subscriber (none in this process) would only mean no attribution,
+        // which the checks test below would catch.
+        let _ = tracing::subscriber::set_global_default(soak_subscriber());
+    });
 }
 
 /// The policy whose `rotation` span the current request runs in.
@@ -1207,7 +1222,7 @@ impl World {
 /// One host: `Service::open` lives on one `state_dir`, crashed (its future dropped) at the
 /// timeline's moments and started again.
 async fn soak(seed: u64, days: u64, rules: RetryRules) -> Figures {
-    let _subscriber = tracing::subscriber::set_default(soak_subscriber());
+    install_soak_subscriber();
     let mut world = World::new(seed, days);
     let (end, crashes) = (world.end, world.crashes.clone());
     let windows = crashes
@@ -1312,7 +1327,7 @@ async fn the_soak_catches_a_create_sent_again_without_looking_for_it() {
 #[tokio::test(start_paused = true)]
 async fn the_checks_report_a_delete_by_another_policys_run_and_what_the_provider_would_refuse() {
     use tracing::Instrument as _;
-    let _subscriber = tracing::subscriber::set_default(soak_subscriber());
+    install_soak_subscriber();
     let wall0: DateTime<Utc> = START.parse().expect("a timestamp");
     let clock = TokioClock::starting_at(wall0);
     let faultless = SimConfig {

@@ -722,7 +722,7 @@ const CHAOS: Chaos = Chaos {
 
 /// Two hosts on one lease store for `days`, failing as `chaos` says.
 async fn soak_ha(seed: u64, days: u64, rules: RetryRules, chaos: Chaos) -> Figures {
-    let _subscriber = tracing::subscriber::set_default(super::soak_subscriber());
+    super::install_soak_subscriber();
     let mut world = World::new(seed, days);
     let planned = failures(&mut world, chaos.failures_per_day);
     let store = Memory::new();
