@@ -355,6 +355,11 @@ impl TermEvents for Announce {
     fn term(&mut self, epoch: Option<i64>) {
         self.status.clear();
         self.unreadable = None;
+        if epoch.is_none() {
+            // The term's servers are the cluster's journal's now, reported by whoever leads
+            // next: a standby reporting the count it had would raise a false alert.
+            metrics::gauge!(crate::series::SERVERS_STOPPED).set(0.0);
+        }
         self.client
             .set_acting_as(epoch.map(|epoch| (self.node.as_str(), epoch)));
     }
