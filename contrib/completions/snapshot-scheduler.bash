@@ -114,7 +114,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__check)
+        snapshot__scheduler__subcmd__check)
             opts="-c -v -q -h --connect --config --simulate --log-format --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -140,7 +140,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__completions)
+        snapshot__scheduler__subcmd__completions)
             opts="-c -v -q -h --config --simulate --log-format --verbose --quiet --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -166,7 +166,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help)
+        snapshot__scheduler__subcmd__help)
             opts="check list restore plan once status run simulate-provider completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -180,7 +180,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help__subcmd__check)
+        snapshot__scheduler__subcmd__help__subcmd__check)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -194,7 +194,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help__subcmd__completions)
+        snapshot__scheduler__subcmd__help__subcmd__completions)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -208,7 +208,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help__subcmd__help)
+        snapshot__scheduler__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -222,7 +222,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help__subcmd__list)
+        snapshot__scheduler__subcmd__help__subcmd__list)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -236,7 +236,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help__subcmd__man)
+        snapshot__scheduler__subcmd__help__subcmd__man)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -250,7 +250,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help__subcmd__once)
+        snapshot__scheduler__subcmd__help__subcmd__once)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -264,7 +264,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help__subcmd__plan)
+        snapshot__scheduler__subcmd__help__subcmd__plan)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -278,7 +278,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help__subcmd__restore)
+        snapshot__scheduler__subcmd__help__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -292,7 +292,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help__subcmd__run)
+        snapshot__scheduler__subcmd__help__subcmd__run)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -306,7 +306,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help__subcmd__simulate__subcmd__provider)
+        snapshot__scheduler__subcmd__help__subcmd__simulate__subcmd__provider)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -320,7 +320,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__help__subcmd__status)
+        snapshot__scheduler__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -334,7 +334,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__list)
+        snapshot__scheduler__subcmd__list)
             opts="-c -v -q -h --server --json --config --simulate --log-format --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -364,7 +364,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__man)
+        snapshot__scheduler__subcmd__man)
             opts="-c -v -q -h --dir --config --simulate --log-format --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -394,7 +394,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__once)
+        snapshot__scheduler__subcmd__once)
             opts="-c -v -q -h --policy --server --dry-run --config --simulate --log-format --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -428,7 +428,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__plan)
+        snapshot__scheduler__subcmd__plan)
             opts="-c -v -q -h --policy --server --json --config --simulate --log-format --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -462,7 +462,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__restore)
+        snapshot__scheduler__subcmd__restore)
             opts="-c -v -q -h --yes --wait --config --simulate --log-format --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -488,7 +488,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__run)
+        snapshot__scheduler__subcmd__run)
             opts="-c -v -q -h --config --simulate --log-format --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -514,7 +514,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__simulate__subcmd__provider)
+        snapshot__scheduler__subcmd__simulate__subcmd__provider)
             opts="-c -v -q -h --listen --server --token --config --simulate --log-format --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -552,7 +552,7 @@ _snapshot__scheduler() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        snapshot__subcmd__scheduler__subcmd__status)
+        snapshot__scheduler__subcmd__status)
             opts="-c -v -q -h --policy --server --json --nagios --config --simulate --log-format --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use clap::CommandFactory;
+use clap::{CommandFactory, ValueEnum};
 use clap_complete::Shell;
 
 use super::output::{out, outln};
@@ -17,8 +17,31 @@ const NAME: &str = "snapshot-scheduler";
 pub(super) fn completions(shell: Shell) -> anyhow::Result<i32> {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), NAME, &mut script);
-    out(&String::from_utf8_lossy(&script))?;
+    let mut script = String::from_utf8_lossy(&script).into_owned();
+    match shell {
+        Shell::Bash => script = mend_bash(&script),
+        // clap_complete's fish script offers no values of a positional argument.
+        Shell::Fish => {
+            let shells: Vec<String> = (Shell::value_variants().iter())
+                .filter_map(|s| s.to_possible_value())
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            script.push_str(&format!(
+                "complete -c {NAME} -n \"__fish_snapshot_scheduler_using_subcommand completions\" -f -a \"{}\"\n",
+                shells.join(" ")
+            ));
+        }
+        _ => {}
+    }
+    out(&script)?;
     Ok(0)
+}
+
+/// clap_complete's bash script for a name with a hyphen tracks the command as
+/// `snapshot__scheduler__subcmd__once` but names its cases `snapshot__subcmd__scheduler__…`
+/// (clap-rs/clap#6421): no case matches, and nothing after the first word completes.
+fn mend_bash(script: &str) -> String {
+    script.replace("snapshot__subcmd__scheduler", "snapshot__scheduler")
 }
 
 /// `man`: the program's page on standard output; with `dir`, one page per command written

@@ -394,7 +394,9 @@ async fn a_leader_cut_off_from_etcd_fences_itself_before_the_standby_writes() {
     // Whatever it had stopped is the cluster's journal's now: a standby that still counted it
     // would raise a false "server stopped too long" alert.
     assert_eq!(
-        c.nodes[0].metric("snapshot_scheduler_servers_stopped").await,
+        c.nodes[0]
+            .metric("snapshot_scheduler_servers_stopped")
+            .await,
         Some(0.0),
         "{}",
         c.story()

@@ -113,6 +113,65 @@ fn completions_and_the_man_page_need_no_config() {
     );
 }
 
+/// What bash offers for the words typed so far (the last one being completed), from the
+/// script `completions bash` prints, as bash's programmable completion calls it.
+fn bash_completes(script: &Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))\nCOMPREPLY=()\n\
+         _snapshot__scheduler snapshot-scheduler \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        script.display(),
+        quoted.join(" ")
+    );
+    let out = run(Command::new("bash").arg("-c").arg(program));
+    assert!(out.status.success(), "bash: {}", stderr(&out));
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+/// The scripts complete commands and then each command's options and values, in the shells
+/// themselves (a script that parses can still complete nothing after the first word).
+#[test]
+fn completions_offer_each_commands_options_in_bash_and_fish() {
+    if !tool_available("fish") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("snapshot-scheduler.bash");
+    std::fs::write(&script, stdout(&run(bin().args(["completions", "bash"])))).expect("write");
+    let offered = |words: &[&str]| bash_completes(&script, words);
+    assert!(offered(&["snapshot-scheduler", "on"]).contains(&"once".to_owned()));
+    for (words, expected) in [
+        (&["snapshot-scheduler", "once", "--"][..], "--dry-run"),
+        (&["snapshot-scheduler", "status", "--n"], "--nagios"),
+        (&["snapshot-scheduler", "completions", ""], "zsh"),
+        (&["snapshot-scheduler", "--log-format", ""], "journald"),
+    ] {
+        let got = offered(words);
+        assert!(
+            got.iter().any(|w| w == expected),
+            "bash after {words:?} offers {got:?}, not {expected}"
+        );
+    }
+    let fish = dir.path().join("snapshot-scheduler.fish");
+    std::fs::write(&fish, stdout(&run(bin().args(["completions", "fish"])))).expect("write");
+    for (line, expected) in [
+        ("snapshot-scheduler once --", "--dry-run"),
+        ("snapshot-scheduler completions ", "zsh"),
+    ] {
+        let program = format!("source '{}'; complete -C '{line}'", fish.display());
+        let out = run(Command::new("fish").arg("-c").arg(program));
+        assert!(
+            stdout(&out)
+                .lines()
+                .any(|l| l.split('\t').next() == Some(expected)),
+            "fish after {line:?} offers:\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn the_shipped_man_pages_and_completions_are_what_the_binary_generates() {
     let fresh = tempfile::tempdir().expect("temp dir");
