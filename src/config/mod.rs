@@ -96,10 +96,40 @@ fn render(path: &Path, problems: &[Problem]) -> String {
     )
 }
 
+/// A config is a few kilobytes; a path to a log, a disk image or `/dev/zero` by mistake must
+/// not be read whole.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// The text of the config file: a regular file (a FIFO would wait for a writer forever, a
+/// device never end) of at most [`MAX_CONFIG_BYTES`].
+fn read_config(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read as _};
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a directory, a FIFO or a device); allowed: a regular file",
+        ));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "larger than {} MiB; allowed: at most that",
+                MAX_CONFIG_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 impl Config {
     /// Reads, parses and validates the file; reads the token too (unless simulating).
     pub fn load(path: &Path, options: LoadOptions) -> Result<Self, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let source = read_config(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;

@@ -1176,3 +1176,50 @@ fn once_and_a_simulated_run_refuse_an_ha_config() {
         assert!(stderr(&out).contains("[ha]"), "{}", stderr(&out));
     }
 }
+
+/// A config path that names a device, a FIFO or a huge file by mistake is refused at once,
+/// naming the path and what is allowed (before: `/dev/zero` ate memory until killed, a FIFO
+/// without a writer hung for ever).
+#[test]
+fn a_config_that_is_a_device_a_fifo_or_huge_is_refused_not_read_forever() {
+    let scratch = Scratch::new();
+    let fifo = scratch.path().join("config.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let huge = scratch.path().join("huge.toml");
+    std::fs::write(&huge, "# padding\n".repeat(500_000)).expect("write");
+    for (path, says) in [
+        (Path::new("/dev/zero"), "not a regular file"),
+        (fifo.as_path(), "not a regular file"),
+        (huge.as_path(), "larger than 4 MiB"),
+    ] {
+        let mut child = bin()
+            .arg("-c")
+            .arg(path)
+            .arg("check")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        // A hang or an endless read fails the test instead of hanging it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().expect("try_wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("check -c {} did not end", path.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
+        let text = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{}: {text}", path.display());
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains(says),
+            "{}: {text}",
+            path.display()
+        );
+    }
+}
