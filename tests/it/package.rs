@@ -372,10 +372,17 @@ fn the_deb_ships_a_working_binary_unit_man_pages_completions_and_a_conffile() {
         .lines()
         .find(|l| l.starts_with("Depends:"))
         .unwrap_or_else(|| panic!("no Depends: in\n{control}"));
+    // procps: `systemctl reload` runs /bin/kill, which minimal images may lack.
     assert!(
-        depends.contains("libc6") && !depends.contains("ssl"),
+        depends.contains("libc6") && depends.contains("procps") && !depends.contains("ssl"),
         "{depends}"
     );
+    // dpkg -l shows the first line whole: a summary longer than a line is cut there.
+    let summary = control
+        .lines()
+        .find_map(|l| l.strip_prefix("Description: "))
+        .unwrap_or_else(|| panic!("no Description: in\n{control}"));
+    assert!(summary.len() <= 80, "a summary of {} characters: {summary}", summary.len());
 
     // The config is a conffile (an upgrade keeps the operator's edits), from the example.
     let conffiles = std::fs::read_to_string(pkg.control.join("conffiles")).unwrap_or_default();
