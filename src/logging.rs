@@ -47,7 +47,11 @@ pub fn init(format: LogFormat, verbosity: i8) {
         LogFormat::Text | LogFormat::Auto => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_ansi(std::io::stderr().is_terminal())
+                    // NO_COLOR (https://no-color.org): set and not empty, no colour.
+                    .with_ansi(
+                        std::io::stderr().is_terminal()
+                            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+                    )
                     .with_writer(std::io::stderr),
             )
             .try_init(),

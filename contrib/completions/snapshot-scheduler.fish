@@ -32,7 +32,7 @@ journald\t''"
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_needs_command" -l simulate -d 'Talk to a fresh built-in simulated provider whose servers are the config\'s (no account or token needed)'
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_needs_command" -s v -l verbose -d 'More log output (-v debug, -vv trace)'
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_needs_command" -s q -l quiet -d 'Less log output (-q warnings, -qq errors only)'
-complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_needs_command" -s h -l help -d 'Print help'
+complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_needs_command" -s V -l version -d 'Print version'
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_needs_command" -f -a "check" -d 'Validate the config and show each policy\'s servers, retention and next fires'
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_needs_command" -f -a "list" -d 'List snapshots with the policy that manages each (`-` for hand-made ones)'
@@ -123,7 +123,7 @@ complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_using_subcommand ru
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_using_subcommand run" -s v -l verbose -d 'More log output (-v debug, -vv trace)'
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_using_subcommand run" -s q -l quiet -d 'Less log output (-q warnings, -qq errors only)'
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_using_subcommand run" -s h -l help -d 'Print help'
-complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_using_subcommand simulate-provider" -l listen -r
+complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_using_subcommand simulate-provider" -l listen -d 'The address to serve on' -r
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_using_subcommand simulate-provider" -l server -d 'Server ids to simulate (default: the config\'s, or 12345 and 12346)' -r
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_using_subcommand simulate-provider" -l token -d 'The bearer token clients must send (default: printed random one)' -r
 complete -c snapshot-scheduler -n "__fish_snapshot_scheduler_using_subcommand simulate-provider" -s c -l config -d 'The config file' -r -F

@@ -103,6 +103,20 @@ fn completions_and_the_man_page_need_no_config() {
         "the page does not name the commands' pages:\n{}",
         stdout(&out)
     );
+    // What a man page is read for beyond the options: the files, the environment, the exit
+    // codes.
+    for needed in [
+        "/etc/snapshot\\-scheduler/token",
+        "SNAPSHOT_SCHEDULER_CONFIG",
+        "NO_COLOR",
+        "Exit status",
+        "SIGHUP",
+    ] {
+        assert!(
+            stdout(&out).contains(needed),
+            "the page does not say {needed}"
+        );
+    }
 
     let out = run(bin().args(["completions", "tcsh"]));
     assert_eq!(out.status.code(), Some(2));
@@ -382,7 +396,11 @@ fn the_deb_ships_a_working_binary_unit_man_pages_completions_and_a_conffile() {
         .lines()
         .find_map(|l| l.strip_prefix("Description: "))
         .unwrap_or_else(|| panic!("no Description: in\n{control}"));
-    assert!(summary.len() <= 80, "a summary of {} characters: {summary}", summary.len());
+    assert!(
+        summary.len() <= 80,
+        "a summary of {} characters: {summary}",
+        summary.len()
+    );
 
     // The config is a conffile (an upgrade keeps the operator's edits), from the example.
     let conffiles = std::fs::read_to_string(pkg.control.join("conffiles")).unwrap_or_default();
@@ -447,7 +465,7 @@ fn the_deb_ships_a_working_binary_unit_man_pages_completions_and_a_conffile() {
     );
     let verified = pkg.dir.path().join("snapshot-scheduler.service");
     std::fs::write(&verified, rewritten).expect("write the rewritten unit");
-    if let Some(complaints) = verify_complaints(&verified) {
+    if let Some(complaints) = verify_complaints(&verified, &pkg.file("/usr/share/man")) {
         panic!("systemd-analyze verify complained about the packaged unit: {complaints}");
     }
     let level = exposure(&unit_path);

@@ -41,10 +41,12 @@ pub fn exposure(unit: &Path) -> f64 {
 }
 
 /// What `systemd-analyze verify` says against `unit`, if anything.
-pub fn verify_complaints(unit: &Path) -> Option<String> {
+pub fn verify_complaints(unit: &Path, man_path: &Path) -> Option<String> {
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(unit)
+        // verify reads the unit's Documentation= pages with man: they are looked up here.
+        .env("MANPATH", man_path)
         .output()
         .expect("systemd-analyze runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -76,7 +78,14 @@ fn unit_verifies_clean() {
     let unit = unit.replace(INSTALLED_BIN, env!("CARGO_BIN_EXE_snapshot-scheduler"));
     let path = dir.path().join("snapshot-scheduler.service");
     std::fs::write(&path, unit).unwrap();
-    if let Some(complaints) = verify_complaints(&path) {
+    // The pages as the package installs them: man1/ under a man path.
+    let man1 = dir.path().join("man/man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    for page in std::fs::read_dir("contrib/man").unwrap() {
+        let page = page.unwrap().path();
+        std::fs::copy(&page, man1.join(page.file_name().unwrap())).unwrap();
+    }
+    if let Some(complaints) = verify_complaints(&path, &dir.path().join("man")) {
         panic!("verify complained: {complaints}");
     }
 }
