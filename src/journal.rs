@@ -160,13 +160,21 @@ impl Journal {
         // A write of the journal under way in another task owns the temp file (and tells by
         // itself whether it got through): leave it be.
         let _turn = self.writes.try_lock().ok()?;
-        let mut tmp = self.path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        serde_json::to_vec_pretty(&self.entries())
-            .map_err(std::io::Error::other)
-            .and_then(|b| fs::write(&tmp, b))
-            .and_then(|()| fs::remove_file(&tmp))
+        // The rename's target too: a directory (or a FIFO) where the journal should be takes
+        // every write, though its temp file can be written.
+        let target = match fs::symlink_metadata(&self.path) {
+            Ok(meta) if !meta.is_file() && !meta.is_symlink() => Err(std::io::Error::other(
+                "not a regular file, so no write can replace it",
+            )),
+            _ => Ok(()),
+        };
+        let tmp = state_file::temp_path(&self.path);
+        target
+            .and_then(|()| {
+                serde_json::to_vec_pretty(&self.entries()).map_err(std::io::Error::other)
+            })
+            .and_then(|b| state_file::write_new(&tmp, &b))
+            .and_then(|_| fs::remove_file(&tmp))
             .err()
             .map(|e| format!("power journal {}: {e}", self.path.display()))
     }
@@ -412,6 +420,52 @@ mod tests {
             stopped_at: t,
             deadline: t + chrono::Duration::minutes(50),
         }
+    }
+
+    /// The `/healthz` probe, and every write, against what may lie at the temp file's path or
+    /// the journal's: a FIFO neither hangs them (it hung the scheduler loop for good), a link
+    /// never has its target overwritten (a root daemon wrote `[]` into it), and a directory
+    /// where the journal should be is reported (the probe said healthy while every stop was
+    /// refused).
+    #[test]
+    fn the_probe_and_the_writes_neither_hang_on_a_fifo_nor_write_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let tmp = state_file::temp_path(j.path());
+        let mkfifo = |path: &Path| {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a NUL-terminated path that lives across the call.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        };
+        mkfifo(&tmp);
+        assert_eq!(
+            j.write_error(),
+            None,
+            "a leftover FIFO is replaced, not waited on"
+        );
+        assert!(!tmp.exists());
+        mkfifo(&tmp);
+        block_on(j.record(entry(1))).expect("a write replaces a leftover FIFO");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        assert_eq!(j.write_error(), None);
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        block_on(j.record(entry(2))).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(
+            Journal::open(dir.path()).unwrap().entries(),
+            [entry(1), entry(2)]
+        );
+
+        fs::remove_file(j.path()).unwrap();
+        fs::create_dir(j.path()).unwrap();
+        let error = j
+            .write_error()
+            .expect("a directory where the journal should be");
+        assert!(error.contains("power-journal.json"), "{error}");
+        assert!(block_on(j.record(entry(3))).is_err());
+        assert!(!tmp.exists(), "a failed write leaves no temp file behind");
     }
 
     #[test]

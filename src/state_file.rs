@@ -33,14 +33,48 @@ pub fn read(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new file: temp
 /// file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = temp_path(path);
+    let written = write_new(&tmp, bytes).and_then(|file| file.sync_all());
+    let renamed = written.and_then(|()| fs::rename(&tmp, path));
+    if renamed.is_err() {
+        // Not left behind for the next write (or the health probe) to trip over.
+        let _ = fs::remove_file(&tmp);
+    }
+    renamed?;
+    sync_dir_of(path)
+}
+
+/// Where [`write_atomic`] writes `path`'s next contents before renaming them over it.
+pub fn temp_path(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = File::create(&tmp)?;
+    PathBuf::from(tmp)
+}
+
+/// Writes `bytes` to a new file at `tmp`, whatever was there: a leftover file, a FIFO or a
+/// link is removed first (opening a FIFO would wait for a reader forever; a link would have its
+/// target overwritten), and the file is created anew, never through a link. A directory there
+/// is an error.
+pub fn write_new(tmp: &Path, bytes: &[u8]) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match fs::symlink_metadata(tmp) {
+        Ok(meta) if meta.is_dir() => {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{} is a directory", tmp.display()),
+            ))
+        }
+        Ok(_) => fs::remove_file(tmp)?,
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    sync_dir_of(path)
+    Ok(file)
 }
 
 /// Makes a file's name (just created or renamed) survive a crash.
