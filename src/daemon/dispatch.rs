@@ -28,7 +28,50 @@ pub(super) struct Dispatcher<P: Provider> {
     pub(super) shutdown: CancellationToken,
     pub(super) inflight: Arc<Mutex<HashSet<(String, ServerId)>>>,
     pub(super) on_wake: OnWake,
+    /// Whether metrics are served, so the freshness of each policy is worth a listing at start
+    /// and on each reload (without them it would cost requests and memory for nothing).
+    pub(super) observe: bool,
+    /// Cancels the freshness listing under way when a reload starts another.
+    pub(super) observing: Option<CancellationToken>,
 }
+
+impl<P: Provider> Dispatcher<P> {
+    /// The freshness metrics from the start, not from each policy's next fire (a weekly
+    /// policy would show nothing for days after a restart, and its alerts have nothing to
+    /// judge): listed now, and again with back-off while the provider cannot be reached. A
+    /// shutdown does not wait for it; a reload's listing replaces it.
+    fn observe(&mut self, policies: &[Policy]) {
+        let (executor, policies) = (self.executor.clone(), policies.to_vec());
+        let shutdown = self.shutdown.clone();
+        let reloaded = self.observing.replace(CancellationToken::new());
+        if let Some(earlier) = reloaded {
+            earlier.cancel();
+        }
+        let replaced = self.observing.clone().unwrap_or_default();
+        self.tasks.spawn(async move {
+            let mut pause = OBSERVE_RETRY_FIRST;
+            loop {
+                tokio::select! {
+                    listed = executor.observe(&policies) => if listed { break },
+                    () = shutdown.cancelled() => return,
+                    () = replaced.cancelled() => return,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => return,
+                    () = replaced.cancelled() => return,
+                }
+                pause = (pause * 2).min(OBSERVE_RETRY_MAX);
+            }
+            // The listing's memory back to the system, as after start-up.
+            super::release_startup_memory();
+        });
+    }
+}
+
+/// The back-off of the freshness listing while the provider cannot be reached.
+const OBSERVE_RETRY_FIRST: Duration = Duration::from_secs(30);
+const OBSERVE_RETRY_MAX: Duration = Duration::from_secs(600);
 
 /// Records `policy` as handled up to `at`, by a fire of that slot or without one (durably,
 /// before any work for it starts: the caller awaits this first). `false` when this host does
@@ -69,16 +112,9 @@ impl<P: Provider> LoopEvents for Dispatcher<P> {
         for warning in log.retired_warnings(policies) {
             tracing::warn!("{warning}");
         }
-        // The freshness metrics from the start, not from each policy's next fire (a weekly
-        // policy would show nothing for days after a restart). A shutdown does not wait for it.
-        let (executor, policies) = (self.executor.clone(), policies.to_vec());
-        let shutdown = self.shutdown.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                () = executor.observe(&policies) => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
+        if self.observe {
+            self.observe(policies);
+        }
     }
 
     fn fire(&mut self, fire: Fire) {

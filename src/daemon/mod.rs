@@ -165,6 +165,9 @@ pub struct Service<P: Provider> {
     /// How long hurried work may take to start servers again before giving up
     /// ([`crate::shutdown::drain_bound`]).
     pub drain_bound: Duration,
+    /// Whether metrics are served: the freshness of every policy is listed at start and on
+    /// each reload, not only at each fire.
+    pub observe: bool,
 }
 
 pub type OnWake = Box<dyn FnMut(&Scheduler, DateTime<Utc>) + Send>;
@@ -249,6 +252,7 @@ impl<P: Provider> Service<P> {
             shutdown,
             shutdown_grace: config.daemon.shutdown_grace,
             drain_bound: crate::shutdown::drain_bound(config),
+            observe: config.daemon.metrics_listen.is_some(),
         }
     }
 
@@ -308,6 +312,8 @@ impl<P: Provider> Service<P> {
             shutdown: self.shutdown.stopping_token(),
             inflight: Arc::default(),
             on_wake,
+            observe: self.observe,
+            observing: None,
         };
         if !self.shutdown.is_stopping() {
             scheduler::run_loop(

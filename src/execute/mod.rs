@@ -182,7 +182,8 @@ impl<P: Provider> Executor<P> {
     /// Reads every server of `policies` once, for the metrics: the freshness of each policy on
     /// each server is known from the start (and after a reload), not only after its next
     /// fire. Also sets each policy's freshness thresholds.
-    pub async fn observe(&self, policies: &[Policy]) {
+    /// `false` when the servers could not be listed (the thresholds are set all the same).
+    pub async fn observe(&self, policies: &[Policy]) -> bool {
         *self.owners.lock().unwrap_or_else(|e| e.into_inner()) =
             policies.iter().map(|p| p.name.clone()).collect();
         let now = self.clock.now();
@@ -203,8 +204,8 @@ impl<P: Provider> Executor<P> {
         let listing = match self.list(&servers).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot list the servers for the metrics; each run lists its own");
-                return;
+                tracing::warn!(error = %e, "cannot list the servers for the freshness metrics; trying again later");
+                return false;
             }
         };
         for policy in policies {
@@ -212,6 +213,7 @@ impl<P: Provider> Executor<P> {
                 self.note_listing(policy, server, &listing.server(server));
             }
         }
+        true
     }
 
     /// Sets `snapshot_scheduler_newest_snapshot_age_seconds{server}` for every server seen.

@@ -562,3 +562,72 @@ async fn a_restarted_daemon_exports_the_freshness_of_earlier_snapshots_before_it
         "the policy fired during the test"
     );
 }
+
+/// A provider out of reach when the daemon starts does not leave the freshness series missing
+/// until the next fire (a week, for a weekly policy, with nothing for the alerts to judge):
+/// the listing is tried again with back-off, and they appear once the provider answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freshness_is_listed_again_when_the_provider_was_down_at_start() {
+    let metrics = crate::etcd_support::free_port();
+    let provider = crate::etcd_support::free_port();
+    let scratch = crate::common::Scratch::new();
+    let body = crate::common::fast_config(
+        &policy("yearly", "0 0 3 1 1 *", &[WEB], ""),
+        &format!("metrics_listen = \"127.0.0.1:{metrics}\""),
+    );
+    let base_url = snapshot_scheduler::simulator::base_url(
+        format!("127.0.0.1:{provider}").parse().expect("an address"),
+    );
+    // No retries of a request: the start-up listing fails at once.
+    let body = body.replace("[api]\n", "[api]\nmax_retries = 0\n");
+    let config = scratch.config(&body, &base_url);
+    let daemon = Daemon::start(&[], &config);
+    let newest = format!("snapshot_scheduler_newest_snapshot_timestamp_seconds{{policy=\"yearly\",server=\"{WEB}\"}} 0");
+    let url = format!("http://127.0.0.1:{metrics}/metrics");
+    let scrape = || async {
+        match reqwest::get(&url).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon
+        .log()
+        .contains("cannot list the servers for the freshness metrics")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no failed listing:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!scrape().await.contains(&newest));
+    let sim = crate::common::test_sim(
+        &[WEB],
+        SimConfig {
+            example_snapshots: false,
+            ..SimConfig::default()
+        },
+    );
+    let _served = snapshot_scheduler::simulator::serve(
+        sim,
+        format!("127.0.0.1:{provider}").parse().expect("an address"),
+    )
+    .await
+    .expect("serve the simulator");
+    // The first retry comes 30 s after the failure.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = scrape().await;
+        if body.lines().any(|l| l == newest) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {newest}:\n{body}\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
