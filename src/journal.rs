@@ -353,6 +353,8 @@ impl Journal {
         let mut held = self.lock();
         change(&mut held);
         metrics::gauge!(crate::series::SERVERS_STOPPED).set(held.len() as f64);
+        let oldest = held.iter().map(|e| e.stopped_at.timestamp()).min();
+        metrics::gauge!(crate::series::OLDEST_STOP).set(oldest.unwrap_or(0) as f64);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {

@@ -108,8 +108,9 @@ impl Health {
                         "stalled: the scheduler loop has not woken for {quiet} (it sleeps at most {sleep})"
                     ),
                     None => format!(
-                        "starting: the scheduler loop has not begun after {quiet}; servers a \
-                         previous run left stopped are still being settled"
+                        "starting: the scheduler loop has not begun after {quiet}; what a \
+                         previous run left (servers it stopped, runs it was interrupted in) is \
+                         still being settled"
                     ),
                 };
                 return (false, line);
