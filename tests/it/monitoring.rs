@@ -517,8 +517,20 @@ fn the_dashboard_is_a_grafana_10_dashboard_on_a_chosen_prometheus() {
     for p in panels.iter().filter(|p| p["type"] != "row") {
         assert!(ids.insert(p["id"].as_u64()), "panel id {} twice", p["id"]);
         assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
-        for t in p["targets"].as_array().expect("targets") {
+        let targets = p["targets"].as_array().expect("targets");
+        for t in targets {
             assert_eq!(t["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        }
+        // A table of several queries shows one of them unless each is a table frame and the
+        // frames are merged into one.
+        if p["type"] == "table" {
+            for t in targets {
+                assert_eq!(t["format"], "table", "{}: {}", p["title"], t["refId"]);
+            }
+            let merged = p["transformations"]
+                .as_array()
+                .is_some_and(|ts| ts.iter().any(|t| t["id"] == "merge"));
+            assert!(targets.len() < 2 || merged, "{}: frames not merged", p["title"]);
         }
     }
 }
