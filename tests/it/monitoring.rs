@@ -530,7 +530,11 @@ fn the_dashboard_is_a_grafana_10_dashboard_on_a_chosen_prometheus() {
             let merged = p["transformations"]
                 .as_array()
                 .is_some_and(|ts| ts.iter().any(|t| t["id"] == "merge"));
-            assert!(targets.len() < 2 || merged, "{}: frames not merged", p["title"]);
+            assert!(
+                targets.len() < 2 || merged,
+                "{}: frames not merged",
+                p["title"]
+            );
         }
     }
 }
