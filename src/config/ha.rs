@@ -120,7 +120,8 @@ pub(super) fn validate_ha(
     let auth = validate_auth(check, raw, env, warnings);
     let ca_pem = h.ca_file.as_ref().and_then(|f| {
         let path = Path::new(f.get_ref());
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
+        let pem = super::read_regular(path, super::MAX_CONFIG_BYTES)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()));
         let pem = pem.and_then(|pem| {
             reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| format!("{} holds no PEM certificate ({e})", path.display()))

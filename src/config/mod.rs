@@ -100,9 +100,22 @@ fn render(path: &Path, problems: &[Problem]) -> String {
 /// not be read whole.
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
-/// The text of the config file: a regular file (a FIFO would wait for a writer forever, a
-/// device never end) of at most [`MAX_CONFIG_BYTES`].
+/// The text of the config file: a regular file of at most [`MAX_CONFIG_BYTES`].
 fn read_config(path: &Path) -> std::io::Result<String> {
+    read_text(path, MAX_CONFIG_BYTES)
+}
+
+/// The text of a file the config names or is (the config, a token file, a credential, a CA
+/// bundle): a regular file (a FIFO would wait for a writer forever, and block a reload on
+/// SIGHUP with it; a device might never end) of at most `max` bytes.
+pub(crate) fn read_text(path: &Path, max: u64) -> std::io::Result<String> {
+    let bytes = read_regular(path, max)?;
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// The bytes of a regular file of at most `max` bytes (see [`read_text`]).
+pub(crate) fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind, Read as _};
     if !std::fs::metadata(path)?.is_file() {
         return Err(Error::new(
@@ -110,21 +123,26 @@ fn read_config(path: &Path) -> std::io::Result<String> {
             "not a regular file (a directory, a FIFO or a device); allowed: a regular file",
         ));
     }
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(path)?
-        .take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        let limit = if max >= 1 << 20 {
+            format!("{} MiB", max >> 20)
+        } else {
+            format!("{} KiB", max >> 10)
+        };
         return Err(Error::new(
             ErrorKind::InvalidInput,
-            format!(
-                "larger than {} MiB; allowed: at most that",
-                MAX_CONFIG_BYTES >> 20
-            ),
+            format!("larger than {limit}; allowed: at most that"),
         ));
     }
-    Ok(text)
+    Ok(bytes)
 }
+
+/// A secret (a token, a password) is a line; a file far larger is not one.
+pub(crate) const MAX_SECRET_BYTES: u64 = 64 << 10;
 
 impl Config {
     /// Reads, parses and validates the file; reads the token too (unless simulating).

@@ -163,7 +163,7 @@ pub(super) fn read_credential(
     };
     let file = Path::new(dir).join(name);
     let source = TokenSource::Credential(file.clone());
-    let text = match std::fs::read_to_string(&file) {
+    let text = match super::read_text(&file, super::MAX_SECRET_BYTES) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             check.at(
@@ -277,7 +277,7 @@ pub(super) fn read_secret_file(
         )),
         Ok(_) => {}
     }
-    let text = match std::fs::read_to_string(path) {
+    let text = match super::read_text(path, super::MAX_SECRET_BYTES) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             check.at(

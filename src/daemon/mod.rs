@@ -586,7 +586,8 @@ fn reload_config(reload: &watch::Sender<Vec<Policy>>, reloader: &Reloader, alert
         }
         Err(e) => {
             metrics::counter!(crate::series::CONFIG_RELOAD_FAILURES).increment(1);
-            let text = format!("{e:#}");
+            // The whole chain: why the file cannot be read, not only that it cannot.
+            let text = format!("{:#}", anyhow::Error::from(e));
             tracing::error!("config reload failed; keeping the running config: {text}");
             alerts.send(
                 crate::config::AlertEvent::ConfigReloadFailed,

@@ -1177,11 +1177,11 @@ fn once_and_a_simulated_run_refuse_an_ha_config() {
     }
 }
 
-/// A config path that names a device, a FIFO or a huge file by mistake is refused at once,
-/// naming the path and what is allowed (before: `/dev/zero` ate memory until killed, a FIFO
-/// without a writer hung for ever).
+/// A config path (or its token file) that names a device, a FIFO or a huge file by mistake is
+/// refused at once, naming the path and what is allowed (before: `/dev/zero` ate memory until
+/// killed, a FIFO without a writer hung for ever, and blocked a reload on SIGHUP with it).
 #[test]
-fn a_config_that_is_a_device_a_fifo_or_huge_is_refused_not_read_forever() {
+fn a_config_or_token_file_that_is_a_device_a_fifo_or_huge_is_refused_not_read_forever() {
     let scratch = Scratch::new();
     let fifo = scratch.path().join("config.fifo");
     let made = std::process::Command::new("mkfifo")
@@ -1191,14 +1191,29 @@ fn a_config_that_is_a_device_a_fifo_or_huge_is_refused_not_read_forever() {
     assert!(made.success());
     let huge = scratch.path().join("huge.toml");
     std::fs::write(&huge, "# padding\n".repeat(500_000)).expect("write");
-    for (path, says) in [
-        (Path::new("/dev/zero"), "not a regular file"),
-        (fifo.as_path(), "not a regular file"),
-        (huge.as_path(), "larger than 4 MiB"),
+    // A config whose token file is a FIFO (and so would block a reload on SIGHUP too).
+    let tokened = scratch.config(&config_with_policy(NIGHTLY), "http://127.0.0.1:9/api/v1");
+    let token = scratch.token_path();
+    std::fs::remove_file(&token).expect("remove the token file");
+    let made = std::process::Command::new("mkfifo")
+        .arg("-m600")
+        .arg(&token)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    for (config, path, says) in [
+        (
+            Path::new("/dev/zero"),
+            Path::new("/dev/zero"),
+            "not a regular file",
+        ),
+        (fifo.as_path(), fifo.as_path(), "not a regular file"),
+        (huge.as_path(), huge.as_path(), "larger than 4 MiB"),
+        (tokened.as_path(), token.as_path(), "not a regular file"),
     ] {
         let mut child = bin()
             .arg("-c")
-            .arg(path)
+            .arg(config)
             .arg("check")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -1209,7 +1224,7 @@ fn a_config_that_is_a_device_a_fifo_or_huge_is_refused_not_read_forever() {
         while child.try_wait().expect("try_wait").is_none() {
             if std::time::Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("check -c {} did not end", path.display());
+                panic!("check -c {} did not end", config.display());
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }

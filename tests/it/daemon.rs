@@ -370,6 +370,26 @@ async fn sighup_with_a_broken_config_keeps_the_old_one() {
         created.iter().all(|n| second_of("nightly", n) % 2 == 0),
         "not on the old */2 schedule: {created:?}"
     );
+
+    // A FIFO where the config was: the reload says why it failed, and blocks nothing.
+    std::fs::remove_file(&setup.config).expect("remove the config");
+    let made = Command::new("mkfifo")
+        .arg(&setup.config)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    daemon.signal("HUP");
+    daemon
+        .until("the second reload failure says why", |log| {
+            log.matches("config reload failed").count() >= 2 && log.contains("not a regular file")
+        })
+        .await;
+    let before = setup.created(WEB).len();
+    daemon
+        .until("snapshots go on after the failed reload", |_| {
+            setup.created(WEB).len() >= before + 1
+        })
+        .await;
 }
 
 /// Every line of every datagram sent to a bound socket, collected on a thread.
@@ -955,9 +975,10 @@ async fn sighup_says_which_sections_need_a_restart_instead_of_ignoring_them() {
     );
     setup.rewrite(&text);
     daemon.signal("HUP");
+    // The warning is logged right after "config reloaded": waited for, not raced.
     daemon
-        .until("the second reload is done", |log| {
-            log.matches("config reloaded").count() >= 2
+        .until("the second reload's warning", |log| {
+            log.matches("config reloaded").count() >= 2 && log.contains("NOT applied")
         })
         .await;
     let log = daemon.log();
