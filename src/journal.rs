@@ -343,6 +343,17 @@ impl Journal {
         Ok(())
     }
 
+    /// `snapshot_scheduler_servers_stopped` and `..._oldest_stop_age_seconds` as of `now`:
+    /// on every wake, so both are there from the start (a server a previous process left
+    /// stopped included) and the age grows by the host's own clock.
+    pub fn export_stopped(&self, now: DateTime<Utc>) {
+        let held = self.entries();
+        metrics::gauge!(crate::series::SERVERS_STOPPED).set(held.len() as f64);
+        let oldest = held.iter().map(|e| e.stopped_at).min();
+        let age = oldest.map_or(0, |t| (now - t).num_seconds().max(0));
+        metrics::gauge!(crate::series::OLDEST_STOP).set(age as f64);
+    }
+
     /// The entries from now on.
     fn replace(&self, entries: Vec<Entry>) {
         self.update(|held| *held = entries);
@@ -353,8 +364,6 @@ impl Journal {
         let mut held = self.lock();
         change(&mut held);
         metrics::gauge!(crate::series::SERVERS_STOPPED).set(held.len() as f64);
-        let oldest = held.iter().map(|e| e.stopped_at.timestamp()).min();
-        metrics::gauge!(crate::series::OLDEST_STOP).set(oldest.unwrap_or(0) as f64);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {

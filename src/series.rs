@@ -24,7 +24,7 @@ pub const CRIT_AGE: &str = "snapshot_scheduler_policy_crit_age_seconds";
 pub const SNAPSHOTS: &str = "snapshot_scheduler_snapshots";
 pub const FOREIGN_SNAPSHOTS: &str = "snapshot_scheduler_foreign_snapshots";
 pub const SERVERS_STOPPED: &str = "snapshot_scheduler_servers_stopped";
-pub const OLDEST_STOP: &str = "snapshot_scheduler_oldest_stop_timestamp_seconds";
+pub const OLDEST_STOP: &str = "snapshot_scheduler_oldest_stop_age_seconds";
 pub const SERVER_LEFT_STOPPED: &str = "snapshot_scheduler_server_left_stopped_total";
 pub const JOURNAL_FAILURES: &str = "snapshot_scheduler_journal_failures_total";
 pub const CONFIG_RELOAD_FAILURES: &str = "snapshot_scheduler_config_reload_failures_total";
@@ -64,7 +64,7 @@ pub const ALL: &[(&str, Kind, Unit, &str)] = &[
     (SNAPSHOTS, Kind::Gauge, Unit::Count, "Snapshots on the server now, of any owner, by server and state (completed, in_progress, failed, other); all count toward the provider's cap of 5."),
     (FOREIGN_SNAPSHOTS, Kind::Gauge, Unit::Count, "Snapshots on the server now that no policy owns (never deleted by this program), by server."),
     (SERVERS_STOPPED, Kind::Gauge, Unit::Count, "Servers this program stopped and has not started again (entries of the power journal)."),
-    (OLDEST_STOP, Kind::Gauge, Unit::Seconds, "Unix time of the oldest stop in the power journal (0: no server stopped), so an alert can tell one server stopped for long from many stopped in turn."),
+    (OLDEST_STOP, Kind::Gauge, Unit::Seconds, "Age in seconds of the oldest stop in the power journal by this host's clock (0: no server stopped), refreshed on every wake, so an alert can tell one server stopped for long from many stopped in turn."),
     (SERVER_LEFT_STOPPED, Kind::Counter, Unit::Count, "Times a server this program stopped could not be started again (it is retried)."),
     (JOURNAL_FAILURES, Kind::Counter, Unit::Count, "Writes of the power journal that failed."),
     (CONFIG_RELOAD_FAILURES, Kind::Counter, Unit::Count, "Config reloads (SIGHUP) that failed; the running config stays."),

@@ -80,13 +80,15 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
         return cluster::serve_cluster(ctx, reloader, ha).await;
     }
     let shutdown = Shutdown::new();
-    let service = Service::for_run(ctx, shutdown.clone())?;
     let watchdog = sd_notify::watchdog_enabled();
     let cap = watchdog.map_or(scheduler::MAX_SLEEP, |w| (w / 2).min(scheduler::MAX_SLEEP));
     let health = Arc::new(Health::single(cap, shutdown.stopping_token()));
     if let Some(addr) = ctx.config.daemon.metrics_listen {
         endpoint::serve_metrics(addr, health.clone()).await?;
     }
+    let service = Service::for_run(ctx, shutdown.clone())?;
+    // What a previous process left stopped shows while it is settled, before the first wake.
+    service.executor.journal().export_stopped(ctx.clock.now());
     let (reload_tx, reload_rx) = watch::channel(ctx.config.policies.clone());
     tokio::spawn(handle_signals(
         shutdown.clone(),
@@ -121,6 +123,7 @@ fn wake_handler<P: Provider>(
     let mut ready = false;
     Box::new(move |scheduler: &Scheduler, now: DateTime<Utc>| {
         health.woke(executor.journal().write_error());
+        executor.journal().export_stopped(now);
         metrics::gauge!(crate::series::LOOP_WAKE).set(now.timestamp() as f64);
         executor.export_snapshot_ages();
         if !ready {

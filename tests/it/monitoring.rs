@@ -647,3 +647,46 @@ async fn freshness_is_listed_again_when_the_provider_was_down_at_start() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// A server a previous process left stopped shows in `servers_stopped` and
+/// `oldest_stop_age_seconds` from the start, while it is being settled (before: neither series
+/// existed until this process wrote the journal, so the alert had nothing to judge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_left_stopped_by_a_previous_process_shows_while_it_is_settled() {
+    let sim = SimConfig {
+        example_snapshots: false,
+        ..SimConfig::default()
+    };
+    let monitored = Monitored::new(
+        &policy("yearly", "0 0 3 1 1 *", &[WEB], "stop_server = true"),
+        sim,
+    )
+    .await;
+    // Stopped ten minutes ago for a snapshot that is still in progress: the start waits for it.
+    let now = chrono::Utc::now();
+    let stopped_at = now - chrono::Duration::minutes(10);
+    let name = snapshot_scheduler::policy::snapshot_name("yearly", stopped_at);
+    use snapshot_scheduler::model::SnapshotStatus::InProgress;
+    monitored
+        .setup
+        .sim
+        .add_snapshot(WEB, &name, InProgress, stopped_at);
+    let journal = serde_json::json!([{
+        "server": WEB, "policy": "yearly", "snapshot": name,
+        "stopped_at": stopped_at, "deadline": now + chrono::Duration::hours(1),
+    }]);
+    let state = monitored.setup.scratch.state_dir();
+    std::fs::create_dir_all(&state).expect("state_dir");
+    std::fs::write(state.join("power-journal.json"), journal.to_string()).expect("journal");
+    monitored
+        .scrape_until("the stop left by a previous process", |body| {
+            let value = |name: &str| {
+                body.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            };
+            value("snapshot_scheduler_servers_stopped") == Some(1.0)
+                && value("snapshot_scheduler_oldest_stop_age_seconds")
+                    .is_some_and(|age| age >= 600.0)
+        })
+        .await;
+}
