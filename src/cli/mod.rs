@@ -32,35 +32,13 @@ use act::{once, restore, simulate_provider};
 use inspect::{list, reach, show_plan, status};
 use output::{out, outln};
 
-/// The end of `--help` and of the man page: the files, the environment and the exit codes.
-const AFTER_LONG_HELP: &str = "\
-Files:
-  /etc/snapshot-scheduler/config.toml   the config (-c); `check` validates it
-  /etc/snapshot-scheduler/token         the API token, root's (chmod 600); the unit loads it as
-                                        the credential api-token
-  /var/lib/snapshot-scheduler/          state_dir under the unit: the power journal
-                                        (power-journal.json), the create ledger, the run log
-
-Environment:
-  SNAPSHOT_SCHEDULER_CONFIG   the config file, unless -c is given
-  CREDENTIALS_DIRECTORY       set by systemd: where the credentials (api-token) are read
-  RUST_LOG                    a log filter, over -v/-q
-  NO_COLOR                    no colour in the text log
-
-Exit status:
-  0 ok; 1 an operation failed; 2 a config or usage error.
-  status --nagios: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
-
-Signals (run): SIGTERM drains work in flight (servers stopped for a snapshot are started
-again), SIGHUP reloads the policies. once: SIGTERM or Ctrl-C starts every server it stopped.";
-
 #[derive(Debug, Parser)]
 #[command(
     name = "snapshot-scheduler",
     version,
     about = "Takes VPS snapshots on a schedule and keeps each server under the provider's cap",
     long_about = None,
-    after_long_help = AFTER_LONG_HELP
+    after_long_help = docs::after_long_help()
 )]
 pub struct Cli {
     /// The config file.

@@ -104,12 +104,15 @@ fn completions_and_the_man_page_need_no_config() {
         stdout(&out)
     );
     // What a man page is read for beyond the options: the files, the environment, the exit
-    // codes.
+    // codes, the signals, as sections of their own.
     for needed in [
+        ".SH \"FILES\"",
         "/etc/snapshot\\-scheduler/token",
+        ".SH \"ENVIRONMENT\"",
         "SNAPSHOT_SCHEDULER_CONFIG",
         "NO_COLOR",
-        "Exit status",
+        ".SH \"EXIT STATUS\"",
+        ".SH \"SIGNALS\"",
         "SIGHUP",
     ] {
         assert!(
@@ -117,6 +120,7 @@ fn completions_and_the_man_page_need_no_config() {
             "the page does not say {needed}"
         );
     }
+    assert!(!stdout(&out).contains(".SH EXTRA"), "{}", stdout(&out));
 
     let out = run(bin().args(["completions", "tcsh"]));
     assert_eq!(out.status.code(), Some(2));
