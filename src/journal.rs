@@ -343,15 +343,12 @@ impl Journal {
         Ok(())
     }
 
-    /// `snapshot_scheduler_servers_stopped` and `..._oldest_stop_age_seconds` as of `now`:
-    /// on every wake, so both are there from the start (a server a previous process left
-    /// stopped included) and the age grows by the host's own clock.
-    pub fn export_stopped(&self, now: DateTime<Utc>) {
-        let held = self.entries();
-        metrics::gauge!(crate::series::SERVERS_STOPPED).set(held.len() as f64);
-        let oldest = held.iter().map(|e| e.stopped_at).min();
-        let age = oldest.map_or(0, |t| (now - t).num_seconds().max(0));
-        metrics::gauge!(crate::series::OLDEST_STOP).set(age as f64);
+    /// `snapshot_scheduler_servers_stopped` and `..._oldest_stop_age_seconds` from the
+    /// entries now: called once the metrics are served, so both are there from the start (a
+    /// server a previous process left stopped included); every change of the entries updates
+    /// them after.
+    pub fn export_stopped(&self) {
+        self.update(|_| {});
     }
 
     /// The entries from now on.
@@ -363,7 +360,8 @@ impl Journal {
     fn update(&self, change: impl FnOnce(&mut Vec<Entry>)) {
         let mut held = self.lock();
         change(&mut held);
-        metrics::gauge!(crate::series::SERVERS_STOPPED).set(held.len() as f64);
+        let oldest = held.iter().map(|e| e.stopped_at).min();
+        crate::series::export_stopped(held.len(), oldest);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {

@@ -35,6 +35,30 @@ pub const LEADER: &str = "snapshot_scheduler_leader";
 pub const LEADER_EPOCH: &str = "snapshot_scheduler_leader_epoch";
 pub const LEADERSHIP_LOST: &str = "snapshot_scheduler_leadership_lost_total";
 
+/// Unix time of the oldest stop in the power journal (0: none), kept by the journal; the
+/// endpoint turns it into [`OLDEST_STOP`] at each scrape, so the age grows by itself between
+/// wakes (and while a previous run's stop is settled, before the first).
+static OLDEST_STOP_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Sets [`SERVERS_STOPPED`] and what [`OLDEST_STOP`] is measured from, from the journal's
+/// entries now (`None` when there are none).
+pub fn export_stopped(count: usize, oldest: Option<chrono::DateTime<chrono::Utc>>) {
+    metrics::gauge!(SERVERS_STOPPED).set(count as f64);
+    let at = oldest.map_or(0, |t| t.timestamp());
+    OLDEST_STOP_AT.store(at, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Sets [`OLDEST_STOP`] as of `now` (called at each scrape).
+pub fn export_oldest_stop_age(now: chrono::DateTime<chrono::Utc>) {
+    let at = OLDEST_STOP_AT.load(std::sync::atomic::Ordering::Relaxed);
+    let age = if at == 0 {
+        0
+    } else {
+        (now.timestamp() - at).max(0)
+    };
+    metrics::gauge!(OLDEST_STOP).set(age as f64);
+}
+
 /// The provider's cap, as the help text of [`SNAPSHOTS`] states it.
 const _: () = assert!(crate::policy::SERVER_CAP == 5);
 
@@ -64,7 +88,7 @@ pub const ALL: &[(&str, Kind, Unit, &str)] = &[
     (SNAPSHOTS, Kind::Gauge, Unit::Count, "Snapshots on the server now, of any owner, by server and state (completed, in_progress, failed, other); all count toward the provider's cap of 5."),
     (FOREIGN_SNAPSHOTS, Kind::Gauge, Unit::Count, "Snapshots on the server now that no policy owns (never deleted by this program), by server."),
     (SERVERS_STOPPED, Kind::Gauge, Unit::Count, "Servers this program stopped and has not started again (entries of the power journal)."),
-    (OLDEST_STOP, Kind::Gauge, Unit::Seconds, "Age in seconds of the oldest stop in the power journal by this host's clock (0: no server stopped), refreshed on every wake, so an alert can tell one server stopped for long from many stopped in turn."),
+    (OLDEST_STOP, Kind::Gauge, Unit::Seconds, "Age in seconds of the oldest stop in the power journal by this host's clock (0: no server stopped), as of the scrape, so an alert can tell one server stopped for long from many stopped in turn."),
     (SERVER_LEFT_STOPPED, Kind::Counter, Unit::Count, "Times a server this program stopped could not be started again (it is retried)."),
     (JOURNAL_FAILURES, Kind::Counter, Unit::Count, "Writes of the power journal that failed."),
     (CONFIG_RELOAD_FAILURES, Kind::Counter, Unit::Count, "Config reloads (SIGHUP) that failed; the running config stays."),

@@ -358,8 +358,7 @@ impl TermEvents for Announce {
         if epoch.is_none() {
             // The term's servers are the cluster's journal's now, reported by whoever leads
             // next: a standby reporting the count it had would raise a false alert.
-            metrics::gauge!(crate::series::SERVERS_STOPPED).set(0.0);
-            metrics::gauge!(crate::series::OLDEST_STOP).set(0.0);
+            crate::series::export_stopped(0, None);
         }
         self.client
             .set_acting_as(epoch.map(|epoch| (self.node.as_str(), epoch)));

@@ -37,6 +37,7 @@ pub(super) async fn serve_metrics(
                 let handle = handle.clone();
                 let (healthy, _) = scraped.verdict();
                 metrics::gauge!(crate::series::HEALTHY).set(if healthy { 1.0 } else { 0.0 });
+                crate::series::export_oldest_stop_age(chrono::Utc::now());
                 async move {
                     handle.run_upkeep();
                     handle.render()

@@ -88,7 +88,7 @@ async fn serve(ctx: &Context, reloader: Reloader) -> anyhow::Result<i32> {
     }
     let service = Service::for_run(ctx, shutdown.clone())?;
     // What a previous process left stopped shows while it is settled, before the first wake.
-    service.executor.journal().export_stopped(ctx.clock.now());
+    service.executor.journal().export_stopped();
     let (reload_tx, reload_rx) = watch::channel(ctx.config.policies.clone());
     tokio::spawn(handle_signals(
         shutdown.clone(),
@@ -123,7 +123,6 @@ fn wake_handler<P: Provider>(
     let mut ready = false;
     Box::new(move |scheduler: &Scheduler, now: DateTime<Utc>| {
         health.woke(executor.journal().write_error());
-        executor.journal().export_stopped(now);
         metrics::gauge!(crate::series::LOOP_WAKE).set(now.timestamp() as f64);
         executor.export_snapshot_ages();
         if !ready {

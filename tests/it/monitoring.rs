@@ -678,15 +678,33 @@ async fn a_server_left_stopped_by_a_previous_process_shows_while_it_is_settled()
     let state = monitored.setup.scratch.state_dir();
     std::fs::create_dir_all(&state).expect("state_dir");
     std::fs::write(state.join("power-journal.json"), journal.to_string()).expect("journal");
+    // The age also grows by itself while the stop is being settled (no wake of the loop yet):
+    // seen at least 600 s, then 2 s more at least 2.5 s later.
+    let first: std::cell::Cell<Option<(std::time::Instant, f64)>> = std::cell::Cell::new(None);
     monitored
-        .scrape_until("the stop left by a previous process", |body| {
-            let value = |name: &str| {
-                body.lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-            };
-            value("snapshot_scheduler_servers_stopped") == Some(1.0)
-                && value("snapshot_scheduler_oldest_stop_age_seconds")
-                    .is_some_and(|age| age >= 600.0)
-        })
+        .scrape_until(
+            "the stop left by a previous process, its age growing",
+            |body| {
+                let value = |name: &str| {
+                    body.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                };
+                let age = value("snapshot_scheduler_oldest_stop_age_seconds");
+                let (Some(1.0), Some(age)) = (value("snapshot_scheduler_servers_stopped"), age)
+                else {
+                    return false;
+                };
+                match first.get() {
+                    None if age >= 600.0 => {
+                        first.set(Some((std::time::Instant::now(), age)));
+                        false
+                    }
+                    None => false,
+                    Some((at, seen)) => {
+                        at.elapsed() >= Duration::from_millis(2500) && age >= seen + 2.0
+                    }
+                }
+            },
+        )
         .await;
 }
