@@ -117,16 +117,22 @@ pub(crate) fn read_text(path: &Path, max: u64) -> std::io::Result<String> {
 /// The bytes of a regular file of at most `max` bytes (see [`read_text`]).
 pub(crate) fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind, Read as _};
-    if !std::fs::metadata(path)?.is_file() {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Opened without waiting (a FIFO without a writer would block the open), then judged by
+    // what was opened, not by the path: a path swapped between a look and the open is no way
+    // round the check.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
         return Err(Error::new(
             ErrorKind::InvalidInput,
             "not a regular file (a directory, a FIFO or a device); allowed: a regular file",
         ));
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         let limit = if max >= 1 << 20 {
             format!("{} MiB", max >> 20)
