@@ -100,11 +100,6 @@ fn render(path: &Path, problems: &[Problem]) -> String {
 /// not be read whole.
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
-/// The text of the config file: a regular file of at most [`MAX_CONFIG_BYTES`].
-fn read_config(path: &Path) -> std::io::Result<String> {
-    read_text(path, MAX_CONFIG_BYTES)
-}
-
 /// The text of a file the config names or is (the config, a token file, a credential, a CA
 /// bundle): a regular file (a FIFO would wait for a writer forever, and block a reload on
 /// SIGHUP with it; a device might never end) of at most `max` bytes.
@@ -153,7 +148,7 @@ pub(crate) const MAX_SECRET_BYTES: u64 = 64 << 10;
 impl Config {
     /// Reads, parses and validates the file; reads the token too (unless simulating).
     pub fn load(path: &Path, options: LoadOptions) -> Result<Self, ConfigError> {
-        let source = read_config(path).map_err(|source| ConfigError::Read {
+        let source = read_text(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;

@@ -43,11 +43,10 @@ impl<P: Provider> Dispatcher<P> {
     fn observe(&mut self, policies: &[Policy]) {
         let (executor, policies) = (self.executor.clone(), policies.to_vec());
         let shutdown = self.shutdown.clone();
-        let reloaded = self.observing.replace(CancellationToken::new());
-        if let Some(earlier) = reloaded {
+        let replaced = CancellationToken::new();
+        if let Some(earlier) = self.observing.replace(replaced.clone()) {
             earlier.cancel();
         }
-        let replaced = self.observing.clone().unwrap_or_default();
         self.tasks.spawn(async move {
             let mut pause = OBSERVE_RETRY_FIRST;
             loop {
