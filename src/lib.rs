@@ -59,6 +59,7 @@ pub mod ha;
 pub mod hooks;
 pub mod journal;
 pub mod ledger;
+pub mod listing;
 pub mod logging;
 pub mod model;
 pub mod plan;

@@ -1,6 +1,7 @@
 //! A validated policy: which servers, when, how many to keep, and how to take the snapshot.
 //! Also the naming rule that tells the policy's own snapshots from everything else.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -13,6 +14,10 @@ pub const SERVER_CAP: usize = 5;
 
 /// Longest policy name: the name plus `-YYYYMMDDTHHMMSSZ` must stay a short snapshot name.
 pub const MAX_POLICY_NAME: usize = 40;
+
+/// One policy's slot on one server, as a command asks for it (the policy shared by all its
+/// servers' items).
+pub type Work = (Arc<Policy>, ServerId, DateTime<Utc>);
 
 #[derive(Debug, Clone)]
 pub struct Policy {

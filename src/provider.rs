@@ -169,44 +169,56 @@ impl std::fmt::Display for Unreadable {
     }
 }
 
-/// Every page of the listing for `scope`, each page asked for with `provider.list_page` (so
-/// a page that fails is retried alone when the provider retries): the records of the
-/// servers it is about, each snapshot once, or an error naming a record of one of them that
-/// could not be read. After the first page, a DRF page-number list (`next` ends in
-/// `page=2`, `count` given) has its other pages asked for `PAGES_IN_FLIGHT` at a time; any
-/// other shape is followed link by link.
-///
-/// Pages shift while snapshots are created and deleted. A snapshot created meanwhile can show
-/// one record on two pages: it is kept once (counted twice, a kept snapshot would look like
-/// one too many and be pruned). A snapshot deleted meanwhile moves a record onto a page
-/// already read, where it is never seen: a server's own snapshot missed is created a second
-/// time. So a listing read while it changed (a later page's `count` differs from the first's,
-/// or a numbered page is gone) is an error ([`ApiError::Changed`]), never a shorter list; the
-/// callers list each server on its own instead. A `next` link already followed, or more
-/// records than `count` promised, is an error too: a provider that loops or lies must not
-/// grow the process without bound.
+/// Every page of the listing for `scope` (see [`stream_pages`]), collected: the records of
+/// the servers it is about, each snapshot once.
 pub async fn list_pages<P: Provider + ?Sized>(
     provider: &P,
     scope: Scope<'_>,
 ) -> Result<Vec<Snapshot>, ApiError> {
+    let mut all = Vec::new();
+    let mut seen = HashSet::new();
+    stream_pages(provider, scope, |s| {
+        if seen.insert(s.id) {
+            all.push(s);
+        }
+    })
+    .await?;
+    Ok(all)
+}
+
+/// Every page of the listing for `scope`, each page asked for with `provider.list_page` (so
+/// a page that fails is retried alone when the provider retries), each readable record of a
+/// server it is about handed to `sink` as its page arrives, in page order; an error naming a
+/// record of one of them that could not be read. Records of other servers are dropped as
+/// their page arrives, so a poll of a few servers never holds the account's listing. After
+/// the first page, a DRF page-number list (`next` ends in `page=2`, `count` given) has its
+/// other pages asked for `PAGES_IN_FLIGHT` at a time; any other shape is followed link by link.
+///
+/// Pages shift while snapshots are created and deleted. A snapshot created meanwhile can show
+/// one record on two pages: the sink must keep it once (counted twice, a kept snapshot would
+/// look like one too many and be pruned). A snapshot deleted meanwhile moves a record onto a
+/// page already read, where it is never seen: a server's own snapshot missed is created a
+/// second time. So a listing read while it changed (a later page's `count` differs from the
+/// first's, or a numbered page is gone) is an error ([`ApiError::Changed`]), never a shorter
+/// list; the callers list each server on its own instead, and drop what the sink was given.
+/// A `next` link already followed, or more records than `count` promised, is an error too: a
+/// provider that loops or lies must not grow the process without bound. Returns how many
+/// pages it read.
+pub async fn stream_pages<P: Provider + ?Sized>(
+    provider: &P,
+    scope: Scope<'_>,
+    mut sink: impl FnMut(Snapshot),
+) -> Result<usize, ApiError> {
     let what = scope.what();
     let first = provider.list_page(scope, None).await?;
     check_link(&what, first.next.as_deref())?;
     let mut read = PagesRead::new(&what, &first);
-    let mut all = first.snapshots;
-    let mut unreadable = first.unreadable;
-    // The provider's `count` only sizes the buffer, and only up to a sane bound.
-    all.reserve_exact(
-        read.count
-            .and_then(|c| usize::try_from(c).ok())
-            .unwrap_or(0)
-            .saturating_sub(all.len())
-            .min(MAX_PAGES * 10),
-    );
-    let mut next = first.next;
+    let mut kept = Kept::new(scope);
+    let mut next = first.next.clone();
     let numbered = next
         .as_deref()
         .and_then(|n| numbered_pages(n, first.count, first.records));
+    kept.page(first, &mut sink);
     if let Some(links) = numbered {
         read.followed.extend(links.iter().map(|l| link_hash(l)));
         let mut pages = futures_util::stream::iter(links.into_iter().enumerate())
@@ -230,9 +242,8 @@ pub async fn list_pages<P: Provider + ?Sized>(
             read.page(number, &page)?;
             check_link(&what, page.next.as_deref())?;
             // Only the very last page's `next` can lead further.
-            last_next = page.next;
-            all.extend(page.snapshots);
-            unreadable.extend(page.unreadable);
+            last_next = page.next.clone();
+            kept.page(page, &mut sink);
         }
         next = last_next;
     }
@@ -254,31 +265,54 @@ pub async fn list_pages<P: Provider + ?Sized>(
             Err(e) => return Err(e),
         };
         read.page(number, &page)?;
-        all.extend(page.snapshots);
-        unreadable.extend(page.unreadable);
-        next = page.next;
+        next = page.next.clone();
+        kept.page(page, &mut sink);
     }
-    check_unreadable(&unreadable, scope, &what)?;
-    match scope {
-        Scope::Server(id) => {
-            // A listing asked for one server answers for that server only: a record of
-            // another one (a filter the provider ignored, a `next` link without it) is
-            // not this server's to count, keep or delete.
-            let before = all.len();
-            all.retain(|s| s.server.id == id);
-            if all.len() < before {
-                tracing::warn!(
-                    "{what}: left out {} record(s) of other servers (the answer was not filtered by server_id={id})",
-                    before - all.len()
-                );
+    check_unreadable(&kept.unreadable, scope, &what)?;
+    if let (Scope::Server(id), n @ 1..) = (scope, kept.others) {
+        // A listing asked for one server answers for that server only: a record of
+        // another one (a filter the provider ignored, a `next` link without it) is
+        // not this server's to count, keep or delete.
+        tracing::warn!(
+            "{what}: left out {n} record(s) of other servers (the answer was not filtered by server_id={id})"
+        );
+    }
+    Ok(read.pages)
+}
+
+/// What a listing keeps of each page: the records of the servers it is about go to the sink
+/// at once; unreadable records are kept (a few, judged at the end); the others are counted.
+struct Kept<'a> {
+    scope: Scope<'a>,
+    unreadable: Vec<Unreadable>,
+    /// Records of servers a one-server listing was not about.
+    others: usize,
+}
+
+impl<'a> Kept<'a> {
+    fn new(scope: Scope<'a>) -> Self {
+        Self {
+            scope,
+            unreadable: Vec::new(),
+            others: 0,
+        }
+    }
+
+    fn page(&mut self, page: ListedPage, sink: &mut impl FnMut(Snapshot)) {
+        for s in page.snapshots {
+            let wanted = match self.scope {
+                Scope::Server(id) => s.server.id == id,
+                Scope::Servers(wanted) => wanted.binary_search(&s.server.id).is_ok(),
+                Scope::Account => true,
+            };
+            if wanted {
+                sink(s);
+            } else if matches!(self.scope, Scope::Server(_)) {
+                self.others += 1;
             }
         }
-        Scope::Servers(wanted) => all.retain(|s| wanted.binary_search(&s.server.id).is_ok()),
-        Scope::Account => {}
+        self.unreadable.extend(page.unreadable);
     }
-    let mut seen = HashSet::with_capacity(all.len());
-    all.retain(|s| seen.insert(s.id));
-    Ok(all)
 }
 
 /// What a listing has read so far, to tell a listing that changed, looped or outgrew its

@@ -1,11 +1,12 @@
 //! What one run of one policy on one server came to: the executor writes it, the run log
 //! keeps it, `once` and `status` show it.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::model::ServerId;
-use crate::plan::Plan;
 
 /// What happened on one server for one policy's slot.
 #[derive(Debug, Clone, Serialize)]
@@ -22,8 +23,9 @@ pub struct ServerReport {
     pub blocked: bool,
     #[serde(skip)]
     pub created_id: Option<u64>,
+    /// The plan changed something (or tried to): a listing taken before is stale.
     #[serde(skip)]
-    pub plan: Option<Plan>,
+    pub wrote: bool,
 }
 
 impl ServerReport {
@@ -41,7 +43,33 @@ impl ServerReport {
             message: String::new(),
             blocked: false,
             created_id: None,
-            plan: None,
+            wrote: false,
+        }
+    }
+}
+
+/// What `once` keeps of one run for its summary: small, since a fleet's worth is kept to the
+/// end (texts repeated on many rows, like a slot's snapshot name, are shared).
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub policy: Arc<str>,
+    pub server: ServerId,
+    pub result: RunResult,
+    pub created: Option<Arc<str>>,
+    pub deleted: Box<[Arc<str>]>,
+    pub message: Arc<str>,
+}
+
+impl Row {
+    /// A run whose task ended abnormally (a bug): a failure the summary and exit code show.
+    pub fn abnormal(e: &dyn std::fmt::Display) -> Self {
+        Self {
+            policy: "?".into(),
+            server: 0,
+            result: RunResult::Failed,
+            created: None,
+            deleted: Box::default(),
+            message: format!("a server task ended abnormally: {e}").into(),
         }
     }
 }

@@ -106,13 +106,13 @@ pub fn row(
 }
 
 pub fn rows(
-    work: &[(Policy, ServerId)],
+    work: &[crate::policy::Work],
     snapshots_of: impl Fn(ServerId) -> Vec<Snapshot>,
     runlog: &RunLog,
     now: DateTime<Utc>,
 ) -> Vec<Row> {
     work.iter()
-        .map(|(p, s)| row(p, *s, &snapshots_of(*s), runlog.get(&p.name, *s), now))
+        .map(|(p, s, _)| row(p, *s, &snapshots_of(*s), runlog.get(&p.name, *s), now))
         .collect()
 }
 

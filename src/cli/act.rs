@@ -7,18 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use chrono::{DateTime, Utc};
 
 use super::output::{out, outln};
 use super::select::UsageError;
 use crate::clock::SystemClock;
 use crate::config::{Config, LoadOptions};
 use crate::context::{random_token, Context};
+use crate::execute::Work;
 use crate::format::{format_age, format_size, render_table};
 use crate::model::{PowerState, ServerId, SnapshotStatus};
 use crate::policy::Policy;
 use crate::provider::Provider;
-use crate::report::{RunResult, ServerReport};
+use crate::report::{Row, RunResult};
 use crate::shutdown::Shutdown;
 use crate::simulator::{self, SimConfig, Simulator};
 
@@ -216,7 +216,7 @@ async fn refuse_if_the_leader_stopped_it(
 
 pub(super) async fn once(
     ctx: &Context,
-    work: Vec<(Policy, ServerId, DateTime<Utc>)>,
+    work: Vec<Work>,
     dry_run: bool,
     shutdown: &Shutdown,
 ) -> anyhow::Result<i32> {
@@ -231,7 +231,7 @@ pub(super) async fn once(
         }
         executor.reconcile_or_fail().await?;
     }
-    let pinged: Vec<Policy> = {
+    let pinged: Vec<Arc<Policy>> = {
         let mut seen = std::collections::HashSet::new();
         work.iter()
             .filter(|(p, _, _)| p.monitoring.ping_url.is_some() && seen.insert(p.name.clone()))
@@ -273,7 +273,7 @@ pub(super) async fn once(
         for p in &pinged {
             let failed = reports
                 .iter()
-                .any(|r| r.policy == p.name && r.result.is_failure());
+                .any(|r| *r.policy == p.name && r.result.is_failure());
             let ping = if failed {
                 crate::alerts::Ping::Fail
             } else {
@@ -293,7 +293,7 @@ pub(super) async fn once(
 }
 
 /// The table `once` ends with: one line per server and policy.
-pub fn summary(reports: &[ServerReport]) -> String {
+pub fn summary(reports: &[Row]) -> String {
     let mut rows = vec![[
         "SERVER".to_owned(),
         "POLICY".into(),
@@ -305,7 +305,7 @@ pub fn summary(reports: &[ServerReport]) -> String {
     for r in reports {
         rows.push([
             r.server.to_string(),
-            r.policy.clone(),
+            r.policy.to_string(),
             match r.result {
                 RunResult::Created => "created",
                 RunResult::Unchanged => "unchanged",
@@ -314,7 +314,7 @@ pub fn summary(reports: &[ServerReport]) -> String {
                 RunResult::Failed => "FAILED",
             }
             .to_owned(),
-            r.created.clone().unwrap_or_else(|| "-".into()),
+            r.created.as_deref().unwrap_or("-").to_owned(),
             if r.deleted.is_empty() {
                 "-".into()
             } else {

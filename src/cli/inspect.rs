@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use super::output::{out, outln};
 use crate::config::Config;
 use crate::context::Context;
+use crate::execute::Work;
 use crate::format::{format_age, format_size, render_table};
 use crate::model::{ServerId, Snapshot};
-use crate::policy::Policy;
 use crate::provider::Provider;
 
 /// `check`: what the daemon would do with this config, without contacting the provider.
@@ -148,11 +148,7 @@ pub(super) async fn list(
     Ok(0)
 }
 
-pub(super) async fn show_plan(
-    ctx: &Context,
-    work: Vec<(Policy, ServerId, DateTime<Utc>)>,
-    json: bool,
-) -> anyhow::Result<i32> {
+pub(super) async fn show_plan(ctx: &Context, work: Vec<Work>, json: bool) -> anyhow::Result<i32> {
     let mut servers: Vec<ServerId> = work.iter().map(|(_, s, _)| *s).collect();
     servers.sort_unstable();
     servers.dedup();
@@ -162,7 +158,7 @@ pub(super) async fn show_plan(
     let mut plans = Vec::with_capacity(work.len());
     for (policy, server, slot) in &work {
         let prepared = executor
-            .prepare(policy, *server, *slot, Some(&listing))
+            .prepare(policy, *server, *slot, Some(listing.server(*server)))
             .await?;
         plans.push(executor.plan(policy, *slot, &prepared));
     }
@@ -233,7 +229,7 @@ async fn runlog(config: &Config) -> anyhow::Result<crate::runlog::RunLog> {
 
 pub(super) async fn status(
     ctx: &Context,
-    work: Vec<(Policy, ServerId, DateTime<Utc>)>,
+    work: Vec<Work>,
     json: bool,
     nagios: bool,
 ) -> anyhow::Result<i32> {
@@ -242,9 +238,8 @@ pub(super) async fn status(
     servers.dedup();
     let listing = crate::execute::list(&ctx.client, &servers).await?;
     let runlog = runlog(&ctx.config).await?;
-    let pairs: Vec<(Policy, ServerId)> = work.into_iter().map(|(p, s, _)| (p, s)).collect();
     let now = ctx.clock.now();
-    let rows = crate::status::rows(&pairs, |s| listing.server(s), &runlog, now);
+    let rows = crate::status::rows(&work, |s| listing.server(s), &runlog, now);
     if nagios {
         let (level, line) = crate::status::nagios(&rows);
         outln!("{line}")?;
@@ -263,12 +258,9 @@ pub(super) async fn status(
         "LAST RUN".into(),
         "NEXT FIRE".into(),
     ]];
-    for r in &rows {
-        let policy = pairs
-            .iter()
-            .find(|(p, _)| p.name == r.policy)
-            .map(|(p, _)| p);
-        let tz = policy.map_or(chrono_tz::UTC, |p| p.schedule.timezone());
+    // One row per work item, in its order.
+    for (r, (policy, _, _)) in rows.iter().zip(&work) {
+        let tz = policy.schedule.timezone();
         table.push([
             r.policy.clone(),
             r.server.to_string(),

@@ -1,11 +1,13 @@
 //! What a command works on: `--policy` and `--server` turned into (policy, server, slot)
 //! triples, and [`UsageError`], a call that asks for what is not there (exit 2).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
+use crate::execute::Work;
 use crate::model::ServerId;
-use crate::policy::Policy;
 
 /// An error in how the program was called (exit 2), as opposed to an operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -13,14 +15,14 @@ use crate::policy::Policy;
 pub struct UsageError(pub String);
 
 /// The (policy, server, slot) triples a command works on, after `--policy`/`--server`.
-/// Each triple's policy names only its own server: a whole copy per server would cost
-/// servers² ids (800 MB for a policy over 10,000 servers).
+/// The triples of a policy share one copy of it: a copy per server would cost servers² ids
+/// (800 MB for a policy over 10,000 servers).
 pub fn select(
     config: &Config,
     policy: Option<&str>,
     server: Option<ServerId>,
     now: DateTime<Utc>,
-) -> Result<Vec<(Policy, ServerId, DateTime<Utc>)>, UsageError> {
+) -> Result<Vec<Work>, UsageError> {
     if let Some(name) = policy {
         if config.policy(name).is_none() {
             let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
@@ -38,17 +40,10 @@ pub fn select(
         let Some(slot) = p.schedule.slot_at(now) else {
             continue;
         };
-        let bare = Policy {
-            servers: Vec::new(),
-            ..Policy::clone(p)
-        };
+        let shared = Arc::new(p.clone());
         for s in &p.servers {
             if server.is_none_or(|want| want == *s) {
-                let one = Policy {
-                    servers: vec![*s],
-                    ..bare.clone()
-                };
-                work.push((one, *s, slot));
+                work.push((shared.clone(), *s, slot));
             }
         }
     }

@@ -1,8 +1,10 @@
 //! The one place with effects: prepare (every read a decision needs) → [`Plan`](crate::plan::Plan) → apply it
 //! against the provider: free a slot if needed → (optionally) stop the server → create → wait
 //! → start → prune. A dry run is this same path stopped before apply; the `plan` command is its
-//! first two steps. Waiting is shared: one listing answers every snapshot in flight.
+//! first two steps. Waiting is shared: one listing answers every snapshot in flight, and a run
+//! that does not stop its server waits as a small record there ([`Detached`]), not as a task.
 
+mod drive;
 mod poll;
 mod power;
 mod rotation;
@@ -27,12 +29,14 @@ use crate::retry::Retrying;
 use crate::runlog::RunLog;
 use crate::shutdown::Shutdown;
 
+pub use drive::Work;
 pub use poll::{list, Listing};
 pub use rotation::Prepared;
 pub use turns::ServerLocks;
 
-use poll::Watch;
-use turns::Turns;
+use poll::{Waited, Watch};
+use rotation::hook_env;
+use turns::{Turn, Turns};
 
 /// `now + d` on tokio's clock, saturating far in the future instead of overflowing: no
 /// configured duration may panic a run that holds a server stopped.
@@ -119,7 +123,7 @@ impl<P: Provider> Executor<P> {
             shutdown,
         } = parts;
         Arc::new(Self {
-            watch: Arc::new(Watch::new(provider.clone(), settings.poll_interval)),
+            watch: Arc::new(Watch::new(provider.clone(), &settings, shutdown.clone())),
             provider,
             clock,
             journal,
@@ -247,116 +251,159 @@ impl<P: Provider> Executor<P> {
         &self.locks
     }
 
-    /// Runs each (policy, server, slot) once: at most `max_concurrent` servers worked on at a
-    /// time (a server only waiting for its snapshot gives its turn to the next, unless it is
-    /// stopped for it), one operation per server at a time, everything listed with one
-    /// paginated call, every snapshot in flight waited for by one shared poll.
-    pub async fn run_all(
-        self: &Arc<Self>,
-        work: Vec<(Policy, ServerId, DateTime<Utc>)>,
-    ) -> Vec<ServerReport> {
-        let servers: Vec<ServerId> = {
-            let mut s: Vec<ServerId> = work.iter().map(|(_, s, _)| *s).collect();
-            s.sort_unstable();
-            s.dedup();
-            s
-        };
-        let listing = match self.list(&servers).await {
-            Ok(l) => Some(Arc::new(l)),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not list snapshots up front; each server lists its own");
-                None
-            }
-        };
-        // One shared copy of each policy for all its servers' tasks (policy names are unique).
-        let mut shared: HashMap<String, Arc<Policy>> = HashMap::new();
-        let mut tasks = tokio::task::JoinSet::new();
-        for (policy, server, slot) in work {
-            let policy = shared
-                .entry(policy.name.clone())
-                .or_insert_with(|| Arc::new(policy))
-                .clone();
-            let this = self.clone();
-            let listing = listing.clone();
-            tasks.spawn(async move {
-                this.run_server(&policy, server, slot, listing.as_deref())
-                    .await
-            });
-        }
-        drop(shared);
-        let mut reports = Vec::new();
-        while let Some(r) = tasks.join_next().await {
-            match r {
-                // The plan has done its job (a fleet's worth of plans is megabytes).
-                Ok(report) => reports.push(ServerReport {
-                    plan: None,
-                    ..report
-                }),
-                Err(e) => {
-                    // Should not happen; still a failure the summary and exit code must show.
-                    tracing::error!(error = %e, "a server task ended abnormally");
-                    reports.push(ServerReport {
-                        message: format!("a server task ended abnormally: {e}"),
-                        ..ServerReport::starting("?", 0, DateTime::<Utc>::MIN_UTC, String::new())
-                    });
-                }
-            }
-        }
-        reports.sort_by(|a, b| (a.server, &a.policy).cmp(&(b.server, &b.policy)));
-        self.flush().await;
-        reports
-    }
-
-    /// One listing for these servers (see [`list`]).
+    /// One listing for these servers (see [`list`]; each on its own when that is cheaper
+    /// than the account-wide listing, once its size is known).
     pub async fn list(&self, servers: &[ServerId]) -> Result<Listing, ApiError> {
-        list(&*self.provider, servers).await
+        self.watch.list(servers).await
     }
 
     /// Runs one policy's slot on one server, start to finish. Never panics, never leaves a
     /// server it stopped stopped (short of a crash, which the journal covers).
     pub async fn run_server(
         &self,
-        policy: &Policy,
+        policy: &Arc<Policy>,
         server: ServerId,
         slot: DateTime<Utc>,
         listing: Option<&Listing>,
     ) -> ServerReport {
+        let listed = listing.map(|l| Listed {
+            taken_at: l.taken_at,
+            snapshots: l.server(server),
+        });
+        // The server lock before the turn: a run waiting for a lock holds no turn.
+        let lock = self.locks.entry(server).lock_owned().await;
+        let turn = self.turns.take().await;
+        // Boxed: a run waiting for its snapshot holds only what finishing it needs.
+        match Box::pin(self.begin(policy.clone(), server, slot, listed, lock, turn)).await {
+            Begun::Done(report) => report,
+            Begun::Waiting(run) => {
+                let waited = self.wait_for(run.server, &run.name, run.urgent()).await;
+                Box::pin(self.finish(run, waited)).await
+            }
+        }
+    }
+
+    /// A run not started because the shutdown began.
+    fn not_started(&self, policy: &Policy, server: ServerId, slot: DateTime<Utc>) -> ServerReport {
         let name = policy.snapshot_name(slot);
-        let span = tracing::info_span!("rotation", policy = %policy.name, server, snapshot = %name);
+        let _span = rotation_span(policy, server, &name).entered();
+        let mut report = ServerReport::starting(&policy.name, server, slot, name);
+        report.result = RunResult::Skipped;
+        report.message = "shutting down; not started".into();
+        self.log_report(&report);
+        report
+    }
+
+    /// A run up to its create, holding its server's lock and a turn: done, or (a run that
+    /// does not stop its server) its snapshot requested and to be waited for.
+    async fn begin(
+        &self,
+        policy: Arc<Policy>,
+        server: ServerId,
+        slot: DateTime<Utc>,
+        listed: Option<Listed>,
+        mut lock: ServerLock,
+        mut turn: Turn,
+    ) -> Begun {
+        if self.shutdown.is_stopping() {
+            // Queued behind others when shutdown began: start nothing new (no stop).
+            return Begun::Done(self.not_started(&policy, server, slot));
+        }
+        let name = policy.snapshot_name(slot);
+        let span = rotation_span(&policy, server, &name);
         async {
-            let _in_flight = InFlight::begin();
-            // The server lock before the turn: a run waiting for a lock holds no turn.
-            let lock = self.locks.entry(server);
-            let mut last_change = lock.lock().await;
-            let mut turn = self.turns.take().await;
+            let in_flight = InFlight::begin();
             let mut report = ServerReport::starting(&policy.name, server, slot, name.clone());
-            if self.shutdown.is_stopping() {
-                // Queued behind others when shutdown began: start nothing new (no stop).
-                report.result = RunResult::Skipped;
-                report.message = "shutting down; not started".into();
-                self.log_report(&report);
-                return report;
-            }
-            let fresh = listing.filter(|l| last_change.is_none_or(|t| l.taken_at > t));
-            // Boxed: a run waiting for its lock or turn stays small (a fleet of them waits).
+            // A listing taken before this server last changed is not trusted.
+            let fresh = listed
+                .filter(|l| lock.is_none_or(|t| l.taken_at > t))
+                .map(|l| l.snapshots);
             let result =
-                Box::pin(self.rotate(policy, server, slot, fresh, &mut report, &mut turn)).await;
-            // A write that failed or timed out may still have changed the server (a create
-            // left in progress): the next operation on it must not trust an older listing.
-            let wrote = report.plan.as_ref().is_some_and(|p| !p.is_noop());
-            if !self.settings.dry_run && wrote {
-                *last_change = Some(Instant::now());
+                Box::pin(self.rotate(&policy, server, slot, fresh, &mut report, &mut turn)).await;
+            let result = match result {
+                Ok(Some(requested)) => {
+                    return Begun::Waiting(Box::new(Detached {
+                        name: name.into(),
+                        policy,
+                        server,
+                        slot,
+                        deleted: report.deleted,
+                        server_name: requested.server_name,
+                        lock,
+                        _in_flight: in_flight,
+                    }));
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            self.conclude(&mut report, result, &mut lock);
+            Begun::Done(report)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The rest of a detached run once its snapshot was waited for: prune, the post hook, the
+    /// report.
+    async fn finish(&self, run: Box<Detached>, waited: Waited) -> ServerReport {
+        let Detached {
+            policy,
+            server,
+            slot,
+            name,
+            deleted,
+            server_name,
+            mut lock,
+            _in_flight,
+        } = *run;
+        let span = rotation_span(&policy, server, &name);
+        async {
+            let mut report = ServerReport::starting(&policy.name, server, slot, name.to_string());
+            report.deleted = deleted;
+            report.wrote = true;
+            let result = match waited {
+                Waited::Settled(s, part) => {
+                    let listing = part.snapshots();
+                    drop(part);
+                    self.after_wait(&policy, server, slot, &s, &listing, &mut report)
+                        .await
+                }
+                Waited::TimedOut(unsettled) => Err(anyhow::anyhow!("{unsettled}")),
+                Waited::Cancelled => Err(anyhow::anyhow!(
+                    "stopped waiting for snapshot {name}: shutting down"
+                )),
+            };
+            if policy.hooks.post.is_some() {
+                let env = hook_env(&policy, server, &server_name, &name);
+                let completed = report.result == RunResult::Created && result.is_ok();
+                self.post_hook(&policy, &env, completed, report.created_id)
+                    .await;
             }
-            if let Err(e) = result {
-                report.result = RunResult::Failed;
-                report.message = format!("{e:#}");
-            }
-            self.log_report(&report);
-            self.record(&report);
+            self.conclude(&mut report, result, &mut lock);
             report
         }
         .instrument(span)
         .await
+    }
+
+    /// Ends a run: the server's last change noted, the result reported and recorded.
+    fn conclude(
+        &self,
+        report: &mut ServerReport,
+        result: anyhow::Result<()>,
+        lock: &mut ServerLock,
+    ) {
+        // A write that failed or timed out may still have changed the server (a create
+        // left in progress): the next operation on it must not trust an older listing.
+        if !self.settings.dry_run && report.wrote {
+            **lock = Some(Instant::now());
+        }
+        if let Err(e) = result {
+            report.result = RunResult::Failed;
+            report.message = format!("{e:#}");
+        }
+        self.log_report(report);
+        self.record(report);
     }
 
     fn record(&self, r: &ServerReport) {
@@ -410,6 +457,47 @@ impl<P: Provider> Executor<P> {
             _ => tracing::info!(result = ?r.result, "{}", r.message),
         }
     }
+}
+
+/// A server's lock, held from a run's start to its end, with when the server last changed.
+type ServerLock = tokio::sync::OwnedMutexGuard<Option<Instant>>;
+
+/// A server's part of a listing taken at `taken_at`.
+struct Listed {
+    taken_at: Instant,
+    snapshots: Vec<Snapshot>,
+}
+
+/// How the first part of a run ended.
+enum Begun {
+    Done(ServerReport),
+    Waiting(Box<Detached>),
+}
+
+/// A run whose snapshot was requested and is waited for by the shared poll: what finishing it
+/// needs, the server's lock, and its place in the runs in flight, about 200 bytes.
+pub(super) struct Detached {
+    policy: Arc<Policy>,
+    server: ServerId,
+    slot: DateTime<Utc>,
+    name: Arc<str>,
+    /// Deleted to free a slot before the create.
+    deleted: Vec<String>,
+    /// For a post hook's `SERVER_NAME`.
+    server_name: String,
+    lock: ServerLock,
+    _in_flight: InFlight,
+}
+
+impl Detached {
+    /// A post hook waits on it: its answer is wanted as soon as it can be had.
+    fn urgent(&self) -> bool {
+        self.policy.hooks.post.is_some()
+    }
+}
+
+fn rotation_span(policy: &Policy, server: ServerId, name: &str) -> tracing::Span {
+    tracing::info_span!("rotation", policy = %policy.name, server, snapshot = %name)
 }
 
 /// One run counted in `snapshot_scheduler_runs_in_flight` while it lives: dropped on every

@@ -1,51 +1,39 @@
-//! The shared status poll: one listing answers every snapshot in flight.
+//! The shared status poll: one listing answers every snapshot in flight, or, while only a
+//! few servers call for an answer, each of their own listings.
 
-use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::listing::ServerSnapshots;
 use crate::model::{ServerId, Snapshot};
-use crate::provider::{ApiError, Provider};
+use crate::provider::{ApiError, Provider, Scope};
 use crate::retry::Retrying;
+use crate::shutdown::Shutdown;
 
-use super::{deadline_after, Executor};
+pub use crate::listing::Listing;
 
-/// Snapshots on the servers, listed once at `taken_at` (monotonic).
-#[derive(Debug, Clone)]
-pub struct Listing {
-    pub taken_at: Instant,
-    pub by_server: BTreeMap<ServerId, Vec<Snapshot>>,
-}
+use super::{deadline_after, Detached, Executor};
 
-impl Listing {
-    pub fn new(snapshots: Vec<Snapshot>) -> Self {
-        let mut by_server: BTreeMap<ServerId, Vec<Snapshot>> = BTreeMap::new();
-        for s in snapshots {
-            by_server.entry(s.server.id).or_default().push(s);
-        }
-        for list in by_server.values_mut() {
-            list.shrink_to_fit();
-        }
-        Self {
-            taken_at: Instant::now(),
-            by_server,
-        }
-    }
+/// Servers listed one by one at a time, when each is listed on its own.
+const SERVERS_IN_FLIGHT: usize = 8;
 
-    pub fn server(&self, id: ServerId) -> Vec<Snapshot> {
-        self.by_server.get(&id).cloned().unwrap_or_default()
-    }
-}
+/// How long a waiter that can wait is left unanswered while creates keep coming in, at least;
+/// and in rounds: at least this many times as long as the last account-wide round took, so
+/// polling takes a small share of the request budget however large the account.
+const PATIENCE: Duration = Duration::from_secs(60);
+const PATIENCE_ROUNDS: u32 = 20;
 
 /// How waiting for one snapshot ended.
 #[derive(Debug)]
 pub(super) enum Waited {
     /// Left `in_progress`; with that server's listing at that moment.
-    Settled(Snapshot, Vec<Snapshot>),
+    Settled(Snapshot, ServerSnapshots),
     TimedOut(Unsettled),
     Cancelled,
 }
@@ -94,28 +82,63 @@ impl std::fmt::Display for Unsettled {
     }
 }
 
+/// Where a waiter's answer goes.
+pub(super) enum Reply {
+    /// A run suspended in [`Executor::wait_for`].
+    Task(oneshot::Sender<Waited>),
+    /// A detached run, handed back with its answer to whoever drives it
+    /// ([`Executor::run_all`]).
+    Detached(
+        Box<Detached>,
+        mpsc::UnboundedSender<(Box<Detached>, Waited)>,
+    ),
+}
+
+impl Reply {
+    fn send(self, waited: Waited) {
+        match self {
+            Self::Task(tx) => {
+                let _ = tx.send(waited);
+            }
+            Self::Detached(run, tx) => {
+                let _ = tx.send((run, waited));
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Task(tx) => tx.is_closed(),
+            Self::Detached(_, tx) => tx.is_closed(),
+        }
+    }
+}
+
+/// One snapshot waited for: a small record, whatever waits for it.
 struct Waiter {
     server: ServerId,
-    name: String,
+    name: Arc<str>,
+    /// It cannot wait for others: its server is stopped for it, or a post hook waits.
+    urgent: bool,
+    since: Instant,
     deadline: Instant,
-    /// `snapshot_timeout`, for the words of a timeout.
-    timeout: Duration,
     seen: Seen,
     /// When this waiter next wants an answer: `poll_interval` after it joined, then later and
     /// later (x1.5 up to 60 s) while its snapshot stays in progress.
     due: Instant,
     delay: Duration,
-    tx: oneshot::Sender<Waited>,
+    reply: Reply,
 }
 
 impl Waiter {
     /// Answers: `snapshot_timeout` passed, worded by what the listings showed.
-    fn timed_out(self) {
-        let _ = self.tx.send(Waited::TimedOut(Unsettled {
-            name: self.name,
-            timeout: self.timeout,
+    fn timed_out(self, timeout: Duration) {
+        let unsettled = Unsettled {
+            name: self.name.to_string(),
+            timeout,
             seen: self.seen,
-        }));
+        };
+        self.reply.send(Waited::TimedOut(unsettled));
     }
 }
 
@@ -123,41 +146,58 @@ impl Waiter {
 struct WatchState {
     waiters: Vec<Waiter>,
     polling: bool,
-    /// When the newest waiter joined: while waiters keep joining, rounds are spaced further
-    /// and further apart, because each round may cost a whole account-wide listing.
+    /// When the newest waiter joined: while waiters keep joining (a fleet's creates are
+    /// still going out), those that can wait are not polled for.
     last_joined: Option<Instant>,
 }
 
-/// What the status poll does next: sleep, or hold a round now over these servers, which must
-/// end by the earliest waiter's deadline.
+/// What the status poll does next: sleep, or hold a round now over these servers (each on
+/// its own, or all in one account-wide listing), which must end by the earliest waiter's
+/// deadline.
 enum Next {
     Wait(Duration),
     Round {
-        at: Instant,
         servers: Vec<ServerId>,
+        each: bool,
         deadline: Instant,
     },
 }
 
-/// The shared status poll: one task lists every server with a snapshot in flight, answers the
+/// The shared status poll: one task lists the servers with a snapshot in flight, answers the
 /// waiters whose snapshot settled, and ends when nobody is waiting.
 ///
-/// A round is held when the earliest waiter is due. While a fleet's creates are still coming
-/// in, rounds back off (1, 1.5, 2.25, ... times `poll_interval`), so a rotation of thousands
-/// of servers costs a handful of listings rather than one a second; once no waiter has joined
-/// for half a `poll_interval`, rounds follow the waiters' own due times again (at most one per
-/// half interval), so the last snapshots of a batch are answered soon after they finish.
+/// A waiter calls for a round once it is due (`poll_interval` after it joined, then backing
+/// off while its snapshot stays in progress). While creates keep coming in (a waiter joined
+/// within the last `poll_interval`), only the waiters that cannot wait call: a server stopped
+/// for its snapshot, a post hook to run, a deadline near, or one unanswered for longer than
+/// [`PATIENCE`] (and [`PATIENCE_ROUNDS`] account-wide rounds). So a rotation of thousands
+/// of servers costs one account-wide listing once its creates are out, not one a second.
+///
+/// A round asks the calling waiters' servers each on its own when there are fewer of them
+/// than the account-wide listing has pages, else lists the account once, which answers every
+/// waiter. Rounds are at least half a `poll_interval` apart.
 pub(super) struct Watch<P: Provider> {
     provider: Arc<Retrying<P>>,
     poll_interval: Duration,
+    snapshot_timeout: Duration,
+    shutdown: Shutdown,
+    /// Pages of the latest account-wide listing (0: none read yet).
+    account_pages: AtomicUsize,
     state: Mutex<WatchState>,
 }
 
 impl<P: Provider> Watch<P> {
-    pub(super) fn new(provider: Arc<Retrying<P>>, poll_interval: Duration) -> Self {
+    pub(super) fn new(
+        provider: Arc<Retrying<P>>,
+        settings: &super::Settings,
+        shutdown: Shutdown,
+    ) -> Self {
         Self {
             provider,
-            poll_interval,
+            poll_interval: settings.poll_interval,
+            snapshot_timeout: settings.snapshot_timeout,
+            shutdown,
+            account_pages: AtomicUsize::new(0),
             state: Mutex::new(WatchState::default()),
         }
     }
@@ -166,101 +206,194 @@ impl<P: Provider> Watch<P> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether `servers` cost fewer requests listed each on its own than in one account-wide
+    /// listing (whose size is known once one was read; before, only one server is).
+    fn each_is_cheaper(&self, servers: usize) -> bool {
+        match self.account_pages.load(Ordering::Relaxed) {
+            0 => servers <= 1,
+            pages => servers < pages,
+        }
+    }
+
+    /// One listing for these servers (see [`list`]), and the size of the account learnt.
+    pub(super) async fn list(&self, servers: &[ServerId]) -> Result<Listing, ApiError> {
+        if self.each_is_cheaper(servers.len()) {
+            return list_each(&*self.provider, servers).await;
+        }
+        let (listing, pages) = list_account(&*self.provider, servers).await?;
+        self.account_pages.store(pages, Ordering::Relaxed);
+        Ok(listing)
+    }
+
+    /// Adds a waiter; starts the poll if it is not running.
+    fn join(self: &Arc<Self>, server: ServerId, name: Arc<str>, urgent: bool, reply: Reply) {
+        let start_poller = {
+            let mut w = self.state();
+            let now = Instant::now();
+            w.waiters.push(Waiter {
+                server,
+                name,
+                urgent,
+                since: now,
+                deadline: deadline_after(self.snapshot_timeout),
+                seen: Seen::Never,
+                due: deadline_after(self.poll_interval),
+                delay: self.poll_interval,
+                reply,
+            });
+            w.last_joined = Some(now);
+            !std::mem::replace(&mut w.polling, true)
+        };
+        if start_poller {
+            tokio::spawn(
+                self.clone()
+                    .poll_loop()
+                    .instrument(tracing::info_span!("status_poll")),
+            );
+        }
+    }
+
+    /// What to do next, as of `now`.
+    fn next(
+        &self,
+        w: &mut WatchState,
+        now: Instant,
+        last_round: Option<Instant>,
+        took: Duration,
+    ) -> Option<Next> {
+        w.waiters.retain(|x| !x.reply.is_closed());
+        // A waiter past its deadline is answered now, not at the next round: rounds can be
+        // further apart than snapshot_timeout, and its server may be stopped.
+        let (expired, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut w.waiters)
+            .into_iter()
+            .partition(|x| x.deadline <= now);
+        w.waiters = waiting;
+        for waiter in expired {
+            waiter.timed_out(self.snapshot_timeout);
+        }
+        if w.waiters.is_empty() {
+            w.polling = false;
+            return None;
+        }
+        let joining = w.last_joined.is_some_and(|t| now < t + self.poll_interval);
+        let patience = PATIENCE.max(took * PATIENCE_ROUNDS);
+        // A waiter near its deadline calls whatever else goes on: a round must end before it.
+        let margin = self.poll_interval + took;
+        let calls_at = |x: &Waiter| {
+            if x.urgent || !joining {
+                x.due
+            } else {
+                x.due
+                    .max((x.since + patience).min(x.deadline.checked_sub(margin).unwrap_or(now)))
+            }
+        };
+        let earliest = w.waiters.iter().map(calls_at).min().unwrap_or(now);
+        let gap = (self.poll_interval / 2).max(Duration::from_millis(10));
+        let at = last_round.map_or(earliest, |r| earliest.max(r + gap));
+        let deadline = w.waiters.iter().map(|x| x.deadline).min().unwrap_or(now);
+        if now < at {
+            // Decided again at least every half interval: the joining may stop meanwhile.
+            return Some(Next::Wait((at - now).min(gap).min(deadline - now)));
+        }
+        let mut calling: Vec<ServerId> = w
+            .waiters
+            .iter()
+            .filter(|x| calls_at(x) <= now)
+            .map(|x| x.server)
+            .collect();
+        calling.sort_unstable();
+        calling.dedup();
+        if self.each_is_cheaper(calling.len()) {
+            return Some(Next::Round {
+                servers: calling,
+                each: true,
+                deadline,
+            });
+        }
+        let mut all: Vec<ServerId> = w.waiters.iter().map(|x| x.server).collect();
+        all.sort_unstable();
+        all.dedup();
+        Some(Next::Round {
+            servers: all,
+            each: false,
+            deadline,
+        })
+    }
+
     async fn poll_loop(self: Arc<Self>) {
         let longest = self.poll_interval.max(Duration::from_secs(60));
-        let quiet = (self.poll_interval / 2).max(Duration::from_millis(10));
-        let mut spacing = self.poll_interval;
         let mut last_round: Option<Instant> = None;
+        // How long the latest account-wide round took.
+        let mut took = Duration::ZERO;
         loop {
+            if self.shutdown.is_hurried() {
+                let mut w = self.state();
+                for waiter in std::mem::take(&mut w.waiters) {
+                    waiter.reply.send(Waited::Cancelled);
+                }
+                w.polling = false;
+                return;
+            }
             let next = {
                 let mut w = self.state();
-                w.waiters.retain(|x| !x.tx.is_closed());
-                let now = Instant::now();
-                // A waiter past its deadline is answered now, not at the next round: rounds
-                // can be further apart than snapshot_timeout, and its server may be stopped.
-                let (expired, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut w.waiters)
-                    .into_iter()
-                    .partition(|x| x.deadline <= now);
-                w.waiters = waiting;
-                for waiter in expired {
-                    waiter.timed_out();
-                }
-                if w.waiters.is_empty() {
-                    w.polling = false;
-                    return;
-                }
-                let due = w.waiters.iter().map(|x| x.due).min().unwrap_or(now);
-                let deadline = w.waiters.iter().map(|x| x.deadline).min().unwrap_or(now);
-                let joining = w.last_joined.is_some_and(|t| now < t + quiet);
-                let gap = if joining { spacing } else { quiet };
-                let at = last_round.map_or(due, |r| due.max(r + gap));
-                if now < at {
-                    // Decided again at least every `quiet`: the joining may stop meanwhile.
-                    Next::Wait((at - now).min(quiet).min(deadline - now))
-                } else {
-                    spacing = if joining {
-                        (spacing * 3 / 2).min(longest)
-                    } else {
-                        self.poll_interval
-                    };
-                    let mut s: Vec<ServerId> = w.waiters.iter().map(|x| x.server).collect();
-                    s.sort_unstable();
-                    s.dedup();
-                    Next::Round {
-                        at: now,
-                        servers: s,
-                        deadline,
-                    }
-                }
+                self.next(&mut w, Instant::now(), last_round, took)
             };
-            let (round, servers, deadline) = match next {
-                Next::Round {
-                    at,
+            let (servers, each, deadline) = match next {
+                None => return,
+                Some(Next::Round {
                     servers,
+                    each,
                     deadline,
-                } => (at, servers, deadline),
-                Next::Wait(wait) => {
-                    tokio::time::sleep(wait).await;
+                }) => (servers, each, deadline),
+                Some(Next::Wait(wait)) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.shutdown.hurried() => {}
+                    }
                     continue;
                 }
             };
+            let round = Instant::now();
             last_round = Some(round);
             // A listing that pages on and on, or is rate limited, must not hold a stopped
             // server past its waiter's deadline: the round answers nobody then, and the
             // waiters past their deadline are answered at once.
-            let listing = match tokio::time::timeout_at(deadline, self.round(&servers)).await {
-                Ok(listing) => listing,
-                Err(_) => {
-                    tracing::warn!(
-                        "could not poll snapshot status before the earliest waiter's snapshot_timeout ran out"
-                    );
-                    None
-                }
+            let listing = tokio::select! {
+                r = tokio::time::timeout_at(deadline, self.round(&servers, each)) => match r {
+                    Ok(listing) => listing,
+                    Err(_) => {
+                        tracing::warn!(
+                            "could not poll snapshot status before the earliest waiter's snapshot_timeout ran out"
+                        );
+                        None
+                    }
+                },
+                () = self.shutdown.hurried() => continue,
             };
+            if !each {
+                took = round.elapsed();
+            }
             let now = Instant::now();
             let mut w = self.state();
             for mut waiter in std::mem::take(&mut w.waiters) {
-                let found = listing.as_ref().and_then(|l| {
-                    l.by_server
-                        .get(&waiter.server)
-                        .and_then(|snaps| snaps.iter().find(|s| s.name == waiter.name))
-                });
-                waiter.seen = match (found, waiter.seen) {
-                    (Some(_), _) => Seen::InProgress,
-                    (None, Seen::Never) => Seen::Never,
-                    (None, _) => Seen::Earlier,
-                };
-                match found {
-                    Some(s) if s.status.is_settled() => {
-                        let all = listing
-                            .as_ref()
-                            .map(|l| l.server(waiter.server))
-                            .unwrap_or_default();
-                        let _ = waiter.tx.send(Waited::Settled(s.clone(), all));
+                let asked = servers.binary_search(&waiter.server).is_ok();
+                let listed = listing.as_ref().filter(|_| asked);
+                let part = listed.map(|l| l.part(waiter.server));
+                let found = part.as_ref().and_then(|p| p.named(&waiter.name));
+                if asked {
+                    waiter.seen = match (&found, waiter.seen) {
+                        (Some(_), _) => Seen::InProgress,
+                        (None, Seen::Never) => Seen::Never,
+                        (None, _) => Seen::Earlier,
+                    };
+                }
+                match (found, part) {
+                    (Some(s), Some(part)) if s.status.is_settled() => {
+                        waiter.reply.send(Waited::Settled(s, part));
                     }
-                    _ if now >= waiter.deadline => waiter.timed_out(),
+                    _ if now >= waiter.deadline => waiter.timed_out(self.snapshot_timeout),
                     _ => {
-                        if waiter.due <= round {
+                        if asked && waiter.due <= round {
                             waiter.delay = (waiter.delay * 3 / 2).min(longest);
                             waiter.due = now + waiter.delay;
                         }
@@ -277,17 +410,23 @@ impl<P: Provider> Watch<P> {
 }
 
 impl<P: Provider> Watch<P> {
-    /// One round's listing of these servers: all at once, else each on its own; `None` when
-    /// nothing could be listed.
-    async fn round(&self, servers: &[ServerId]) -> Option<Listing> {
-        match list(&*self.provider, servers).await {
-            Ok(l) => Some(l),
+    /// One round's listing of these servers: each on its own, or all at once (else each on
+    /// its own); `None` when nothing could be listed.
+    async fn round(&self, servers: &[ServerId], each: bool) -> Option<Listing> {
+        if each {
+            return Some(list_each_lenient(&*self.provider, servers).await);
+        }
+        match list_account(&*self.provider, servers).await {
+            Ok((listing, pages)) => {
+                self.account_pages.store(pages, Ordering::Relaxed);
+                Some(listing)
+            }
             Err(e) if servers.len() > 1 => {
                 // One server's unreadable record (or a listing the provider cannot give, or
                 // one that changed while it was read) must not keep every other waiting
                 // server stopped: ask per server.
                 tracing::warn!(error = %e, "could not poll snapshot status of all waiting servers at once; asking each");
-                Some(self.list_each(servers).await)
+                Some(list_each_lenient(&*self.provider, servers).await)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not poll snapshot status; trying again");
@@ -295,69 +434,92 @@ impl<P: Provider> Watch<P> {
             }
         }
     }
+}
 
-    /// Each server's own listing, merged; a server whose listing fails is left out (its
-    /// waiters wait for the next round or their deadline).
-    async fn list_each(&self, servers: &[ServerId]) -> Listing {
-        let mut snapshots = Vec::new();
-        for server in servers {
-            match self.provider.list_snapshots(Some(*server)).await {
-                Ok(list) => snapshots.extend(list.into_iter().filter(|s| s.server.id == *server)),
-                Err(e) => {
-                    tracing::warn!(server, error = %e, "could not poll this server's snapshot status; trying again")
+/// Each server's own listing, merged; a server whose listing fails is left out (its waiters
+/// wait for the next round or their deadline).
+async fn list_each_lenient<P: Provider>(provider: &P, servers: &[ServerId]) -> Listing {
+    let mut builder = Listing::builder();
+    let mut lists = futures_util::stream::iter(servers.iter().copied())
+        .map(|server| async move { (server, provider.list_snapshots(Some(server)).await) })
+        .buffer_unordered(SERVERS_IN_FLIGHT);
+    while let Some((server, listed)) = lists.next().await {
+        match listed {
+            Ok(list) => {
+                for s in list.into_iter().filter(|s| s.server.id == server) {
+                    builder.push(s);
                 }
             }
+            Err(e) => {
+                tracing::warn!(server, error = %e, "could not poll this server's snapshot status; trying again")
+            }
         }
-        Listing::new(snapshots)
     }
+    builder.finish()
+}
+
+/// Each server's own listing, merged; an error if any fails.
+async fn list_each<P: Provider>(provider: &P, servers: &[ServerId]) -> Result<Listing, ApiError> {
+    let mut builder = Listing::builder();
+    let mut lists = futures_util::stream::iter(servers.iter().copied())
+        .map(|server| provider.list_snapshots(Some(server)))
+        .buffered(SERVERS_IN_FLIGHT);
+    while let Some(listed) = lists.next().await {
+        for s in listed? {
+            builder.push(s);
+        }
+    }
+    Ok(builder.finish())
+}
+
+/// The account-wide listing, its pages kept only for `servers` as they arrive; and how many
+/// pages it had.
+async fn list_account<P: Provider>(
+    provider: &P,
+    servers: &[ServerId],
+) -> Result<(Listing, usize), ApiError> {
+    let mut wanted = servers.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut builder = Listing::builder();
+    let pages =
+        crate::provider::stream_pages(provider, Scope::Servers(&wanted), |s| builder.push(s))
+            .await?;
+    Ok((builder.finish(), pages))
 }
 
 /// One listing for these servers: the server's own list when there is one, else the
-/// account-wide list (one paginated call instead of one per server).
+/// account-wide list (one paginated call instead of one per server), its pages kept only for
+/// these servers as they arrive.
 pub async fn list<P: Provider>(provider: &P, servers: &[ServerId]) -> Result<Listing, ApiError> {
-    let mut snapshots = match servers {
-        [one] => provider.list_snapshots(Some(*one)).await?,
-        _ => provider.list_snapshots_of(servers).await?,
-    };
-    // Kept before grouping: a poll for a few servers need not group a fleet's snapshots.
-    let mut wanted = servers.to_vec();
-    wanted.sort_unstable();
-    snapshots.retain(|s| wanted.binary_search(&s.server.id).is_ok());
-    Ok(Listing::new(snapshots))
+    match servers {
+        [one] => list_each(provider, &[*one]).await,
+        _ => Ok(list_account(provider, servers).await?.0),
+    }
 }
 
 impl<P: Provider> Executor<P> {
     /// Waits for a snapshot to leave `in_progress`, sharing one poll loop with every other
-    /// waiter. Bounded by `snapshot_timeout`; ends early when hurried.
-    pub(super) async fn wait_for(&self, server: ServerId, name: &str) -> Waited {
+    /// waiter. Bounded by `snapshot_timeout`; ends early when hurried. `urgent`: its server is
+    /// stopped for it, or a post hook waits.
+    pub(super) async fn wait_for(&self, server: ServerId, name: &str, urgent: bool) -> Waited {
         let (tx, rx) = oneshot::channel();
-        let start_poller = {
-            let mut w = self.watch.state();
-            let now = Instant::now();
-            w.waiters.push(Waiter {
-                server,
-                name: name.to_owned(),
-                deadline: deadline_after(self.settings.snapshot_timeout),
-                timeout: self.settings.snapshot_timeout,
-                seen: Seen::Never,
-                due: deadline_after(self.settings.poll_interval),
-                delay: self.settings.poll_interval,
-                tx,
-            });
-            w.last_joined = Some(now);
-            !std::mem::replace(&mut w.polling, true)
-        };
-        if start_poller {
-            tokio::spawn(
-                self.watch
-                    .clone()
-                    .poll_loop()
-                    .instrument(tracing::info_span!("status_poll")),
-            );
-        }
+        self.watch
+            .join(server, name.into(), urgent, Reply::Task(tx));
         tokio::select! {
             r = rx => r.unwrap_or(Waited::Cancelled),
             () = self.shutdown.hurried() => Waited::Cancelled,
         }
+    }
+
+    /// Hands `run` to the shared poll: its answer comes back on `tx` with it.
+    pub(super) fn wait_detached(
+        &self,
+        run: Box<Detached>,
+        tx: mpsc::UnboundedSender<(Box<Detached>, Waited)>,
+    ) {
+        let (server, name, urgent) = (run.server, run.name.clone(), run.urgent());
+        self.watch
+            .join(server, name, urgent, Reply::Detached(run, tx));
     }
 }

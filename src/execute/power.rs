@@ -16,7 +16,6 @@ use crate::policy::{JournalFailure, Policy};
 use crate::provider::{ApiError, Provider};
 
 use super::poll::Waited;
-use super::turns::Turn;
 use super::{deadline_after, wall_after, Executor};
 
 /// How the start path ended without an error.
@@ -51,9 +50,8 @@ impl<P: Provider> Executor<P> {
         server: ServerId,
         name: &str,
         power: Option<PowerState>,
-        turn: &mut Turn,
     ) -> anyhow::Result<Option<(Snapshot, Vec<Snapshot>)>> {
-        let span = AssertUnwindSafe(self.stop_and_snapshot(policy, server, name, power, turn))
+        let span = AssertUnwindSafe(self.stop_and_snapshot(policy, server, name, power))
             .catch_unwind()
             .await;
         let (stopped_by_us, result) = match span {
@@ -89,7 +87,6 @@ impl<P: Provider> Executor<P> {
         server: ServerId,
         name: &str,
         power: Option<PowerState>,
-        turn: &mut Turn,
     ) -> (bool, anyhow::Result<Option<(Snapshot, Vec<Snapshot>)>>) {
         let mut stopped_by_us = false;
         if let Some(state) = power {
@@ -114,7 +111,7 @@ impl<P: Provider> Executor<P> {
                 )),
             );
         }
-        let result = self.create_and_wait(policy, server, name, turn).await;
+        let result = self.create_and_wait(policy, server, name).await;
         (stopped_by_us, result.map(Some))
     }
 
@@ -458,7 +455,7 @@ impl<P: Provider> Executor<P> {
                             .iter()
                             .any(|s| s.name == entry.snapshot && !s.status.is_settled());
                         if in_progress {
-                            let wait = tokio::time::timeout(left, self.wait_for(entry.server, &entry.snapshot)).await;
+                            let wait = tokio::time::timeout(left, self.wait_for(entry.server, &entry.snapshot, true)).await;
                             if !matches!(wait, Ok(Waited::Settled(..))) {
                                 tracing::warn!("snapshot still not finished at its deadline (or shutting down); starting the server anyway");
                             }

@@ -10,9 +10,35 @@ use crate::policy::Policy;
 use crate::provider::{ApiError, Provider};
 use crate::report::{RunResult, ServerReport};
 
-use super::poll::{Listing, Waited};
+use super::poll::Waited;
 use super::turns::Turn;
 use super::{wall_after, Executor};
+
+/// A snapshot requested for a run that does not stop its server: the run waits for it as a
+/// small record in the shared poll, not as a suspended task.
+#[derive(Debug)]
+pub(super) struct Requested {
+    /// For a post hook's `SERVER_NAME`.
+    pub server_name: String,
+}
+
+/// The environment of a hook around `name` on `server`.
+pub(super) fn hook_env(
+    policy: &Policy,
+    server: ServerId,
+    server_name: &str,
+    name: &str,
+) -> Vec<(&'static str, String)> {
+    if policy.hooks.pre.is_none() && policy.hooks.post.is_none() {
+        return Vec::new();
+    }
+    vec![
+        ("SNAPSHOT_POLICY", policy.name.clone()),
+        ("SERVER_ID", server.to_string()),
+        ("SERVER_NAME", server_name.to_owned()),
+        ("SNAPSHOT_NAME", name.to_owned()),
+    ]
+}
 
 /// What [`Executor::prepare`] read about one server: all a plan for it decides on.
 #[derive(Debug, Clone)]
@@ -27,17 +53,18 @@ pub struct Prepared {
 
 impl<P: Provider> Executor<P> {
     /// Prepare (every read the decision needs) → plan → apply. A dry run stops before apply;
-    /// the `plan` command is the first two steps.
+    /// the `plan` command is the first two steps. `Some`: the snapshot was requested and is
+    /// to be waited for (a run that does not stop its server).
     pub(super) async fn rotate(
         &self,
         policy: &Policy,
         server: ServerId,
         slot: DateTime<Utc>,
-        listing: Option<&Listing>,
+        listed: Option<Vec<Snapshot>>,
         report: &mut ServerReport,
         turn: &mut Turn,
-    ) -> anyhow::Result<()> {
-        let prepared = self.prepare(policy, server, slot, listing).await?;
+    ) -> anyhow::Result<Option<Requested>> {
+        let prepared = self.prepare(policy, server, slot, listed).await?;
         self.note_listing(policy, server, &prepared.snapshots);
         let first = self.plan(policy, slot, &prepared);
         for note in &first.notes {
@@ -46,7 +73,7 @@ impl<P: Provider> Executor<P> {
         for warning in &first.warnings {
             tracing::warn!("{warning}");
         }
-        report.plan = Some(first.clone());
+        report.wrote = !first.is_noop();
         // What can do nothing fails before a dry run stops, so both say the same.
         match &first.outcome {
             SlotOutcome::CapBlocked(b) | SlotOutcome::OtherServers(b) => {
@@ -67,17 +94,17 @@ impl<P: Provider> Executor<P> {
             } else {
                 (RunResult::DryRun, dry_run_summary(policy, &first))
             };
-            return Ok(());
+            return Ok(None);
         }
         self.apply(policy, &prepared, &first, report, turn).await
     }
 
     /// Every read a decision about `server` needs, before anything changes: its listing (from
-    /// `listing` when there is one), its power state when the policy stops it (a server in
+    /// `listed`, its part of a listing, when there is one), its power state when the policy stops it (a server in
     /// transition is skipped before a slot is freed, or a good snapshot would go for
     /// nothing), and its name when a hook will be told it.
     ///
-    /// When a create of the slot's snapshot was sent before and `listing` does not show it,
+    /// When a create of the slot's snapshot was sent before and `listed` does not show it,
     /// the server's own listing is read: an account listing read page by page while others
     /// changed can miss a record, and a snapshot missed there would be made twice.
     pub async fn prepare(
@@ -85,11 +112,10 @@ impl<P: Provider> Executor<P> {
         policy: &Policy,
         server: ServerId,
         slot: DateTime<Utc>,
-        listing: Option<&Listing>,
+        listed: Option<Vec<Snapshot>>,
     ) -> Result<Prepared, ApiError> {
-        let snapshots = match listing {
-            Some(l) => {
-                let shared = l.server(server);
+        let snapshots = match listed {
+            Some(shared) => {
                 let name = policy.snapshot_name(slot);
                 let sent = self
                     .journal
@@ -180,7 +206,7 @@ impl<P: Provider> Executor<P> {
         first: &Plan,
         report: &mut ServerReport,
         turn: &mut Turn,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<Requested>> {
         let result = match &first.outcome {
             SlotOutcome::Create(create) => {
                 return self
@@ -209,10 +235,12 @@ impl<P: Provider> Executor<P> {
         }
         report.result = result;
         report.message = first.outcome_line().to_owned();
-        Ok(())
+        Ok(None)
     }
 
-    /// The hooks around free a slot → (stop) → create → wait → (start) → prune.
+    /// The hooks around free a slot → (stop) → create → wait → (start) → prune. A run that
+    /// does not stop its server ends at the create: its post hook runs once the snapshot is
+    /// waited for ([`Executor::finish`]).
     async fn create_with_hooks(
         &self,
         policy: &Policy,
@@ -221,19 +249,11 @@ impl<P: Provider> Executor<P> {
         create: &Create,
         report: &mut ServerReport,
         turn: &mut Turn,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<Requested>> {
         let server = prepared.target.id;
         // Hooks wrap everything that changes the server, the slot-freeing delete included.
         let hooks = &policy.hooks;
-        let mut env = Vec::new();
-        if hooks.pre.is_some() || hooks.post.is_some() {
-            env = vec![
-                ("SNAPSHOT_POLICY", policy.name.clone()),
-                ("SERVER_ID", server.to_string()),
-                ("SERVER_NAME", prepared.server_name.clone()),
-                ("SNAPSHOT_NAME", create.name.clone()),
-            ];
-        }
+        let env = hook_env(policy, server, &prepared.server_name, &create.name);
         if let Some(pre) = &hooks.pre {
             let mut pre_env = env.clone();
             pre_env.push(("PHASE", "pre".into()));
@@ -254,12 +274,17 @@ impl<P: Provider> Executor<P> {
         let result = self
             .create_and_prune(policy, first, power, report, turn)
             .await;
+        if let Ok(true) = result {
+            return Ok(Some(Requested {
+                server_name: prepared.server_name.clone(),
+            }));
+        }
         if hooks.post.is_some() {
             let completed = report.result == RunResult::Created && result.is_ok();
             let id = report.created_id;
             self.post_hook(policy, &env, completed, id).await;
         }
-        result
+        result.map(|_| None)
     }
 
     /// A snapshot in progress blocks the server (nothing is created or deleted beside it).
@@ -310,7 +335,7 @@ impl<P: Provider> Executor<P> {
     }
 
     /// Runs the post hook with `RESULT` and, when a snapshot exists, `SNAPSHOT_ID`.
-    async fn post_hook(
+    pub(super) async fn post_hook(
         &self,
         policy: &Policy,
         env: &[(&'static str, String)],
@@ -350,7 +375,8 @@ impl<P: Provider> Executor<P> {
         Ok(())
     }
 
-    /// Free a slot → (stop) → create → wait → (start) → prune by a second plan.
+    /// Free a slot → (stop) → create → wait → (start) → prune by a second plan. Without a
+    /// stop, it ends once the snapshot is requested: `true`, it is to be waited for.
     async fn create_and_prune(
         &self,
         policy: &Policy,
@@ -358,7 +384,7 @@ impl<P: Provider> Executor<P> {
         power: Option<PowerState>,
         report: &mut ServerReport,
         turn: &mut Turn,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let (server, slot) = (first.server, first.slot);
         let name = &first
             .create()
@@ -373,33 +399,56 @@ impl<P: Provider> Executor<P> {
                 Err(busy) => {
                     report.result = RunResult::Skipped;
                     report.message = busy;
-                    return Ok(());
+                    return Ok(false);
                 }
             },
             known => known,
         };
         self.delete_planned(policy, first, report).await?;
-        let outcome = self.snapshot(policy, server, name, power, turn).await;
+        if power.is_none() {
+            self.request(policy, server, name).await?;
+            // Waiting costs only a place in the shared poll, so the turn goes to the next
+            // server now. What is left after the wait (a prune) is a request or two.
+            turn.give_back();
+            return Ok(true);
+        }
+        let outcome = self.snapshot(policy, server, name, power).await;
         let (settled, listing_after) = match outcome {
             Ok(Some(pair)) => pair,
             Ok(None) => {
                 report.result = RunResult::Skipped;
                 report.message =
                     "server is busy (neither running nor stopped); not snapshotted".into();
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => return Err(e),
         };
+        self.after_wait(policy, server, slot, &settled, &listing_after, report)
+            .await
+            .map(|()| false)
+    }
+
+    /// After the wait: prune by a second plan on what the provider says now, and say how the
+    /// snapshot ended.
+    pub(super) async fn after_wait(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        slot: DateTime<Utc>,
+        settled: &Snapshot,
+        listing_after: &[Snapshot],
+        report: &mut ServerReport,
+    ) -> anyhow::Result<()> {
         report.created = Some(settled.name.clone());
         report.created_id = Some(settled.id);
 
         // Prune with what the provider says now: the second plan deletes what is beyond the
         // rules only because a newer snapshot has completed (or cleans up our failed one).
-        self.note_listing(policy, server, &listing_after);
+        self.note_listing(policy, server, listing_after);
         let second = plan(
             policy,
             &server.into(),
-            &listing_after,
+            listing_after,
             slot,
             self.clock.now(),
         );
@@ -422,7 +471,7 @@ impl<P: Provider> Executor<P> {
                 }
             }
         }
-        match settled.status {
+        match &settled.status {
             SnapshotStatus::Completed => {
                 metrics::counter!(crate::series::SNAPSHOTS_CREATED, "policy" => policy.name.clone()).increment(1);
                 metrics::gauge!(crate::series::LAST_SUCCESS, "policy" => policy.name.clone(), "server" => server.to_string())
@@ -456,13 +505,13 @@ impl<P: Provider> Executor<P> {
         Ok(())
     }
 
-    pub(super) async fn create_and_wait(
+    /// Sends the create of `name` (recorded first).
+    async fn request(
         &self,
         policy: &Policy,
         server: ServerId,
         name: &str,
-        turn: &mut Turn,
-    ) -> anyhow::Result<(Snapshot, Vec<Snapshot>)> {
+    ) -> anyhow::Result<Snapshot> {
         let request = CreateSnapshot {
             server_id: server,
             name: name.to_owned(),
@@ -473,16 +522,21 @@ impl<P: Provider> Executor<P> {
             id = created.id,
             "snapshot requested; waiting for it to finish"
         );
-        // Waiting costs only a place in the shared poll, so the turn goes to the next server
-        // now, unless this server is stopped for the snapshot (then at most `max_concurrent`
-        // servers are down at once). What is left after the wait (a prune) is a request or
-        // two on the shared budget; queueing again behind every server not yet started would
-        // keep thousands of finished waits in memory until the end of the run.
-        if !policy.stop_server {
-            turn.give_back();
-        }
-        match self.wait_for(server, name).await {
-            Waited::Settled(s, listing) => Ok((s, listing)),
+        Ok(created)
+    }
+
+    /// Creates `name` on a server stopped for it (or a `stop_server` policy's server found
+    /// stopped) and waits for it, holding the turn: at most `max_concurrent` servers are down
+    /// at once.
+    pub(super) async fn create_and_wait(
+        &self,
+        policy: &Policy,
+        server: ServerId,
+        name: &str,
+    ) -> anyhow::Result<(Snapshot, Vec<Snapshot>)> {
+        self.request(policy, server, name).await?;
+        match self.wait_for(server, name, true).await {
+            Waited::Settled(s, listing) => Ok((s, listing.snapshots())),
             Waited::TimedOut(unsettled) => anyhow::bail!("{unsettled}"),
             Waited::Cancelled => {
                 anyhow::bail!("stopped waiting for snapshot {name}: shutting down")

@@ -10,7 +10,6 @@ use crate::plan::{Plan, SlotOutcome};
 use crate::provider::{ListedPage, Scope};
 use crate::retry::RetryRules;
 use crate::simulator::{SimConfig, Simulator};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 const WEB: ServerId = 12345;
@@ -21,12 +20,12 @@ fn slot() -> DateTime<Utc> {
     SLOT.parse().unwrap()
 }
 
-fn policy(name: &str, stop_server: bool) -> Policy {
-    Policy {
+fn policy(name: &str, stop_server: bool) -> Arc<Policy> {
+    Arc::new(Policy {
         servers: vec![WEB],
         stop_server,
         ..crate::fixtures::policy(name)
-    }
+    })
 }
 
 fn settings() -> Settings {
@@ -61,7 +60,7 @@ impl Rig {
         }
     }
 
-    async fn run(&self, policy: &Policy) -> ServerReport {
+    async fn run(&self, policy: &Arc<Policy>) -> ServerReport {
         self.executor.run_server(policy, WEB, slot(), None).await
     }
 
@@ -273,7 +272,7 @@ async fn a_restoring_server_is_skipped_before_any_slot_is_freed() {
     }
     rig.sim.set_server_status(WEB, PowerState::Restoring);
     let mut p = policy("nightly", true);
-    p.retention.keep = 5;
+    Arc::make_mut(&mut p).retention.keep = 5;
 
     let report = rig.run(&p).await;
 
@@ -301,28 +300,23 @@ async fn a_listing_of_another_servers_snapshots_is_a_failure_that_touches_nothin
         created_at: at,
         description: None,
     };
-    let listing = Listing {
-        taken_at: Instant::now(),
-        by_server: BTreeMap::from([(
-            WEB,
-            vec![
-                record(901, "nightly-20250113T023000Z", SnapshotStatus::Completed),
-                record(902, "nightly-20250114T023000Z", SnapshotStatus::Failed),
-            ],
-        )]),
-    };
+    // A listing groups records by their own server, so only a provider's answer for this
+    // server can carry them: handed to the run as this server's.
+    let listed = vec![
+        record(901, "nightly-20250113T023000Z", SnapshotStatus::Completed),
+        record(902, "nightly-20250114T023000Z", SnapshotStatus::Failed),
+    ];
+    let p = policy("nightly", false);
+    let mut report = ServerReport::starting(&p.name, WEB, slot(), p.snapshot_name(slot()));
+    let mut turn = rig.executor.turns.take().await;
 
-    let report = rig
+    let result = rig
         .executor
-        .run_server(&policy("nightly", false), WEB, slot(), Some(&listing))
+        .rotate(&p, WEB, slot(), Some(listed), &mut report, &mut turn)
         .await;
 
-    assert_eq!(report.result, RunResult::Failed, "{report:#?}");
-    assert!(
-        report.message.contains("other servers (12346)"),
-        "{}",
-        report.message
-    );
+    let message = format!("{:#}", result.expect_err("a failure"));
+    assert!(message.contains("other servers (12346)"), "{message}");
     assert!(
         !report.blocked,
         "not a cap_blocked alert: the cap is not the problem"
@@ -1263,7 +1257,7 @@ async fn a_shutdown_ends_the_looks_for_a_lost_create_and_starts_the_server_at_on
     );
 }
 
-async fn faulty_run(provider: &LostAnswer, dir: &Path, policy: &Policy) -> ServerReport {
+async fn faulty_run(provider: &LostAnswer, dir: &Path, policy: &Arc<Policy>) -> ServerReport {
     executor_on(provider.clone(), dir, settings(), Shutdown::new())
         .run_server(policy, WEB, slot(), None)
         .await
