@@ -264,12 +264,14 @@ impl<P: Provider> Watch<P> {
         w.waiters.retain(|x| !x.reply.is_closed());
         // A waiter past its deadline is answered now, not at the next round: rounds can be
         // further apart than snapshot_timeout, and its server may be stopped.
-        let (expired, waiting): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut w.waiters)
-            .into_iter()
-            .partition(|x| x.deadline <= now);
-        w.waiters = waiting;
-        for waiter in expired {
-            waiter.timed_out(self.snapshot_timeout);
+        // In place: a fleet's waiters are not copied at every decision.
+        let mut i = 0;
+        while i < w.waiters.len() {
+            if w.waiters[i].deadline <= now {
+                w.waiters.swap_remove(i).timed_out(self.snapshot_timeout);
+            } else {
+                i += 1;
+            }
         }
         if w.waiters.is_empty() {
             w.polling = false;
@@ -358,7 +360,7 @@ impl<P: Provider> Watch<P> {
             // A listing that pages on and on, or is rate limited, must not hold a stopped
             // server past its waiter's deadline: the round answers nobody then, and the
             // waiters past their deadline are answered at once.
-            let listing = tokio::select! {
+            let mut listing = tokio::select! {
                 r = tokio::time::timeout_at(deadline, self.round(&servers, each)) => match r {
                     Ok(listing) => listing,
                     Err(_) => {
@@ -375,10 +377,21 @@ impl<P: Provider> Watch<P> {
             }
             let now = Instant::now();
             let mut w = self.state();
-            for mut waiter in std::mem::take(&mut w.waiters) {
+            let mut waiters = std::mem::take(&mut w.waiters);
+            // By server, so a server's part of the listing is taken out (not copied) for its
+            // last waiter.
+            waiters.sort_by_key(|x| x.server);
+            let mut waiters = waiters.into_iter().peekable();
+            while let Some(mut waiter) = waiters.next() {
                 let asked = servers.binary_search(&waiter.server).is_ok();
-                let listed = listing.as_ref().filter(|_| asked);
-                let part = listed.map(|l| l.part(waiter.server));
+                let more = waiters.peek().is_some_and(|n| n.server == waiter.server);
+                let part = listing.as_mut().filter(|_| asked).map(|l| {
+                    if more {
+                        l.part(waiter.server)
+                    } else {
+                        l.take(waiter.server)
+                    }
+                });
                 let found = part.as_ref().and_then(|p| p.named(&waiter.name));
                 if asked {
                     waiter.seen = match (&found, waiter.seen) {
