@@ -218,7 +218,7 @@ impl<P: Provider> Watch<P> {
     /// One listing for these servers (see [`list`]), and the size of the account learnt.
     pub(super) async fn list(&self, servers: &[ServerId]) -> Result<Listing, ApiError> {
         if self.each_is_cheaper(servers.len()) {
-            return list_each(&*self.provider, servers).await;
+            return list_each(&*self.provider, servers, false).await;
         }
         let (listing, pages) = list_account(&*self.provider, servers).await?;
         self.account_pages.store(pages, Ordering::Relaxed);
@@ -427,7 +427,7 @@ impl<P: Provider> Watch<P> {
     /// its own); `None` when nothing could be listed.
     async fn round(&self, servers: &[ServerId], each: bool) -> Option<Listing> {
         if each {
-            return Some(list_each_lenient(&*self.provider, servers).await);
+            return list_each(&*self.provider, servers, true).await.ok();
         }
         match list_account(&*self.provider, servers).await {
             Ok((listing, pages)) => {
@@ -439,7 +439,7 @@ impl<P: Provider> Watch<P> {
                 // one that changed while it was read) must not keep every other waiting
                 // server stopped: ask per server.
                 tracing::warn!(error = %e, "could not poll snapshot status of all waiting servers at once; asking each");
-                Some(list_each_lenient(&*self.provider, servers).await)
+                list_each(&*self.provider, servers, true).await.ok()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not poll snapshot status; trying again");
@@ -449,37 +449,28 @@ impl<P: Provider> Watch<P> {
     }
 }
 
-/// Each server's own listing, merged; a server whose listing fails is left out (its waiters
-/// wait for the next round or their deadline).
-async fn list_each_lenient<P: Provider>(provider: &P, servers: &[ServerId]) -> Listing {
+/// Each server's own listing, merged (8 at a time). `lenient`: a server whose listing fails
+/// is left out (its waiters wait for the next round or their deadline); else it is an error.
+async fn list_each<P: Provider>(
+    provider: &P,
+    servers: &[ServerId],
+    lenient: bool,
+) -> Result<Listing, ApiError> {
     let mut builder = Listing::builder();
     let mut lists = futures_util::stream::iter(servers.iter().copied())
         .map(|server| async move { (server, provider.list_snapshots(Some(server)).await) })
-        .buffer_unordered(SERVERS_IN_FLIGHT);
+        .buffered(SERVERS_IN_FLIGHT);
     while let Some((server, listed)) = lists.next().await {
         match listed {
             Ok(list) => {
-                for s in list.into_iter().filter(|s| s.server.id == server) {
+                for s in list {
                     builder.push(s);
                 }
             }
-            Err(e) => {
+            Err(e) if lenient => {
                 tracing::warn!(server, error = %e, "could not poll this server's snapshot status; trying again")
             }
-        }
-    }
-    builder.finish()
-}
-
-/// Each server's own listing, merged; an error if any fails.
-async fn list_each<P: Provider>(provider: &P, servers: &[ServerId]) -> Result<Listing, ApiError> {
-    let mut builder = Listing::builder();
-    let mut lists = futures_util::stream::iter(servers.iter().copied())
-        .map(|server| provider.list_snapshots(Some(server)))
-        .buffered(SERVERS_IN_FLIGHT);
-    while let Some(listed) = lists.next().await {
-        for s in listed? {
-            builder.push(s);
+            Err(e) => return Err(e),
         }
     }
     Ok(builder.finish())
@@ -506,7 +497,7 @@ async fn list_account<P: Provider>(
 /// these servers as they arrive.
 pub async fn list<P: Provider>(provider: &P, servers: &[ServerId]) -> Result<Listing, ApiError> {
     match servers {
-        [one] => list_each(provider, &[*one]).await,
+        [one] => list_each(provider, &[*one], false).await,
         _ => Ok(list_account(provider, servers).await?.0),
     }
 }
